@@ -1,0 +1,114 @@
+"""Figures: reconstruction triplets, latent traversals, training curves.
+
+Image grids are torchvision's ``make_grid``/``save_image``; curves are matplotlib (Agg, no display needed).
+Every file is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+def _replace_into(path: Path, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _as_rgb(images: torch.Tensor) -> torch.Tensor:
+    images = images.detach().float().cpu().clamp(0, 1)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def save_rows(path: str | Path, rows: Sequence[torch.Tensor], padding: int = 2) -> Path:
+    """Save equally long rows of images (each ``(n, C, H, W)`` in [0, 1]) as one grid, one row per tensor."""
+    if not rows:
+        raise ValueError("no rows to draw")
+    width = rows[0].shape[0]
+    if any(r.shape[0] != width for r in rows):
+        raise ValueError("every row must hold the same number of images")
+    grid = make_grid(torch.cat([_as_rgb(r) for r in rows]), nrow=width, padding=padding, pad_value=1.0)
+    return _replace_into(Path(path), lambda tmp: save_image(grid, tmp))
+
+
+def reconstruction_triplets(path: str | Path, x: torch.Tensor, y: torch.Tensor, x_hat: torch.Tensor) -> Path:
+    """Rows x | y | x-hat: the data, the stage-one reconstruction, the stage-two reconstruction."""
+    return save_rows(path, [x, y, x_hat])
+
+
+def traversal_values(limit: float = 2.5, count: int = 9) -> torch.Tensor:
+    return torch.linspace(-limit, limit, count)
+
+
+def latent_traversal(
+    decode: Callable[[torch.Tensor], torch.Tensor], base_code: torch.Tensor, values: torch.Tensor
+) -> list[torch.Tensor]:
+    """One row per latent dimension: ``base_code`` with that dimension set to each of ``values``, decoded.
+
+    ``decode`` maps codes ``(n, L)`` to images ``(n, C, H, W)`` in [0, 1].
+    """
+    rows = []
+    for dim in range(base_code.shape[-1]):
+        codes = base_code.reshape(1, -1).repeat(len(values), 1)
+        codes[:, dim] = values
+        with torch.no_grad():
+            rows.append(decode(codes))
+    return rows
+
+
+def plot_curves(path: str | Path, history: Sequence[dict], keys: Sequence[str], title: str = "") -> Path:
+    """Training curves: one panel per key against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in record for record in history)]
+    figure, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 2.6), squeeze=False)
+    steps = np.array([record["step"] for record in history])
+    for axis, key in zip(axes[0], keys):
+        axis.plot(steps, [record.get(key, np.nan) for record in history])
+        axis.set_title(key, fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.tick_params(labelsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    try:
+        return _replace_into(Path(path), lambda tmp: figure.savefig(tmp, dpi=110))
+    finally:
+        plt.close(figure)
+
+
+def plot_bars(path: str | Path, values: Sequence[float], labels: Sequence[str], title: str, ylabel: str) -> Path:
+    """A bar chart, e.g. KL per latent unit ranked (JointVAE paper, Figure 8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(max(3.0, 0.4 * len(values) + 1), 2.6))
+    axis.bar(range(len(values)), values)
+    axis.set_xticks(range(len(values)), labels, fontsize=7)
+    axis.set_ylabel(ylabel, fontsize=8)
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    try:
+        return _replace_into(Path(path), lambda tmp: figure.savefig(tmp, dpi=110))
+    finally:
+        plt.close(figure)

@@ -1,0 +1,221 @@
+"""The pipeline as a Prefect flow: the same stage ``run`` functions DVC calls, as tasks.
+
+``python -m pipeline.flow [--params params.yaml] [--set stage_one.beta=4 ...]`` runs it locally; ``prefect.yaml``
+deploys it. Each task
+
+* retries on failure (a training task resumes from its checkpoint on the retry);
+* caches on its inputs and source (Prefect's ``INPUTS + TASK_SOURCE`` policy), where the inputs are its params
+  section, the digests of its upstream outputs and of the library code it runs (the same files DVC lists as deps);
+* is skipped from the cache only while its outputs on disk are still what it left there (a digest recorded in
+  ``.multistage/prefect/<stage>.digest``); deleted or edited outputs refresh the cache, as ``dvc repro`` would;
+* logs to MLflow as a child of one parent run for the whole flow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from stages import evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
+from stages.common import PARAMS_FILE, ParamsError, RuntimeParams, read_params_file, setup_runtime, validate_section
+from stages.tracking import pipeline_run, stage_run
+
+# what each stage reads (code) and writes, mirroring dvc.yaml
+CODE = {
+    "prepare": ["multistage/data", "stages/prepare.py", "stages/common.py"],
+    "stage_one": ["multistage/models", "multistage/nn", "multistage/train.py", "stages/train_stage_one.py",
+                  "stages/common.py"],
+    "pairs": ["multistage/models/stage_two/pairing.py", "stages/make_pairs.py"],
+    "stage_two": ["multistage/models", "multistage/nn", "multistage/train.py", "stages/train_stage_two.py",
+                  "stages/common.py"],
+    "evaluate": ["multistage/metrics", "multistage/viz.py", "stages/evaluate.py"],
+    "report": ["stages/report.py"],
+}
+OUTPUTS = {
+    "prepare": ["data/prepared"],
+    "stage_one": ["models/stage_one", "metrics/stage_one.json", "plots/stage_one_curves.json"],
+    "pairs": ["pairs"],
+    "stage_two": ["models/stage_two", "metrics/stage_two.json", "plots/stage_two_curves.json"],
+    "evaluate": ["figures", "metrics/evaluate.json"],
+    "report": ["report"],
+}
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def digest_paths(paths: list[str], root: Path = Path(".")) -> str:
+    """Content digest of files and folders (names and bytes); a missing path counts as 'missing'."""
+    digest = hashlib.md5()
+    for name in paths:
+        path = root / name
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+            if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(root)).encode())
+            if not file.exists():
+                digest.update(b"missing")
+                continue
+            with open(file, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+RECORDS = Path(".multistage/prefect")
+
+
+def record_outputs(stage: str) -> str:
+    """Digest the stage's outputs and remember it, so a later run can tell whether they are intact."""
+    from stages.common import atomic_write_bytes
+
+    digest = digest_paths(OUTPUTS[stage])
+    atomic_write_bytes(RECORDS / f"{stage}.digest", digest.encode())
+    return digest
+
+
+def outputs_intact(stage: str) -> bool:
+    record = RECORDS / f"{stage}.digest"
+    return record.exists() and record.read_text() == digest_paths(OUTPUTS[stage])
+
+
+def _stage_task(stage: str):
+    return task(
+        name=stage,
+        retries=1,
+        retry_delay_seconds=2,
+        cache_policy=INPUTS + TASK_SOURCE,
+        persist_result=True,
+    )
+
+
+def _device(runtime: dict, seed: int):
+    return setup_runtime(validate_section(RuntimeParams, runtime, "runtime"), seed)
+
+
+@_stage_task("prepare")
+def prepare_task(section: dict, code: str) -> str:
+    params = validate_section(prepare.PrepareParams, section, "prepare")
+    with stage_run("prepare", params.model_dump()) as tracker:
+        tracker.log_metrics({f"prepare.{k}": v for k, v in prepare.run(params, show_progress=False).items()})
+    return record_outputs("prepare")
+
+
+@_stage_task("stage_one")
+def stage_one_task(section: dict, runtime: dict, data: str, code: str) -> str:
+    params = validate_section(train_stage_one.StageOneParams, section, "stage_one")
+    device = _device(runtime, params.seed)
+    with stage_run("stage_one", params.model_dump() | {"device": str(device)}) as tracker:
+        train_stage_one.run(params, device, tracker=tracker, show_progress=False)
+    return record_outputs("stage_one")
+
+
+@_stage_task("pairs")
+def pairs_task(section: dict, runtime: dict, data: str, stage_one: str, code: str) -> str:
+    params = validate_section(make_pairs.PairsParams, section, "pairs")
+    device = _device(runtime, params.seed)
+    with stage_run("pairs", params.model_dump()) as tracker:
+        tracker.log_metrics(make_pairs.run(params, device, show_progress=False))
+    return record_outputs("pairs")
+
+
+@_stage_task("stage_two")
+def stage_two_task(section: dict, runtime: dict, data: str, pairs: str, code: str) -> str:
+    params = validate_section(train_stage_two.StageTwoParams, section, "stage_two")
+    device = _device(runtime, params.seed)
+    with stage_run("stage_two", params.model_dump() | {"device": str(device)}) as tracker:
+        train_stage_two.run(params, device, tracker=tracker, show_progress=False)
+    return record_outputs("stage_two")
+
+
+@_stage_task("evaluate")
+def evaluate_task(section: dict, runtime: dict, data: str, stage_one: str, stage_two: str, code: str) -> str:
+    params = validate_section(evaluate.EvaluateParams, section, "evaluate")
+    device = _device(runtime, params.seed)
+    with stage_run("evaluate", params.model_dump()) as tracker:
+        evaluate.run(params, device, tracker=tracker, show_progress=False)
+    return record_outputs("evaluate")
+
+
+@_stage_task("report")
+def report_task(params: dict, scores: str, code: str) -> str:
+    with stage_run("report") as tracker:
+        tracker.log_artifact(report.run(params), "report")
+    return record_outputs("report")
+
+
+def apply_overrides(params: dict, overrides: dict[str, Any] | None) -> dict:
+    """``{"stage_one.beta": 4}`` -> params with that leaf replaced; an unknown section is an error."""
+    params = copy.deepcopy(params)
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ParamsError(f"override {dotted!r}: no section {part!r} in the params")
+            node = node[part]
+        node[leaf] = value
+    return params
+
+
+@flow(name="multistage-pipeline", log_prints=True)
+def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any] | None = None,
+                        workdir: str | None = None) -> dict:
+    """prepare -> stage one -> pairs -> stage two -> evaluate -> report, under one MLflow parent run.
+
+    Returns the output digests of every stage and the parent run id.
+    """
+    if workdir:
+        os.chdir(workdir)
+    params = apply_overrides(read_params_file(params_file), overrides)
+    runtime = params.get("runtime", {})
+
+    def code(stage: str) -> str:
+        return digest_paths(CODE[stage], PACKAGE_ROOT)
+
+    def call(stage_task, stage: str, *args):
+        """Run from the cache only while the stage's outputs are intact on disk."""
+        return stage_task.with_options(refresh_cache=not outputs_intact(stage))(*args, code(stage))
+
+    with pipeline_run("prefect flow", tags={"prefect.flow": "multistage-pipeline"}) as parent:
+        data = call(prepare_task, "prepare", params.get("prepare"))
+        one = call(stage_one_task, "stage_one", params.get("stage_one"), runtime, data)
+        pairs = call(pairs_task, "pairs", params.get("pairs"), runtime, data, one)
+        two = call(stage_two_task, "stage_two", params.get("stage_two"), runtime, data, pairs)
+        scores = call(evaluate_task, "evaluate", params.get("evaluate"), runtime, data, one, two)
+        page = call(report_task, "report", params, scores)
+    return {"parent_run_id": parent, "prepare": data, "stage_one": one, "pairs": pairs, "stage_two": two,
+            "evaluate": scores, "report": page}
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. --set stage_one.beta=4 (repeatable)")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = _parse_value(value)
+    from pipeline.summary import print_summary
+
+    result = multistage_pipeline(args.params, overrides)
+    print_summary(result["parent_run_id"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The closing summary a pipeline run prints: the headline scores, how to open the MLflow UI on the run, the
+report's path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stages.report import HEADLINE, METRIC_FILES, OUTPUT
+from stages.tracking import repository_root, tracking_uri
+
+
+def score_table(scores: dict[str, float]) -> str:
+    rows = [(label, f"{scores[key]:.4g}") for label, key in HEADLINE if key in scores]
+    if not rows:
+        return "(no scores yet)"
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"  {label:<{width}}  {value:>10}" for label, value in rows)
+
+
+def read_scores() -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for path in METRIC_FILES:
+        if path.exists():
+            scores |= json.loads(path.read_text())
+    return scores
+
+
+def mlflow_ui_command(parent_run_id: str | None) -> str:
+    uri = tracking_uri()
+    command = f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    if uri.startswith("sqlite:"):
+        command = "make ui   # i.e. " + command
+    where = f"\n  then open http://127.0.0.1:5000 and the run {parent_run_id}" if parent_run_id else ""
+    return command + where
+
+
+def print_summary(parent_run_id: str | None) -> None:
+    print("\nFinal scores (held-out set)")
+    print(score_table(read_scores()))
+    print("\nMLflow UI:\n  " + mlflow_ui_command(parent_run_id))
+    report = repository_root() / OUTPUT / "index.html"
+    print(f"\nReport: {report}" + ("" if report.exists() else " (not written yet)"))
