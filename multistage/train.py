@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from multistage.io import atomic_path
 
 StepFn = Callable[[np.ndarray], tuple[torch.Tensor, Mapping[str, float]]]
 Callback = Callable[[int, dict[str, float]], None]
@@ -103,16 +104,8 @@ def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.nda
 
 def atomic_torch_save(obj: object, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict | None:

@@ -6,8 +6,6 @@ Every file is written under a temporary name and renamed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,19 +13,13 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
+from multistage.io import atomic_path
+
 
 def _replace_into(path: Path, write: Callable[[str], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as temporary:
+        write(str(temporary))
+    return Path(path)
 
 
 def _as_rgb(images: torch.Tensor) -> torch.Tensor:

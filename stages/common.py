@@ -20,6 +20,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from multistage.io import atomic_path, current_umask
+
 PARAMS_FILE = "params.yaml"
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -117,38 +119,13 @@ class InputError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- atomic writes
-def _temporary_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    return Path(name)
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = _temporary_beside(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
-
-
-def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    path = Path(path)
-    tmp = _temporary_beside(path)
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _json_default(value: Any) -> Any:
@@ -174,6 +151,7 @@ class StagingDirectory:
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp"))
+        os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the usual permissions
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -20,15 +20,21 @@ OUTPUT = Path("data/prepared")
 
 
 class TextureParams(StageParams):
-    contrast: float = Field(0.5, ge=0.0, le=1.0)
-    frequency_min: float = Field(0.08, gt=0.0, le=0.5)
-    frequency_max: float = Field(0.2, gt=0.0, le=0.5)
+    """Options of the textured variant (``multistage.data.dsprites.TextureOptions``, which re-validates them)."""
+
+    colour_min: float = Field(0.5, ge=0.0, le=1.0)
+    colour_max: float = Field(1.0, ge=0.0, le=1.0)
+    grating_contrast: float = Field(0.5, ge=0.0, le=1.0)
+    grating_frequency_min: float = Field(0.08, gt=0.0, le=0.5)
+    grating_frequency_max: float = Field(0.2, gt=0.0, le=0.5)
     background_noise: float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _ordered(self):
-        if self.frequency_min > self.frequency_max:
-            raise ValueError("frequency_min must not exceed frequency_max")
+        if self.grating_frequency_min > self.grating_frequency_max:
+            raise ValueError("grating_frequency_min must not exceed grating_frequency_max")
+        if self.colour_min > self.colour_max:
+            raise ValueError("colour_min must not exceed colour_max")
         return self
 
 

@@ -17,7 +17,8 @@ BIN = Path(sys.executable).parent
 TINY_PARAMS = {
     "runtime": {"device": "cpu", "threads": 1},
     "prepare": {"dataset": "dsprites", "variant": "textured", "n_images": 600, "seed": 0, "test_fraction": 0.25,
-                "texture": {"contrast": 0.5, "frequency_min": 0.08, "frequency_max": 0.2, "background_noise": 0.0}},
+                "texture": {"colour_min": 0.5, "colour_max": 1.0, "grating_contrast": 0.5,
+                            "grating_frequency_min": 0.08, "grating_frequency_max": 0.2, "background_noise": 0.0}},
     "stage_one": {"model": "betatcvae", "latent_dim": 4, "alpha": 1.0, "beta": 2.0, "gamma": 1.0,
                   "estimator": "stratified", "steps": 12, "batch_size": 32, "learning_rate": 0.001, "seed": 0,
                   "checkpoint_every": 4, "log_every": 4},

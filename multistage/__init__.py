@@ -1,0 +1,1 @@
+"""multistage: multi-stage disentangled representation learning (a disentangled stage one, a residual stage two)."""

@@ -1,0 +1,565 @@
+"""Procedural dSprites, regenerated to its published specification, and a textured variant.
+
+dSprites (Matthey, Higgins, Hassabis and Lerchner 2017, "dSprites: Disentanglement testing Sprites dataset",
+https://github.com/deepmind/dsprites-dataset; the specification quoted in issue 2) is the full product of five
+independent factors, 64 x 64 binary images:
+
+=============  ====  ===========================================================
+factor         size  values (`factor_values`)
+=============  ====  ===========================================================
+shape          3     square, ellipse, heart (class 0, 1, 2; value 1, 2, 3 as in the
+                     published ``latents_values``)
+scale          6     linspace(0.5, 1, 6)
+orientation    40    linspace(0, 2 pi, 40) radians: 0 and 2 pi are both present and
+                     render the same image, as in the original
+posX           32    linspace(0, 1, 32)
+posY           32    linspace(0, 1, 32)
+=============  ====  ===========================================================
+
+737,280 images, indexed as in the original: shape slowest, then scale, orientation, posX, posY fastest
+(``np.ravel_multi_index(classes.T, FACTOR_SIZES)``).
+
+Geometry (our choices, measured from the published images):
+
+* Screen coordinates: x to the right, y down, in pixels; pixel (row i, column j) has its centre at
+  (j + 0.5, i + 0.5). A pixel is on when its centre lies inside the shape.
+* The shape's centre is at (16 + 32 posX, 16 + 32 posY) px.
+* Square: side 19.2 scale px (so 19 or 20 pixels across, depending on the sub-pixel position).
+* Ellipse: semi-axes 12.75 scale x 7.25 scale px, the major axis horizontal at orientation 0.
+* Heart: the implicit curve (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0 (lobes up), scaled to 20 scale px wide and
+  17 scale px tall; its centre is the area centroid of the curve, so for every shape the position factor is
+  the centre of mass of the sprite, whatever the orientation.
+* Orientation rotates the shape counter-clockwise as seen on screen about its centre.
+
+Every shape fits inside a 32 x 32 window around its centre, so only that window is computed.
+
+Textured variant (``variant="textured"``): the factors no longer describe the whole image, so a
+disentangled first stage that sees only the factors blurs and a second stage has residual detail to learn.
+Three channels; inside the sprite the intensity is a sinusoidal grating
+
+    1 - contrast * (0.5 + 0.5 sin(2 pi f (x cos a + y sin a) + phase))
+
+(x, y in px relative to the sprite centre, x right, y down), multiplied by a per-image colour; the
+background is black plus optional uniform noise in [0, background_noise]. Per image the colour is drawn
+from U(colour_min, colour_max)^3, a ~ U(0, pi), f ~ U(grating_frequency_min, grating_frequency_max)
+cycles/px, phase ~ U(0, 2 pi). For a generated dataset these draws are a fixed function of
+(seed, grid index) (a counter-based splitmix64 hash, Steele, Lea and Flood 2014), so a grid cell has the same
+nuisance whatever subset it is drawn in; `DSpritesRenderer` draws fresh ones with a numpy Generator from the
+same distribution.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from multistage.data import base
+
+FACTOR_NAMES: tuple[str, ...] = ("shape", "scale", "orientation", "posX", "posY")
+FACTOR_SIZES: tuple[int, ...] = (3, 6, 40, 32, 32)
+SHAPE_NAMES: tuple[str, ...] = ("square", "ellipse", "heart")
+GRID_SIZE = math.prod(FACTOR_SIZES)  # 737,280
+IMAGE_SIZE = 64
+VARIANTS: tuple[str, ...] = ("binary", "textured")
+NUISANCE_NAMES: tuple[str, ...] = (
+    "colour_r",
+    "colour_g",
+    "colour_b",
+    "grating_angle",
+    "grating_frequency",
+    "grating_phase",
+)
+
+SQUARE_SIDE = 19.2  # px at scale 1
+ELLIPSE_SEMI_AXES = (12.75, 7.25)  # px at scale 1, (horizontal, vertical) at orientation 0
+HEART_WIDTH, HEART_HEIGHT = 20.0, 17.0  # px at scale 1
+# Extent and area centroid of (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0 (computed once by root finding and quadrature;
+# tests/unit/test_data.py checks them against a dense grid).
+HEART_CURVE_HALF_WIDTH = 1.139028164686316
+HEART_CURVE_BOTTOM, HEART_CURVE_TOP = -1.0, 1.2366591700121612
+HEART_CURVE_CENTROID_Y = 0.29348122728179027
+
+_WINDOW = 32  # every sprite fits in a 32 x 32 window around its centre
+_CENTRE_OFFSET, _CENTRE_SPAN = 16.0, 32.0  # centre = 16 + 32 * pos (px)
+
+# Seed streams, so each random choice is independent of the others.
+_SUBSET_STREAM, _SPLIT_STREAM, _NUISANCE_STREAM, _NOISE_STREAM = 1, 2, 3, 4
+
+Progress = Callable[[int, int], None]
+
+
+def factor_values() -> dict[str, np.ndarray]:
+    """The grid values of each factor (see the module table), float64, in class order."""
+    return {
+        "shape": np.arange(1.0, 4.0),
+        "scale": np.linspace(0.5, 1.0, 6),
+        "orientation": np.linspace(0.0, 2.0 * np.pi, 40),
+        "posX": np.linspace(0.0, 1.0, 32),
+        "posY": np.linspace(0.0, 1.0, 32),
+    }
+
+
+_VALUES = factor_values()
+
+
+def grid_indices(classes: np.ndarray) -> np.ndarray:
+    """Index in the full grid (shape slowest, posY fastest) of each row of ``classes`` (n, 5): int64 (n,)."""
+    return np.ravel_multi_index(np.asarray(classes, dtype=np.int64).T, FACTOR_SIZES).astype(np.int64)
+
+
+def classes_from_grid_indices(indices: np.ndarray) -> np.ndarray:
+    """Factor classes (n, 5) int64 of grid indices (n,), the inverse of `grid_indices`."""
+    return np.stack(np.unravel_index(np.asarray(indices, dtype=np.int64), FACTOR_SIZES), axis=1).astype(np.int64)
+
+
+def values_from_classes(classes: np.ndarray) -> np.ndarray:
+    """Factor values (n, 5) float64 of factor classes (n, 5)."""
+    classes = np.asarray(classes, dtype=np.int64)
+    return np.stack([_VALUES[name][classes[:, k]] for k, name in enumerate(FACTOR_NAMES)], axis=1)
+
+
+def _check_classes(classes: np.ndarray) -> np.ndarray:
+    return base.check_factor_classes(classes, FACTOR_NAMES, FACTOR_SIZES)
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+
+@dataclasses.dataclass
+class _Windows:
+    """The 32 x 32 window of each sprite: where it sits on the canvas and its on-pixels."""
+
+    row0: np.ndarray  # int64 (n,) canvas row of the window's first row
+    col0: np.ndarray  # int64 (n,) canvas column of the window's first column
+    dx: np.ndarray  # float64 (n, 32) x (right) of each window column's pixel centre from the sprite centre, px
+    dy: np.ndarray  # float64 (n, 32) y (down) of each window row's pixel centre from the sprite centre, px
+    masks: np.ndarray  # bool (n, 32, 32)
+
+
+def _sprite_windows(classes: np.ndarray) -> _Windows:
+    """Rasterise the sprites of ``classes`` (n, 5) (already checked) inside their windows.
+
+    A screen offset (dx right, dy down) from the centre is turned into shape coordinates (u along the
+    shape's own x axis, v along its own up axis) by undoing the counter-clockwise (on screen) rotation theta:
+    u = dx cos theta - dy sin theta, v = -dx sin theta - dy cos theta (with y up = -dy). Each shape's
+    coordinates are then divided by its size so that the inside test is size-free. Only the (n, 32) row and
+    column terms are formed per image; the (n, 32, 32) planes are one broadcast add each.
+    """
+    shape = classes[:, 0]
+    scale = _VALUES["scale"][classes[:, 1]]
+    theta = _VALUES["orientation"][classes[:, 2]]
+    centre_x = _CENTRE_OFFSET + _CENTRE_SPAN * _VALUES["posX"][classes[:, 3]]
+    centre_y = _CENTRE_OFFSET + _CENTRE_SPAN * _VALUES["posY"][classes[:, 4]]
+    col0 = np.floor(centre_x).astype(np.int64) - _WINDOW // 2
+    row0 = np.floor(centre_y).astype(np.int64) - _WINDOW // 2
+    pixel_centres = np.arange(_WINDOW) + 0.5
+    dx = col0[:, None] + pixel_centres - centre_x[:, None]
+    dy = row0[:, None] + pixel_centres - centre_y[:, None]
+
+    # Per shape: size of one unit of shape coordinates along u and v (px), and the v of the sprite centre.
+    unit_u = np.array([SQUARE_SIDE / 2, ELLIPSE_SEMI_AXES[0], HEART_WIDTH / (2 * HEART_CURVE_HALF_WIDTH)])
+    unit_v = np.array(
+        [SQUARE_SIDE / 2, ELLIPSE_SEMI_AXES[1], HEART_HEIGHT / (HEART_CURVE_TOP - HEART_CURVE_BOTTOM)]
+    )
+    centre_v = np.array([0.0, 0.0, HEART_CURVE_CENTROID_Y])
+    cos, sin = np.cos(theta)[:, None], np.sin(theta)[:, None]
+    to_u = 1.0 / (unit_u[shape] * scale)[:, None]
+    to_v = 1.0 / (unit_v[shape] * scale)[:, None]
+    u_from_column = (dx * cos * to_u).astype(np.float32)
+    u_from_row = (-dy * sin * to_u).astype(np.float32)
+    v_from_column = (-dx * sin * to_v).astype(np.float32)
+    v_from_row = (-dy * cos * to_v + centre_v[shape][:, None]).astype(np.float32)
+
+    masks = np.empty((len(classes), _WINDOW, _WINDOW), dtype=bool)
+    for shape_class, inside in enumerate((_inside_square, _inside_ellipse, _inside_heart)):
+        rows = np.flatnonzero(shape == shape_class)
+        if rows.size == 0:
+            continue
+        if rows.size == len(classes):
+            rows = slice(None)  # the usual case for sorted grids: no gather
+        u = u_from_column[rows][:, None, :] + u_from_row[rows][:, :, None]
+        v = v_from_column[rows][:, None, :] + v_from_row[rows][:, :, None]
+        masks[rows] = inside(u, v)
+    return _Windows(row0=row0, col0=col0, dx=dx, dy=dy, masks=masks)
+
+
+def _inside_square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """max(|u|, |v|) <= 1 (u, v in half-sides); overwrites u and v."""
+    np.abs(u, out=u)
+    np.abs(v, out=v)
+    np.maximum(u, v, out=u)
+    return u <= 1.0
+
+
+def _inside_ellipse(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """u^2 + v^2 <= 1 (u, v in semi-axes); overwrites u and v."""
+    np.multiply(u, u, out=u)
+    np.multiply(v, v, out=v)
+    u += v
+    return u <= 1.0
+
+
+def _inside_heart(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(x^2 + y^2 - 1)^3 - x^2 y^3 <= 0 (heart-curve units, y up); overwrites x and y."""
+    np.multiply(x, x, out=x)  # x^2
+    y_squared = y * y
+    ring = x + y_squared
+    ring -= 1.0
+    ring_cubed = ring * ring
+    ring_cubed *= ring
+    np.multiply(y, y_squared, out=y)  # y^3
+    y *= x  # x^2 y^3
+    return ring_cubed <= y
+
+
+_WINDOW_OFFSETS = (np.arange(_WINDOW)[:, None] * IMAGE_SIZE + np.arange(_WINDOW)[None, :]).astype(np.int64)
+
+
+def _window_flat_indices(windows: _Windows, channels: int = 1) -> np.ndarray:
+    """Flat indices (n, 32, 32) of each window's pixels in channel 0 of an (n, channels, 64, 64) canvas."""
+    n = len(windows.row0)
+    image_pixels = channels * IMAGE_SIZE * IMAGE_SIZE
+    start = np.arange(n, dtype=np.int64) * image_pixels + windows.row0 * IMAGE_SIZE + windows.col0
+    return start[:, None, None] + _WINDOW_OFFSETS
+
+
+def render_masks(classes: np.ndarray) -> np.ndarray:
+    """Binary sprites for factor classes ``classes`` (n, 5): uint8 (n, 64, 64) in {0, 1} (module geometry)."""
+    return _binary_images(_check_classes(classes), on_value=1)
+
+
+def _binary_images(classes: np.ndarray, on_value: int) -> np.ndarray:
+    """uint8 (n, 64, 64): ``on_value`` inside the sprite, 0 outside; ``classes`` already checked."""
+    windows = _sprite_windows(classes)
+    canvas = np.zeros((len(classes), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    canvas.reshape(-1)[_window_flat_indices(windows)] = windows.masks.view(np.uint8) * np.uint8(on_value)
+    return canvas
+
+
+# ------------------------------------------------------------------------------------------ texture
+
+
+@dataclasses.dataclass(frozen=True)
+class TextureOptions:
+    """Nuisance distribution of the textured variant (see the module docstring); validated on creation."""
+
+    colour_min: float = 0.5
+    colour_max: float = 1.0
+    grating_frequency_min: float = 0.08
+    grating_frequency_max: float = 0.2
+    grating_contrast: float = 0.5
+    background_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        def check(name: str, low: float, high: float, allowed: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
+
+        check("colour_min", 0.0, 1.0, "[0, 1]")
+        check("colour_max", self.colour_min, 1.0, f"[colour_min={self.colour_min}, 1]")
+        check("grating_frequency_min", 0.0, 0.5, "[0, 0.5] cycles/px (0.5 is the Nyquist limit)")
+        check(
+            "grating_frequency_max",
+            self.grating_frequency_min,
+            0.5,
+            f"[grating_frequency_min={self.grating_frequency_min}, 0.5] cycles/px",
+        )
+        check("grating_contrast", 0.0, 1.0, "[0, 1]")
+        check("background_noise", 0.0, 1.0, "[0, 1]")
+
+
+def _nuisance_from_uniforms(uniforms: np.ndarray, options: TextureOptions) -> dict[str, np.ndarray]:
+    """Map U(0, 1) draws (6, n) to the nuisance distributions, in NUISANCE_NAMES order."""
+    colour_span = options.colour_max - options.colour_min
+    frequency_span = options.grating_frequency_max - options.grating_frequency_min
+    return {
+        "colour_r": options.colour_min + colour_span * uniforms[0],
+        "colour_g": options.colour_min + colour_span * uniforms[1],
+        "colour_b": options.colour_min + colour_span * uniforms[2],
+        "grating_angle": np.pi * uniforms[3],
+        "grating_frequency": options.grating_frequency_min + frequency_span * uniforms[4],
+        "grating_phase": 2.0 * np.pi * uniforms[5],
+    }
+
+
+def draw_nuisance(n: int, rng: np.random.Generator, options: TextureOptions) -> dict[str, np.ndarray]:
+    """Fresh nuisance for ``n`` images drawn with ``rng`` (float64 arrays (n,) named as NUISANCE_NAMES)."""
+    return _nuisance_from_uniforms(rng.random((len(NUISANCE_NAMES), n)), options)
+
+
+def _stream_key(seed: int, stream: int) -> np.uint64:
+    return np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
+
+
+def _hash_bits(key: np.uint64, counters: np.ndarray) -> np.ndarray:
+    """splitmix64 output for state key + counter * golden gamma (Steele, Lea and Flood 2014): uint64."""
+    with np.errstate(over="ignore"):
+        state = counters.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + key
+        state ^= state >> np.uint64(30)
+        state *= np.uint64(0xBF58476D1CE4E5B9)
+        state ^= state >> np.uint64(27)
+        state *= np.uint64(0x94D049BB133111EB)
+        state ^= state >> np.uint64(31)
+    return state
+
+
+def grid_nuisance(indices: np.ndarray, seed: int, options: TextureOptions) -> dict[str, np.ndarray]:
+    """Nuisance of grid cells ``indices`` (n,) for ``seed``: a fixed function of (seed, grid index)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    counters = indices[None, :] * len(NUISANCE_NAMES) + np.arange(len(NUISANCE_NAMES))[:, None]
+    uniforms = (_hash_bits(_stream_key(seed, _NUISANCE_STREAM), counters) >> np.uint64(11)) * 2.0**-53
+    return _nuisance_from_uniforms(uniforms, options)
+
+
+def _grid_background_noise(indices: np.ndarray, seed: int, amplitude: float) -> np.ndarray:
+    """U(0, amplitude) per pixel and channel, float32 (n, 3, 64, 64), fixed by (seed, grid index)."""
+    per_image = 3 * IMAGE_SIZE * IMAGE_SIZE
+    counters = np.asarray(indices, dtype=np.uint64)[:, None] * np.uint64(per_image) + np.arange(
+        per_image, dtype=np.uint64
+    )
+    bits = _hash_bits(_stream_key(seed, _NOISE_STREAM), counters) >> np.uint64(40)
+    noise = bits.astype(np.float32) * np.float32(amplitude * 2.0**-24)
+    return noise.reshape(len(indices), 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def render_textured(
+    classes: np.ndarray,
+    nuisance: dict[str, np.ndarray],
+    grating_contrast: float = 0.5,
+    background: np.ndarray | None = None,
+) -> np.ndarray:
+    """Textured, coloured sprites: uint8 (n, 3, 64, 64) (module docstring for the formula).
+
+    ``nuisance`` holds the NUISANCE_NAMES arrays (n,); ``background`` (float (n, 3, 64, 64) in [0, 1]) fills
+    the pixels outside the sprite, black when None.
+    """
+    classes = _check_classes(classes)
+    missing = [name for name in NUISANCE_NAMES if name not in nuisance]
+    if missing:
+        raise ValueError(f"nuisance is missing {missing}")
+    n = len(classes)
+    windows = _sprite_windows(classes)
+    angle = nuisance["grating_angle"][:, None]
+    frequency = nuisance["grating_frequency"][:, None]
+    # sin(A + B) with A from the column (x) and B from the row (y): sin A cos B + cos A sin B.
+    column_phase = 2.0 * np.pi * frequency * windows.dx * np.cos(angle) + nuisance["grating_phase"][:, None]
+    row_phase = 2.0 * np.pi * frequency * windows.dy * np.sin(angle)
+    sine = np.sin(column_phase).astype(np.float32)[:, None, :] * np.cos(row_phase).astype(np.float32)[:, :, None]
+    sine += np.cos(column_phase).astype(np.float32)[:, None, :] * np.sin(row_phase).astype(np.float32)[:, :, None]
+    # intensity = 1 - contrast (0.5 + 0.5 sine) = (1 - contrast / 2) - (contrast / 2) sine, zero outside.
+    intensity = sine
+    intensity *= np.float32(-grating_contrast / 2)
+    intensity += np.float32(1 - grating_contrast / 2)
+    intensity *= windows.masks
+
+    flat = _window_flat_indices(windows, channels=3)
+    if background is None:
+        canvas = np.zeros((n, 3, IMAGE_SIZE * IMAGE_SIZE), dtype=np.float32)
+    else:
+        canvas = np.asarray(background, dtype=np.float32).reshape(n, 3, IMAGE_SIZE * IMAGE_SIZE) * np.float32(255)
+    canvas_flat = canvas.reshape(-1)
+    for channel, name in enumerate(("colour_r", "colour_g", "colour_b")):
+        value = intensity * (255.0 * nuisance[name]).astype(np.float32)[:, None, None]
+        channel_flat = flat + channel * IMAGE_SIZE * IMAGE_SIZE
+        if background is not None:
+            value = np.where(windows.masks, value, canvas_flat[channel_flat])
+        canvas_flat[channel_flat] = value
+    np.rint(canvas, out=canvas)
+    return canvas.astype(np.uint8).reshape(n, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+# ------------------------------------------------------------------------------------------ datasets
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def _channels(variant: str) -> int:
+    return 1 if variant == "binary" else 3
+
+
+class DSpritesRenderer:
+    """Renders new observations for given factor classes: ``renderer(classes, rng) -> uint8 (n, C, 64, 64)``.
+
+    Binary: the sprite as 0/255. Textured: fresh nuisance (and background noise) drawn with ``rng`` from the
+    distribution of ``options``, the same distribution the generated dataset was drawn from.
+    """
+
+    def __init__(self, variant: str = "binary", options: TextureOptions | None = None) -> None:
+        _check_variant(variant)
+        self.variant = variant
+        self.options = options if options is not None else TextureOptions()
+
+    def __call__(self, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        classes = _check_classes(classes)
+        if self.variant == "binary":
+            return _binary_images(classes, on_value=255)[:, None]
+        background = None
+        if self.options.background_noise > 0:
+            shape = (len(classes), 3, IMAGE_SIZE, IMAGE_SIZE)
+            background = rng.random(shape, dtype=np.float32) * np.float32(self.options.background_noise)
+        nuisance = draw_nuisance(len(classes), rng, self.options)
+        return render_textured(classes, nuisance, self.options.grating_contrast, background)
+
+    def __repr__(self) -> str:
+        return f"DSpritesRenderer(variant={self.variant!r}, options={self.options!r})"
+
+
+def renderer_from_meta(meta: dict) -> DSpritesRenderer:
+    """The renderer of a saved dSprites dataset, from its meta.json contents."""
+    texture = meta.get("params", {}).get("texture") or {}
+    return DSpritesRenderer(meta.get("variant", "binary"), TextureOptions(**texture))
+
+
+base.register_renderer_factory("dsprites", renderer_from_meta)
+
+
+def _render_grid_chunk(
+    classes: np.ndarray,
+    indices: np.ndarray,
+    nuisance: dict[str, np.ndarray],
+    variant: str,
+    seed: int,
+    options: TextureOptions,
+) -> np.ndarray:
+    """Images of one chunk of a generated dataset, uint8 (n, C, 64, 64); nuisance fixed by (seed, index)."""
+    if variant == "binary":
+        return _binary_images(classes, on_value=255)[:, None]
+    background = None
+    if options.background_noise > 0:
+        background = _grid_background_noise(indices, seed, options.background_noise)
+    return render_textured(classes, nuisance, options.grating_contrast, background)
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def make_dsprites(
+    out_dir: str | os.PathLike,
+    n_images: int | None = None,
+    seed: int = 0,
+    variant: str = "binary",
+    test_fraction: float = 0.1,
+    *,
+    colour_min: float = 0.5,
+    colour_max: float = 1.0,
+    grating_frequency_min: float = 0.08,
+    grating_frequency_max: float = 0.2,
+    grating_contrast: float = 0.5,
+    background_noise: float = 0.0,
+    num_workers: int | None = None,
+    chunk_size: int = 256,
+    progress: Progress | None = None,
+) -> base.GroundTruthDataset:
+    """Generate dSprites into ``out_dir`` (images.npy, factors.parquet, meta.json) and return it loaded.
+
+    ``n_images=None`` renders the full grid of 737,280 images in the original order; an int draws that many
+    grid cells without replacement (deterministic from ``seed``) and keeps them in grid order. The test split
+    is ``round(test_fraction * n)`` rows chosen at random, deterministic from ``seed``. ``variant`` is
+    ``"binary"`` (1 channel, 0/255, the published dataset) or ``"textured"`` (3 channels; texture options as
+    in `TextureOptions`, ignored for binary). Images are rendered in chunks of ``chunk_size`` by
+    ``num_workers`` threads (default: the CPUs this process may use; numpy releases the GIL) straight into a
+    memory map at a temporary name that is renamed when complete; ``progress(done, total)`` is called after
+    each chunk. Options are validated (ValueError naming the option) before anything is written.
+    """
+    _check_variant(variant)
+    options = TextureOptions(
+        colour_min=colour_min,
+        colour_max=colour_max,
+        grating_frequency_min=grating_frequency_min,
+        grating_frequency_max=grating_frequency_max,
+        grating_contrast=grating_contrast,
+        background_noise=background_noise,
+    )
+    if n_images is not None and (
+        isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or not 1 <= n_images <= GRID_SIZE
+    ):
+        raise ValueError(f"n_images must be None (full grid) or an int in [1, {GRID_SIZE}], got {n_images!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(test_fraction, (int, float)) or not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be a number in [0, 1), got {test_fraction!r}")
+    workers = _default_workers() if num_workers is None else num_workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"num_workers must be None or an int >= 1, got {num_workers!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    seed = int(seed)
+
+    if n_images is None:
+        indices = np.arange(GRID_SIZE, dtype=np.int64)
+    else:
+        subset_rng = np.random.default_rng([seed, _SUBSET_STREAM])
+        indices = np.sort(subset_rng.choice(GRID_SIZE, size=int(n_images), replace=False)).astype(np.int64)
+    n = len(indices)
+    classes = classes_from_grid_indices(indices)
+    split = np.zeros(n, dtype=np.uint8)
+    split_rng = np.random.default_rng([seed, _SPLIT_STREAM])
+    split[split_rng.permutation(n)[: int(round(test_fraction * n))]] = 1
+    nuisance = grid_nuisance(indices, seed, options) if variant == "textured" else {}
+
+    out_dir = Path(out_dir)
+    base.begin_dataset_folder(out_dir)
+    shape = (n, _channels(variant), IMAGE_SIZE, IMAGE_SIZE)
+    with base.atomic_path(out_dir / base.IMAGES_FILE) as temporary:
+        images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+
+        def render(start: int) -> int:
+            stop = min(start + chunk_size, n)
+            chunk_nuisance = {name: values[start:stop] for name, values in nuisance.items()}
+            images[start:stop] = _render_grid_chunk(
+                classes[start:stop], indices[start:stop], chunk_nuisance, variant, seed, options
+            )
+            return stop - start
+
+        done = 0
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as executor:
+            futures = [executor.submit(render, start) for start in range(0, n, chunk_size)]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    done += future.result()
+                    if progress is not None:
+                        progress(done, n)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        dataset = base.GroundTruthDataset(
+            images=images,
+            factor_names=FACTOR_NAMES,
+            factor_sizes=FACTOR_SIZES,
+            factor_classes=classes,
+            factor_values=values_from_classes(classes),
+            nuisance=nuisance,
+            split=split,
+        )
+        del images
+    params: dict = {
+        "seed": seed,
+        "n_images": None if n_images is None else int(n_images),
+        "test_fraction": float(test_fraction),
+    }
+    if variant == "textured":
+        params["texture"] = dataclasses.asdict(options)
+    meta = {
+        "dataset": "dsprites",
+        "variant": variant,
+        "params": params,
+        "specification": "Matthey et al. 2017 dSprites, regenerated procedurally (multistage.data.dsprites)",
+    }
+    base.finish_dataset_folder(dataset, out_dir, meta)
+    del dataset
+    return base.load_dataset(out_dir)
