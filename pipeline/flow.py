@@ -169,7 +169,8 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
                         workdir: str | None = None) -> dict:
     """prepare -> stage one -> pairs -> stage two -> evaluate -> report, under one MLflow parent run.
 
-    Returns the output digests of every stage and the parent run id.
+    Returns the MLflow parent run id and each stage task's final state (``Completed``, or ``Cached`` when it was
+    skipped because its inputs, code and outputs are unchanged).
     """
     if workdir:
         os.chdir(workdir)
@@ -179,9 +180,14 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
     def code(stage: str) -> str:
         return digest_paths(CODE[stage], PACKAGE_ROOT)
 
+    states: dict[str, str] = {}
+
     def call(stage_task, stage: str, *args):
-        """Run from the cache only while the stage's outputs are intact on disk."""
-        return stage_task.with_options(refresh_cache=not outputs_intact(stage))(*args, code(stage))
+        """Run from the cache only while the stage's outputs are intact on disk; note Completed or Cached."""
+        state = stage_task.with_options(refresh_cache=not outputs_intact(stage))(*args, code(stage),
+                                                                               return_state=True)
+        states[stage] = state.name
+        return state.result()
 
     with pipeline_run("prefect flow", tags={"prefect.flow": "multistage-pipeline"}) as parent:
         data = call(prepare_task, "prepare", params.get("prepare"))
@@ -189,9 +195,9 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
         pairs = call(pairs_task, "pairs", params.get("pairs"), runtime, data, one)
         two = call(stage_two_task, "stage_two", params.get("stage_two"), runtime, data, pairs)
         scores = call(evaluate_task, "evaluate", params.get("evaluate"), runtime, data, one, two)
-        page = call(report_task, "report", params, scores)
-    return {"parent_run_id": parent, "prepare": data, "stage_one": one, "pairs": pairs, "stage_two": two,
-            "evaluate": scores, "report": page}
+        call(report_task, "report", params, scores)
+    print("stages: " + ", ".join(f"{stage} {state}" for stage, state in states.items()))
+    return {"parent_run_id": parent, "task_states": states}
 
 
 def _parse_value(text: str) -> Any:

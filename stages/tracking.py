@@ -35,8 +35,12 @@ def repository_root() -> Path:
     return root
 
 
+def default_tracking_uri() -> str:
+    return f"sqlite:///{repository_root() / 'mlruns.db'}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / 'mlruns.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def artifact_location() -> str:
@@ -65,7 +69,8 @@ def experiment_id(mlflow) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_location()
+    # our own store keeps artifacts beside it; a user's tracking server decides for itself
+    location = artifact_location() if tracking_uri() == default_tracking_uri() else None
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another stage process
