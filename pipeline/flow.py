@@ -26,7 +26,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from stages import evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
 from stages.common import PARAMS_FILE, ParamsError, RuntimeParams, read_params_file, setup_runtime, validate_section
-from stages.tracking import pipeline_run, stage_run
+from pipeline.summary import read_scores
+from stages.tracking import log_run_metrics, pipeline_run, stage_run
 
 # what each stage reads (code) and writes, mirroring dvc.yaml
 CODE = {
@@ -196,6 +197,7 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
         two = call(stage_two_task, "stage_two", params.get("stage_two"), runtime, data, pairs)
         scores = call(evaluate_task, "evaluate", params.get("evaluate"), runtime, data, one, two)
         call(report_task, "report", params, scores)
+        log_run_metrics(parent, read_scores())
     print("stages: " + ", ".join(f"{stage} {state}" for stage, state in states.items()))
     return {"parent_run_id": parent, "task_states": states}
 

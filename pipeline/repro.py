@@ -11,8 +11,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from pipeline.summary import print_summary
-from stages.tracking import pipeline_run
+from pipeline.summary import print_summary, read_scores
+from stages.tracking import log_run_metrics, pipeline_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
             completed = subprocess.run(command)
             if completed.returncode != 0:
                 raise SystemExit(completed.returncode)
+            log_run_metrics(parent, read_scores())
     except SystemExit as stop:
         print(f"\n{' '.join(command)} failed with exit status {stop.code}; see the message above.", file=sys.stderr)
         return int(stop.code or 1)

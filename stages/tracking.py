@@ -150,6 +150,19 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[S
         mlflow.end_run(status="FINISHED")
 
 
+def log_run_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log final scores onto a run by id (the parent run, so the runs table shows them at the top level)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v]
+    client = _mlflow().MlflowClient()
+    for start in range(0, len(batch), 900):  # the REST API takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=batch[start : start + 900])
+
+
 @contextlib.contextmanager
 def pipeline_run(name: str = "pipeline", tags: Mapping[str, str] | None = None) -> Iterator[str]:
     """Open the parent run of one pipeline execution and export its id to every stage started inside."""

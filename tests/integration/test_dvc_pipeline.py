@@ -48,6 +48,9 @@ def test_dvc_repro_end_to_end(tiny_repo):
         "where t.key = 'multistage.stage' and t.value = 'pipeline'").fetchall()
     assert len(parents) == 1
     parent = parents[0][0]
+    parent_scores = dict(database.execute("select key, value from latest_metrics where run_uuid = ?",
+                                          (parent,)).fetchall())
+    assert parent_scores["conditioning.M1"] == pytest.approx(scores["conditioning.M1"])
     children = database.execute(
         "select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?", (parent,)).fetchall()
     assert sorted(runs[c] for (c,) in children) == sorted(STAGES)

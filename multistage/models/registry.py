@@ -1,0 +1,60 @@
+"""Model registry: a name -> (model class, config dataclass) table per stage, and builders that fail clearly.
+
+    build("stage_one", "betatcvae", latent_dim=10, beta=6.0, dataset_size=len(train))
+    build_model("msvae", image_channels=3)           # the name alone when it is unique across stages
+
+An unknown stage, model name or option raises ValueError naming it and listing what is allowed. New models are
+added by putting one line in STAGE_ONE or STAGE_TWO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from multistage.models.stage_one.betatcvae import BetaTCVAE, BetaTCVAEConfig
+from multistage.models.stage_two.msvae import MSVAE, MSVAEConfig
+
+STAGE_ONE: dict[str, tuple[type[nn.Module], type]] = {"betatcvae": (BetaTCVAE, BetaTCVAEConfig)}
+STAGE_TWO: dict[str, tuple[type[nn.Module], type]] = {"msvae": (MSVAE, MSVAEConfig)}
+REGISTRIES: dict[str, dict[str, tuple[type[nn.Module], type]]] = {"stage_one": STAGE_ONE, "stage_two": STAGE_TWO}
+
+
+def lookup(kind: str, name: str) -> tuple[type[nn.Module], type]:
+    """(model class, config dataclass) registered as ``name`` for stage ``kind`` ("stage_one" or "stage_two")."""
+    if kind not in REGISTRIES:
+        raise ValueError(f"unknown model kind {kind!r}; allowed kinds: {', '.join(sorted(REGISTRIES))}")
+    table = REGISTRIES[kind]
+    if name not in table:
+        raise ValueError(f"unknown {kind} model {name!r}; allowed {kind} models: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def build_config(kind: str, name: str, **options: Any) -> Any:
+    """The config dataclass of model ``name`` with ``options`` set; an unknown option is a ValueError."""
+    _, config_class = lookup(kind, name)
+    allowed = [field.name for field in dataclasses.fields(config_class)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for {kind} model {name!r}; "
+            f"allowed options: {', '.join(allowed)}"
+        )
+    return config_class(**options)
+
+
+def build(kind: str, name: str, **options: Any) -> nn.Module:
+    """A fresh model ``name`` of stage ``kind`` built from its config dataclass with ``options``."""
+    model_class, _ = lookup(kind, name)
+    return model_class(build_config(kind, name, **options))
+
+
+def build_model(name: str, **options: Any) -> nn.Module:
+    """``build`` with the stage inferred from the name (names are unique across stages)."""
+    kinds = [kind for kind, table in REGISTRIES.items() if name in table]
+    if not kinds:
+        allowed = sorted(model for table in REGISTRIES.values() for model in table)
+        raise ValueError(f"unknown model {name!r}; allowed models: {', '.join(allowed)}")
+    return build(kinds[0], name, **options)
