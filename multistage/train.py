@@ -12,6 +12,8 @@ logs wherever it likes. The loop gives:
 * a NaN guard: a non-finite loss or gradient stops training with :class:`NonFiniteLossError` before the optimiser
   touches the weights, and the last good checkpoint is kept as it is.
 
+Schedules: :func:`linear_warmup` gives the weight of a regulariser that rises linearly from 0 to 1.
+
 Batches come from :func:`batch_indices`, a deterministic function of (seed, step), so a resumed run sees exactly
 the data order an uninterrupted one would have seen.
 """
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 
 from multistage.io import atomic_path
 
-StepFn = Callable[[np.ndarray], tuple[torch.Tensor, Mapping[str, float]]]
+StepFn = Callable[[np.ndarray, int], tuple[torch.Tensor, Mapping[str, float]]]
 Callback = Callable[[int, dict[str, float]], None]
 
 
@@ -80,6 +82,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def linear_warmup(step: int, warmup_steps: int) -> float:
+    """Weight in [0, 1] rising linearly over ``warmup_steps`` steps (1 throughout when ``warmup_steps`` is 0).
+
+    KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): starting a VAE with the KL-side terms switched off lets
+    the encoder put information into the code before the prior pulls it back; without it, beta-TCVAE on dSprites
+    sits on a collapsed plateau (every KL term ~0) for thousands of steps (measured here: still collapsed after
+    1,000 steps of batch 128 on binary dSprites, and after 215 steps of batch 256 on the textured variant).
+    """
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
 
 
 def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -145,8 +160,9 @@ def train(
 ) -> TrainResult:
     """Train ``model`` for ``config.steps`` steps, resuming from ``checkpoint_path`` when it matches.
 
-    ``step_fn(indices)`` computes the loss on the batch of dataset indices (the loop does backward and the
-    optimiser step). ``extra_modules`` are further state holders (a discriminator, its optimiser) saved and
+    ``step_fn(indices, step)`` computes the loss on the batch of dataset indices at that (0-based) step, which
+    lets an objective follow a schedule (warm-up, capacity annealing); the loop does backward and the optimiser
+    step. ``extra_modules`` are further state holders (a discriminator, its optimiser) saved and
     restored with the checkpoint. Logged values (every ``log_every`` steps and at the last step) carry
     ``images_per_second`` measured over the interval; they go to ``callback`` and into the returned history.
     """
@@ -194,7 +210,7 @@ def train(
     try:
         for step in range(start_step, config.steps):
             indices = batch_indices(n_items, config.batch_size, config.seed, step)
-            loss, logs = step_fn(indices)
+            loss, logs = step_fn(indices, step)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{description}: non-finite loss ({loss.item()}) at step {step}; terms: "

@@ -97,11 +97,18 @@ def compute(params: EvaluateParams, device: torch.device, show_progress: bool = 
     train_pool = dataset.train_indices
     classifier_indices = np.sort(rng.permutation(len(train_pool))[: params.classifier.train_images])
     classifier_indices = train_pool[classifier_indices]
-    classifier, accuracy = train_factor_classifier(
-        dataset.images[classifier_indices], dataset.factor_classes[classifier_indices], dataset.factor_sizes,
-        steps=params.classifier.steps, batch_size=params.classifier.batch_size, seed=params.classifier.seed,
-        device=device, factor_names=names,
-    )
+    with tqdm(total=params.classifier.steps, desc="factor classifier", unit="step",
+              disable=not show_progress) as bar:
+
+        def progress(step: int, logs: dict) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+
+        classifier, accuracy = train_factor_classifier(
+            dataset.images[classifier_indices], dataset.factor_classes[classifier_indices], dataset.factor_sizes,
+            steps=params.classifier.steps, batch_size=params.classifier.batch_size, seed=params.classifier.seed,
+            device=device, factor_names=names, progress=progress,
+        )
     scores |= {f"classifier.accuracy.{k}": float(v) for k, v in accuracy.items()}
 
     indices = held_out_indices(dataset, params.eval_images, params.seed)

@@ -57,6 +57,7 @@ class StageOneParams(TrainingParams):
     beta: float = Field(6.0, ge=0.0)
     gamma: float = Field(1.0, ge=0.0)
     estimator: Literal["stratified", "weighted"] = "stratified"
+    warmup_steps: int = Field(0, ge=0)  # the regulariser's weight rises linearly from 0 to 1 over these steps
 
 
 def data_fingerprint(data: Path) -> str:
@@ -102,7 +103,7 @@ def run(
     from multistage.data.base import to_float
     from multistage.models import registry
     from multistage.models.files import save_model
-    from multistage.train import LoopConfig, train
+    from multistage.train import LoopConfig, linear_warmup, train
     from multistage.viz import plot_curves
 
     data, output = DATA, OUTPUT
@@ -119,9 +120,9 @@ def run(
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
 
-    def step_fn(batch: np.ndarray):
+    def step_fn(batch: np.ndarray, step: int):
         x = to_float(images[np.sort(train_indices[batch])]).to(device)
-        return model.objective(x)
+        return model.objective(x, regularisation_weight=linear_warmup(step, params.warmup_steps))
 
     def callback(step: int, record: dict) -> None:
         if tracker is not None:

@@ -70,7 +70,7 @@ def run(params: StageTwoParams, device: torch.device, tracker=None, show_progres
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
 
-    def step_fn(batch: np.ndarray):
+    def step_fn(batch: np.ndarray, step: int):
         batch = np.sort(batch)
         x = to_float(images[x_index[batch]]).to(device)
         y = torch.from_numpy(np.asarray(y_all[batch], dtype=np.float32)).to(device)

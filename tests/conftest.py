@@ -20,7 +20,7 @@ TINY_PARAMS = {
                 "texture": {"colour_min": 0.5, "colour_max": 1.0, "grating_contrast": 0.5,
                             "grating_frequency_min": 0.08, "grating_frequency_max": 0.2, "background_noise": 0.0}},
     "stage_one": {"model": "betatcvae", "latent_dim": 4, "alpha": 1.0, "beta": 2.0, "gamma": 1.0,
-                  "estimator": "stratified", "steps": 12, "batch_size": 32, "learning_rate": 0.001, "seed": 0,
+                  "estimator": "stratified", "warmup_steps": 4, "steps": 12, "batch_size": 32, "learning_rate": 0.001, "seed": 0,
                   "checkpoint_every": 4, "log_every": 4},
     "pairs": {"samples_per_x": 1, "use_mean": False, "seed": 0, "batch_size": 128},
     "stage_two": {"model": "msvae", "residual_dim": 2, "beta": 1.0, "base_channels": 8, "steps": 8,

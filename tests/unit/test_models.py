@@ -218,8 +218,9 @@ def test_betatcvae_logs_and_one_step():
     model = BetaTCVAE(BetaTCVAEConfig(image_channels=1, image_size=32, latent_dim=4, dataset_size=1000))
     x = (torch.rand(16, 1, 32, 32) > 0.7).to(torch.uint8) * 255
     logs = one_step_decreases_loss(model, (x,))
-    expected = {"loss", "recon", "kl", "index_code_mi", "tc", "dim_kl"} | {f"kl_unit.{j}" for j in range(4)}
-    assert set(logs) == expected
+    expected = {"loss", "recon", "kl", "index_code_mi", "tc", "dim_kl", "regularisation_weight"}
+    assert set(logs) == expected | {f"kl_unit.{j}" for j in range(4)}
+    assert logs["regularisation_weight"] == 1.0
     assert all(math.isfinite(value) for value in logs.values())
     assert logs["kl"] == pytest.approx(sum(logs[f"kl_unit.{j}"] for j in range(4)), rel=1e-5)
     mu, logvar = model.encode(x)
@@ -302,3 +303,17 @@ def test_make_pairs():
         expected_mu, _ = model.encode(torch.from_numpy(images[indices]))
     np.testing.assert_allclose(means["c"][0::2], expected_mu.numpy(), rtol=1e-5, atol=1e-6)
     assert model.training  # mode restored
+
+
+def test_betatcvae_warmup_weight_scales_only_the_regulariser():
+    torch.manual_seed(0)
+    model = BetaTCVAE(BetaTCVAEConfig(image_channels=1, image_size=32, latent_dim=4, dataset_size=1000))
+    x = (torch.rand(16, 1, 32, 32) > 0.7).to(torch.uint8) * 255
+    torch.manual_seed(1)
+    full, logs = model.objective(x)
+    torch.manual_seed(1)
+    none, logs_none = model.objective(x, regularisation_weight=0.0)
+    c = model.config
+    penalty = c.alpha * logs["index_code_mi"] + c.beta * logs["tc"] + c.gamma * logs["dim_kl"]
+    assert none.item() == pytest.approx(logs_none["recon"], rel=1e-6)
+    assert full.item() == pytest.approx(logs["recon"] + penalty, rel=1e-5)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from multistage.train import LoopConfig, NonFiniteLossError, batch_indices, load_checkpoint, train
+from multistage.train import LoopConfig, NonFiniteLossError, batch_indices, linear_warmup, load_checkpoint, train
+
+
+def test_linear_warmup():
+    assert linear_warmup(0, 0) == 1.0 and linear_warmup(500, 0) == 1.0
+    assert linear_warmup(0, 4) == 0.25 and linear_warmup(1, 4) == 0.5 and linear_warmup(3, 4) == 1.0
+    assert linear_warmup(10, 4) == 1.0
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_step():
@@ -28,7 +34,7 @@ def _problem(seed=0):
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
 
-    def step_fn(indices):
+    def step_fn(indices, step):
         noise = 0.01 * torch.randn(len(indices))  # uses the global RNG: resume must restore it
         loss = ((model(data[indices]).squeeze(1) - target[indices] + noise) ** 2).mean()
         return loss, {"loss": loss.item()}
@@ -61,9 +67,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model, optimizer, step_fn = _problem()
     calls = {"n": 0}
 
-    def exploding(indices):
+    def exploding(indices, step):
         calls["n"] += 1
-        loss, logs = step_fn(indices)
+        loss, logs = step_fn(indices, step)
         return (loss * float("nan"), logs) if calls["n"] == 13 else (loss, logs)
 
     config = LoopConfig(steps=30, batch_size=8, checkpoint_every=5, log_every=5)

@@ -227,10 +227,13 @@ class BetaTCVAE(nn.Module):
         mu, logvar = self.encode(x)
         return torch.sigmoid(self.decode(mu if use_mean else self.reparameterize(mu, logvar)))
 
-    def objective(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, logs) for a batch of distinct training images; loss = recon + alpha MI + beta TC + gamma dimKL
-        (beta-TCVAE eq. 5). logs: loss, recon, kl (analytic KL(q(z|x)||p(z)) summed over units, batch mean),
-        index_code_mi, tc, dim_kl, kl_unit.<j> (analytic KL per unit, batch mean)."""
+    def objective(
+        self, x: torch.Tensor, regularisation_weight: float = 1.0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, logs) for a batch of distinct training images; loss = recon + w (alpha MI + beta TC + gamma dimKL)
+        (beta-TCVAE eq. 5, w = 1). ``regularisation_weight`` w < 1 is a warm-up (``multistage.train.linear_warmup``).
+        logs: loss, recon, kl (analytic KL(q(z|x)||p(z)) summed over units, batch mean), index_code_mi, tc, dim_kl,
+        kl_unit.<j> (analytic KL per unit, batch mean), regularisation_weight."""
         c = self.config
         x = as_unit_float(x)
         batch = x.shape[0]
@@ -244,7 +247,8 @@ class BetaTCVAE(nn.Module):
         logits = self.decode(z)
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / batch
         terms = tc_decomposition(z, mu, logvar, c.dataset_size, c.estimator)
-        loss = recon + c.alpha * terms["index_code_mi"] + c.beta * terms["tc"] + c.gamma * terms["dim_kl"]
+        penalty = c.alpha * terms["index_code_mi"] + c.beta * terms["tc"] + c.gamma * terms["dim_kl"]
+        loss = recon + regularisation_weight * penalty
         with torch.no_grad():
             kl_per_unit = gaussian_kl_per_unit(mu, logvar).mean(dim=0)
             names = ["loss", "recon", "kl", "index_code_mi", "tc", "dim_kl"]
@@ -253,4 +257,6 @@ class BetaTCVAE(nn.Module):
                 [loss, recon, kl_per_unit.sum(), terms["index_code_mi"], terms["tc"], terms["dim_kl"]]
             )
             values = torch.cat([values.detach(), kl_per_unit]).tolist()  # one device sync for all the logs
-        return loss, dict(zip(names, values))
+        logs = dict(zip(names, values))
+        logs["regularisation_weight"] = float(regularisation_weight)
+        return loss, logs
