@@ -225,3 +225,35 @@ def setup_runtime(runtime: RuntimeParams, seed: int):
 def load_runtime(params_file: str | Path = PARAMS_FILE) -> RuntimeParams:
     raw = read_params_file(params_file).get("runtime", {})
     return validate_section(RuntimeParams, raw, "runtime", str(params_file))
+
+
+# ------------------------------------------------------------------------------------------- training stages
+def step_logger(tracker):
+    """The training loop's callback: per-step values to MLflow as ``train.<term>`` (nothing without a tracker)."""
+
+    def callback(step: int, record: dict) -> None:
+        if tracker is not None:
+            tracker.log_metrics({f"train.{k}": v for k, v in record.items() if k != "step"}, step=step)
+
+    return callback
+
+
+def training_summary(prefix: str, result) -> dict[str, float]:
+    """Final logged terms and throughput of a :class:`multistage.train.TrainResult`, keys ``<prefix>.<term>``."""
+    final = {k: v for k, v in result.history[-1].items() if k != "step"} if result.history else {}
+    summary = {f"{prefix}.{k}": v for k, v in final.items()}
+    summary[f"{prefix}.images_per_second"] = result.images_per_second
+    summary[f"{prefix}.seconds"] = result.seconds
+    summary[f"{prefix}.resumed_from_step"] = result.start_step
+    return summary
+
+
+def load_trained_model(path: str | Path, kind: str, device):
+    """A model file written by a training stage; a missing or wrong file is an :class:`InputError` naming it."""
+    from multistage.models.files import ModelFileError, load_model
+
+    try:
+        model, _ = load_model(path, kind, device)
+    except ModelFileError as error:
+        raise InputError(str(error)) from error
+    return model

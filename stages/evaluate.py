@@ -32,6 +32,7 @@ from stages.common import (
     StagingDirectory,
     atomic_write_json,
     load_runtime,
+    load_trained_model,
     load_section,
     run_cli,
     setup_runtime,
@@ -62,13 +63,7 @@ class EvaluateParams(StageParams):
 
 
 def load_stage_two(device):
-    from multistage.models.files import ModelFileError, load_model
-
-    try:
-        model, _ = load_model(STAGE_TWO_MODEL, "stage_two", device)
-    except ModelFileError as error:
-        raise InputError(str(error)) from error
-    return model
+    return load_trained_model(STAGE_TWO_MODEL, "stage_two", device)
 
 
 def held_out_indices(dataset, count: int, seed: int) -> np.ndarray:

@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from stages.common import (
     PARAMS_FILE,
-    InputError,
     StageParams,
     StagingDirectory,
     atomic_write_json,
     load_runtime,
+    load_trained_model,
     load_section,
     run_cli,
     setup_runtime,
@@ -41,13 +41,7 @@ class PairsParams(StageParams):
 
 
 def load_stage_one(device):
-    from multistage.models.files import ModelFileError, load_model
-
-    try:
-        model, _ = load_model(STAGE_ONE_MODEL, "stage_one", device)
-    except ModelFileError as error:
-        raise InputError(str(error)) from error
-    return model
+    return load_trained_model(STAGE_ONE_MODEL, "stage_one", device)
 
 
 def run(params: PairsParams, device, show_progress: bool = True) -> dict:

@@ -31,6 +31,8 @@ from stages.common import (
     require_file,
     run_cli,
     setup_runtime,
+    step_logger,
+    training_summary,
 )
 from stages.tracking import stage_run
 
@@ -124,10 +126,6 @@ def run(
         x = to_float(images[np.sort(train_indices[batch])]).to(device)
         return model.objective(x, regularisation_weight=linear_warmup(step, params.warmup_steps))
 
-    def callback(step: int, record: dict) -> None:
-        if tracker is not None:
-            tracker.log_metrics({f"train.{k}": v for k, v in record.items() if k != "step"}, step=step)
-
     loop = LoopConfig(
         steps=params.steps, batch_size=params.batch_size, seed=params.seed,
         checkpoint_every=params.checkpoint_every, log_every=params.log_every,
@@ -135,15 +133,12 @@ def run(
     )
     result = train(
         model, optimizer, step_fn, len(train_indices), loop, CHECKPOINT,
-        fingerprint(params.model_dump(), data_fingerprint(data)), callback=callback,
+        fingerprint(params.model_dump(), data_fingerprint(data)), callback=step_logger(tracker),
         description="stage one", show_progress=show_progress,
     )
     model.eval()
-    final = {k: v for k, v in result.history[-1].items() if k != "step"} if result.history else {}
-    summary = {f"stage_one.{k}": v for k, v in final.items() if not k.startswith("kl_unit")}
-    summary["stage_one.images_per_second"] = result.images_per_second
-    summary["stage_one.seconds"] = result.seconds
-    summary["stage_one.resumed_from_step"] = result.start_step
+    # the per-unit KL is reported over the whole dataset below, not from the last batch
+    summary = {k: v for k, v in training_summary("stage_one", result).items() if ".kl_unit." not in k}
 
     with StagingDirectory(output) as tmp:
         save_model(tmp / "model.pt", "stage_one", params.model, model, extra={"data": str(data)})

@@ -25,6 +25,8 @@ from stages.common import (
     require_file,
     run_cli,
     setup_runtime,
+    step_logger,
+    training_summary,
 )
 from stages.tracking import stage_run
 from stages.train_stage_one import DATA, TrainingParams, data_fingerprint, load_data
@@ -76,10 +78,6 @@ def run(params: StageTwoParams, device: torch.device, tracker=None, show_progres
         y = torch.from_numpy(np.asarray(y_all[batch], dtype=np.float32)).to(device)
         return model.objective(x, y)
 
-    def callback(step: int, record: dict) -> None:
-        if tracker is not None:
-            tracker.log_metrics({f"train.{k}": v for k, v in record.items() if k != "step"}, step=step)
-
     loop = LoopConfig(
         steps=params.steps, batch_size=params.batch_size, seed=params.seed,
         checkpoint_every=params.checkpoint_every, log_every=params.log_every, progress_keys=("loss", "recon", "kl"),
@@ -88,13 +86,9 @@ def run(params: StageTwoParams, device: torch.device, tracker=None, show_progres
                                   file_digest(require_file(PAIRS / "meta.json", "paired set metadata")),
                                   file_digest(PAIRS / "x_index.npy"))
     result = train(model, optimizer, step_fn, len(x_index), loop, CHECKPOINT, run_fingerprint,
-                   callback=callback, description="stage two", show_progress=show_progress)
+                   callback=step_logger(tracker), description="stage two", show_progress=show_progress)
     model.eval()
-    final = {k: v for k, v in result.history[-1].items() if k != "step"} if result.history else {}
-    summary = {f"stage_two.{k}": v for k, v in final.items()}
-    summary["stage_two.images_per_second"] = result.images_per_second
-    summary["stage_two.seconds"] = result.seconds
-    summary["stage_two.resumed_from_step"] = result.start_step
+    summary = training_summary("stage_two", result)
     with StagingDirectory(OUTPUT) as tmp:
         save_model(tmp / "model.pt", "stage_two", params.model, model)
         plot_curves(tmp / "curves.png", result.history, ["loss", "recon", "kl"], "stage two")
