@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multistage.data.base import to_float
 from multistage.nn.conv import ConvDecoder, ConvEncoder, check_image_size
 
 ESTIMATORS = ("stratified", "weighted")
@@ -160,11 +161,8 @@ def tc_decomposition(
     }
 
 
-def as_unit_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images (0..255) -> float32 in [0, 1]; float tensors are returned as float32 unchanged."""
-    if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255.0)
-    return x if x.dtype == torch.float32 else x.to(torch.float32)
+# uint8 images -> float32 in [0, 1]; floats pass through (the one conversion, shared with the data layer)
+as_unit_float = to_float
 
 
 # --------------------------------------------------------------------------------------------------------------
