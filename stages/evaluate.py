@@ -74,7 +74,8 @@ def held_out_indices(dataset, count: int, seed: int) -> np.ndarray:
     return np.sort(test[chosen])
 
 
-def compute(params: EvaluateParams, device: torch.device, show_progress: bool = True) -> tuple[dict, dict]:
+def compute(params: EvaluateParams, device: torch.device, stage_one, stage_two,
+            show_progress: bool = True) -> tuple[dict, dict]:
     """All scores (flat dict) and the arrays the figures need."""
     from multistage.data.base import to_float
     from multistage.metrics.conditioning import conditioning_terms
@@ -83,7 +84,6 @@ def compute(params: EvaluateParams, device: torch.device, show_progress: bool = 
     from multistage.metrics.reconstruction import ReconstructionErrorAccumulator
 
     dataset = load_data(DATA)
-    stage_one, stage_two = load_stage_one(device), load_stage_two(device)
     names = tuple(dataset.factor_names)
     scores: dict[str, float] = {}
 
@@ -167,12 +167,11 @@ def _ratio(scores: dict, top: str, bottom: str, bins: int) -> float:
     return scores[f"{top}.{key}"] / scores[f"{bottom}.{key}"] if scores[f"{bottom}.{key}"] > 0 else float("nan")
 
 
-def draw_figures(folder: Path, examples: dict, device, count: int) -> list[Path]:
+def draw_figures(folder: Path, examples: dict, stage_one, stage_two, device, count: int) -> list[Path]:
     """Reconstruction triplets, traversals of Y (stage-one decoder) and of X-hat (G over traversed Y, z fixed),
     traversals of the residual z with Y fixed, and the stage-one KL per latent unit."""
     from multistage.viz import latent_traversal, reconstruction_triplets, save_rows, traversal_values
 
-    stage_one, stage_two = load_stage_one(device), load_stage_two(device)
     x, y, x_hat = (examples[k][:count] for k in ("x", "y", "x_hat"))
     paths = [reconstruction_triplets(folder / "reconstructions.png", x, y, x_hat)]
     values = traversal_values(2.5, 9)
@@ -196,9 +195,10 @@ def draw_figures(folder: Path, examples: dict, device, count: int) -> list[Path]
 
 def run(params: EvaluateParams, device: torch.device, tracker=None, show_progress: bool = True) -> dict:
     started = time.perf_counter()
-    scores, examples = compute(params, device, show_progress)
+    stage_one, stage_two = load_stage_one(device), load_stage_two(device)
+    scores, examples = compute(params, device, stage_one, stage_two, show_progress)
     with StagingDirectory(FIGURES) as tmp:
-        draw_figures(tmp, examples, device, params.figure_images)
+        draw_figures(tmp, examples, stage_one, stage_two, device, params.figure_images)
     scores["evaluate.seconds"] = time.perf_counter() - started
     atomic_write_json(METRICS, scores)
     if tracker is not None:
