@@ -5,7 +5,7 @@ Matthey et al. 2017) into a memory-mapped images.npy in a temporary folder and p
 seconds, end to end (factor table, meta.json and the final load included). Acceptance: the full binary grid
 in at most 60 s on 2 cores.
 
-    .venv/bin/python -m bench.bench_dsprites [--n-images N] [--variant binary|textured] [--workers W]
+    .venv/bin/python -m bench.bench_dsprites [--n-images N] [--variant binary|textured|color|noisy|scream] [--workers W]
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import shutil
 import tempfile
 import time
 
-from multistage.data.dsprites import GRID_SIZE, make_dsprites
+from multistage.data.dsprites import GRID_SIZE, VARIANTS, make_dsprites
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=None, help="subset size (default: the full grid)")
-    parser.add_argument("--variant", choices=("binary", "textured"), default="binary")
+    parser.add_argument("--variant", choices=VARIANTS, default="binary")
     parser.add_argument("--workers", type=int, default=None, help="threads (default: the CPUs available)")
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--out-dir", default=None, help="parent folder for the temporary dataset")

@@ -1,23 +1,34 @@
 """A ground-truth dataset: images, the factors that generated them, and a way to render more.
 
 The disentanglement metrics (MIG, conditioning terms of MS-VAE sec. 4) need images together with the class of
-each generating factor, and some of them need fresh observations for chosen factors. `GroundTruthDataset`
-holds exactly that:
+each generating factor, and some of them (Z-diff, FactorVAE score) need fresh observations for chosen factors.
+`GroundTruthDataset` holds exactly that:
 
-* ``images``: uint8 ``(N, C, H, W)`` in 0..255, a read-only ``np.memmap`` when loaded from disk;
+* ``images``: uint8 ``(N, C, H, W)`` in 0..255, a read-only ``np.memmap`` when loaded from disk. One exception:
+  a dataset of time series (the pendulum of MS-VAE appendix C, `multistage.data.pendulum`) stores float32
+  ``(N, C, T)`` series already scaled to [0, 1] (its meta.json says how to undo the scaling);
+* ``factor_names`` / ``factor_sizes``: possibly EMPTY, for data without ground truth (a folder of user images,
+  or labels left out); then ``has_ground_truth`` is False and `sample_factors` / `observations_from_factors`
+  raise `NoGroundTruthError`, which the metrics that need factors report instead of failing obscurely;
 * ``factor_classes`` / ``factor_values``: the class index and the value of every factor of every image;
-* ``nuisance``: per-image values the factors do not describe (colour, texture), possibly empty;
+* ``nuisance``: per-image values the factors do not describe (colour, texture, crop), possibly empty;
+* ``extra``: named per-image arrays beside the images (the pendulum's intermediate series Y0, Y1), possibly empty;
 * ``split``: 0 = train, 1 = test.
 
-On disk a dataset is a folder with three files, each written to a temporary name in the same folder and then
+On disk a dataset is a folder with these files, each written to a temporary name in the same folder and then
 renamed (``os.replace``), so a reader never sees half a file:
 
 * ``images.npy``: a numpy ``.npy`` array, memory-mappable;
 * ``factors.parquet``: columns ``index``, ``split``, ``<factor>_class``, ``<factor>_value``,
   ``nuisance.<name>``;
-* ``meta.json``: dataset name, variant, factor names and sizes, params, image shape.
+* ``extra.<name>.npy`` for each extra array (memory-mapped on load);
+* ``meta.json``: dataset name, variant, factor names and sizes, params, image shape; written last.
 
-`load_dataset` checks that the three agree and names the file at fault when they do not.
+New observations for given factors come from a renderer (procedural datasets register a factory that rebuilds
+it from meta.json) or, for stored data whose meta.json says ``"observations": "lookup"``, by drawing a stored
+image with exactly those factor classes (what disentanglement_lib does for its stored datasets).
+
+`load_dataset` checks that the files agree and names the file at fault when they do not.
 """
 
 from __future__ import annotations
@@ -27,33 +38,46 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
-
-from multistage.io import atomic_path
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
+
+from multistage.io import atomic_path
+
+if TYPE_CHECKING:  # torch is imported where it is used, so making a dataset does not pay for importing it
+    import torch
 
 IMAGES_FILE = "images.npy"
 FACTORS_FILE = "factors.parquet"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 NUISANCE_PREFIX = "nuisance."
+EXTRA_PREFIX = "extra."
+#: meta.json ``"observations"`` value: new observations are stored images drawn by their factor classes.
+LOOKUP_OBSERVATIONS = "lookup"
 
-#: A renderer turns factor classes (n, K) int64 and a numpy Generator into uint8 images (n, C, H, W).
+#: A renderer turns factor classes (n, K) int64 and a numpy Generator into uint8 images (n, C, H, W) (float32
+#: series (n, C, T) for a time-series dataset).
 Renderer = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 #: A renderer factory builds the renderer of a saved dataset from its meta.json contents.
 RendererFactory = Callable[[dict], Renderer]
 
 # Datasets whose renderer lives in a module of this package; importing the module registers the factory.
-_RENDERER_MODULES: dict[str, str] = {"dsprites": "multistage.data.dsprites"}
+_RENDERER_MODULES: dict[str, str] = {
+    "dsprites": "multistage.data.dsprites",
+    "pendulum": "multistage.data.pendulum",
+}
 _RENDERER_FACTORIES: dict[str, RendererFactory] = {}
 
 
 class DatasetFormatError(ValueError):
     """A dataset folder on disk is missing a file or its files disagree; the message names the file."""
+
+
+class NoGroundTruthError(ValueError):
+    """The dataset has no ground-truth factors, so what was asked (factor sampling, a metric) cannot be done."""
 
 
 def register_renderer_factory(dataset_name: str, factory: RendererFactory) -> None:
@@ -71,8 +95,10 @@ def _renderer_factory(dataset_name: str) -> RendererFactory | None:
 class GroundTruthDataset:
     """Images with the ground-truth factors that generated them (see the module docstring).
 
+    ``images`` is uint8 (N, C, H, W), or float32 (N, C, T) in [0, 1] for a time-series dataset (the pendulum).
     ``renderer`` (optional) renders new observations for given factor classes; ``meta`` is the contents of
-    meta.json (dataset name, variant, params) when the dataset came from disk or a generator.
+    meta.json (dataset name, variant, params) when the dataset came from disk or a generator; ``extra`` holds
+    named per-image arrays stored beside the images (first axis N).
     """
 
     images: np.ndarray
@@ -84,19 +110,41 @@ class GroundTruthDataset:
     split: np.ndarray
     renderer: Renderer | None = None
     meta: dict = dataclasses.field(default_factory=dict)
+    extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.factor_names = tuple(str(name) for name in self.factor_names)
         self.factor_sizes = tuple(int(size) for size in self.factor_sizes)
+        self._lookup: tuple[np.ndarray, np.ndarray] | None = None
         _check_consistent(self, where="GroundTruthDataset")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        return tuple(int(size) for size in self.images.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image, or (C, T) of one series."""
+        return tuple(int(size) for size in self.images.shape[1:])
+
+    @property
+    def is_series(self) -> bool:
+        """True for a time-series dataset (float32 (N, C, T) ``images``), False for images."""
+        return self.images.ndim == 3
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """True when the dataset has at least one ground-truth factor (so factor-based metrics apply)."""
+        return len(self.factor_names) > 0
+
+    def require_ground_truth(self, what: str) -> None:
+        """Raise `NoGroundTruthError` saying that ``what`` needs factors, unless the dataset has them."""
+        if not self.has_ground_truth:
+            name = self.meta.get("dataset", "<unnamed>")
+            raise NoGroundTruthError(
+                f"{what} needs ground-truth factors, but dataset {name!r} has none (e.g. a folder of images, or "
+                "a labelled set prepared without its labels); use a dataset with factors, or a metric that "
+                "needs none"
+            )
 
     @property
     def train_indices(self) -> np.ndarray:
@@ -109,24 +157,58 @@ class GroundTruthDataset:
         return np.flatnonzero(self.split == 1).astype(np.int64)
 
     def sample_factors(self, n: int, rng: np.random.Generator | int | None) -> np.ndarray:
-        """Draw ``n`` factor combinations, each factor's class uniform over its sizes: int64 ``(n, K)``."""
+        """Draw ``n`` factor combinations: int64 ``(n, K)``.
+
+        For a rendered dataset each factor's class is uniform over its size. For a stored dataset whose new
+        observations are looked up (``meta["observations"] == "lookup"``) the combinations are those of stored
+        images drawn uniformly, so every one of them can be observed (a subset need not hold every combination).
+        Raises `NoGroundTruthError` when the dataset has no factors.
+        """
+        self.require_ground_truth("sample_factors")
         rng = np.random.default_rng(rng)
+        if self.renderer is None and self.meta.get("observations") == LOOKUP_OBSERVATIONS:
+            return self.factor_classes[rng.integers(0, len(self), size=int(n))].copy()
         return rng.integers(0, np.asarray(self.factor_sizes, dtype=np.int64), size=(int(n), len(self.factor_sizes)))
 
     def observations_from_factors(self, classes: np.ndarray, rng: np.random.Generator | int | None) -> np.ndarray:
-        """Render new images for factor classes ``(n, K)``: uint8 ``(n, C, H, W)``.
+        """New images for factor classes ``(n, K)``: uint8 ``(n, C, H, W)`` (float32 ``(n, C, T)`` for series).
 
-        Nuisance the factors do not describe (colour, texture) is drawn afresh with ``rng``, from the same
-        distribution as the stored images. Raises `NotImplementedError` when the dataset has no renderer.
+        A renderer draws the nuisance the factors do not describe (colour, texture) afresh with ``rng``, from the
+        same distribution as the stored images. A stored dataset with ``"observations": "lookup"`` returns, per
+        row, a stored image with exactly those classes drawn uniformly with ``rng`` (ValueError naming the first
+        combination no stored image has). Raises `NoGroundTruthError` when the dataset has no factors and
+        `NotImplementedError` when it has neither a renderer nor lookup.
         """
-        if self.renderer is None:
-            name = self.meta.get("dataset", "<unnamed>")
-            raise NotImplementedError(
-                f"dataset {name!r} has no renderer, so observations_from_factors cannot draw new images; "
-                f"renderers are known for: {sorted(set(_RENDERER_MODULES) | set(_RENDERER_FACTORIES))}"
-            )
+        self.require_ground_truth("observations_from_factors")
         classes = check_factor_classes(classes, self.factor_names, self.factor_sizes)
-        return self.renderer(classes, np.random.default_rng(rng))
+        if self.renderer is not None:
+            return self.renderer(classes, np.random.default_rng(rng))
+        if self.meta.get("observations") == LOOKUP_OBSERVATIONS:
+            return np.asarray(self.images[self._lookup_rows(classes, np.random.default_rng(rng))])
+        name = self.meta.get("dataset", "<unnamed>")
+        raise NotImplementedError(
+            f"dataset {name!r} has no renderer, so observations_from_factors cannot draw new images; "
+            f"renderers are known for: {sorted(set(_RENDERER_MODULES) | set(_RENDERER_FACTORIES))}"
+        )
+
+    def _lookup_rows(self, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Row indices (n,) of stored images with the factor classes of each row of ``classes``."""
+        if self._lookup is None:
+            keys = np.ravel_multi_index(self.factor_classes.T, self.factor_sizes)
+            order = np.argsort(keys, kind="stable")
+            self._lookup = (keys[order], order)
+        sorted_keys, order = self._lookup
+        wanted = np.ravel_multi_index(classes.T, self.factor_sizes)
+        first = np.searchsorted(sorted_keys, wanted, side="left")
+        count = np.searchsorted(sorted_keys, wanted, side="right") - first
+        if (count == 0).any():
+            missing = classes[np.argmax(count == 0)]
+            raise ValueError(
+                "no stored image has the factor classes "
+                f"{dict(zip(self.factor_names, missing.tolist()))}; this dataset can only return stored images"
+            )
+        rows = order[first + (rng.random(len(wanted)) * count).astype(np.int64)]
+        return rows
 
 
 def check_factor_classes(
@@ -148,8 +230,10 @@ def _check_consistent(dataset: GroundTruthDataset, where: str) -> None:
     n_factors = len(dataset.factor_names)
     images = dataset.images
     problems = []
-    if images.ndim != 4 or images.dtype != np.uint8:
-        problems.append(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+    if not _valid_image_array(images.dtype, images.ndim):
+        problems.append(
+            f"images must be uint8 (N, C, H, W) or float32 series (N, C, T), got {images.dtype} {images.shape}"
+        )
     n = images.shape[0] if images.ndim else -1
     if len(dataset.factor_sizes) != n_factors:
         problems.append(f"{n_factors} factor names but {len(dataset.factor_sizes)} factor sizes")
@@ -163,6 +247,9 @@ def _check_consistent(dataset: GroundTruthDataset, where: str) -> None:
     for name, array in dataset.nuisance.items():
         if np.shape(array) != (n,):
             problems.append(f"nuisance {name!r} must have shape ({n},), got {np.shape(array)}")
+    for name, array in dataset.extra.items():
+        if not name.isidentifier() or np.ndim(array) < 1 or np.shape(array)[0] != n:
+            problems.append(f"extra {name!r} must be an array with first axis {n} named by an identifier")
     if not problems and n > 0 and n_factors:
         classes = dataset.factor_classes
         if (classes < 0).any() or (classes >= np.asarray(dataset.factor_sizes)).any():
@@ -171,12 +258,19 @@ def _check_consistent(dataset: GroundTruthDataset, where: str) -> None:
         raise DatasetFormatError(f"{where}: " + "; ".join(problems))
 
 
-def to_float(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+def _valid_image_array(dtype: np.dtype, ndim: int) -> bool:
+    """uint8 images (N, C, H, W), or float32 series (N, C, T)."""
+    return (dtype == np.uint8 and ndim == 4) or (dtype == np.float32 and ndim == 3)
+
+
+def to_float(batch: "np.ndarray | torch.Tensor") -> "torch.Tensor":
     """Turn a uint8 image batch (numpy, memmap or tensor) into a float32 tensor in [0, 1] (x / 255).
 
     Bool batches map to 0/1; floating batches are taken as already in [0, 1] and only cast to float32.
     A tensor keeps its device.
     """
+    import torch
+
     if isinstance(batch, torch.Tensor):
         if batch.dtype == torch.uint8:
             return batch.to(torch.float32).div_(255.0)
@@ -230,8 +324,10 @@ def full_meta(dataset: GroundTruthDataset, meta: dict) -> dict:
         "factor_names": list(dataset.factor_names),
         "factor_sizes": list(dataset.factor_sizes),
         "image_shape": list(dataset.image_shape),
+        "image_dtype": str(dataset.images.dtype),
         "n_images": len(dataset),
         "nuisance_names": sorted(dataset.nuisance),
+        "extra_names": sorted(dataset.extra),
     }
 
 
@@ -246,7 +342,15 @@ def save_dataset(dataset: GroundTruthDataset, out_dir: str | os.PathLike, meta: 
     begin_dataset_folder(out_dir)
     with atomic_path(out_dir / IMAGES_FILE) as temporary:
         np.save(temporary, np.ascontiguousarray(dataset.images))
+    for name, array in dataset.extra.items():
+        with atomic_path(out_dir / extra_file(name)) as temporary:
+            np.save(temporary, np.ascontiguousarray(array))
     finish_dataset_folder(dataset, out_dir, meta)
+
+
+def extra_file(name: str) -> str:
+    """File name of the extra array ``name`` inside a dataset folder."""
+    return f"{EXTRA_PREFIX}{name}.npy"
 
 
 def begin_dataset_folder(out_dir: str | os.PathLike) -> None:
@@ -262,8 +366,8 @@ def begin_dataset_folder(out_dir: str | os.PathLike) -> None:
 def finish_dataset_folder(dataset: GroundTruthDataset, out_dir: str | os.PathLike, meta: dict) -> None:
     """Write factors.parquet, then meta.json, beside an images.npy already in ``out_dir`` (both atomically).
 
-    For generators that stream images straight into a memmap and then describe them the way `save_dataset`
-    does.
+    For generators that stream images (and any extra arrays) straight into memmaps and then describe them the
+    way `save_dataset` does.
     """
     out_dir = Path(out_dir)
     write_factors(
@@ -302,6 +406,8 @@ def load_dataset(out_dir: str | os.PathLike) -> GroundTruthDataset:
         factor_sizes = tuple(int(size) for size in meta["factor_sizes"])
         image_shape = tuple(int(size) for size in meta["image_shape"])
         n_images = int(meta["n_images"])
+        extra_names = [str(name) for name in meta.get("extra_names", [])]
+        np.dtype(str(meta.get("image_dtype", "uint8")))
     except (ValueError, KeyError, TypeError) as error:
         raise DatasetFormatError(f"{meta_path}: unreadable or incomplete meta ({error!r})") from error
 
@@ -310,13 +416,30 @@ def load_dataset(out_dir: str | os.PathLike) -> GroundTruthDataset:
         images = np.load(images_path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as error:
         raise DatasetFormatError(f"{images_path}: not a readable .npy array ({error})") from error
-    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != image_shape:
+    expected_dtype = np.dtype(str(meta.get("image_dtype", "uint8")))
+    if (
+        images.dtype != expected_dtype
+        or not _valid_image_array(images.dtype, images.ndim)
+        or tuple(images.shape[1:]) != image_shape
+    ):
         raise DatasetFormatError(
-            f"{images_path}: expected uint8 images of shape (N, {', '.join(map(str, image_shape))}) "
+            f"{images_path}: expected {expected_dtype} images of shape (N, {', '.join(map(str, image_shape))}) "
             f"as {meta_path} says, got {images.dtype} {images.shape}"
         )
     if images.shape[0] != n_images:
         raise DatasetFormatError(f"{images_path}: holds {images.shape[0]} images but {meta_path} says {n_images}")
+
+    extra = {}
+    for name in extra_names:
+        extra_path = out_dir / extra_file(name)
+        if not extra_path.is_file():
+            raise FileNotFoundError(f"dataset file {extra_path} is missing ({meta_path} lists extra {name!r})")
+        try:
+            extra[name] = np.load(extra_path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as error:
+            raise DatasetFormatError(f"{extra_path}: not a readable .npy array ({error})") from error
+        if extra[name].ndim < 1 or extra[name].shape[0] != n_images:
+            raise DatasetFormatError(f"{extra_path}: first axis must be {n_images}, got shape {extra[name].shape}")
 
     factors_path = paths[FACTORS_FILE]
     try:
@@ -361,6 +484,7 @@ def load_dataset(out_dir: str | os.PathLike) -> GroundTruthDataset:
             split=column("split", np.uint8),
             renderer=factory(meta) if factory is not None else None,
             meta=meta,
+            extra=extra,
         )
     except DatasetFormatError as error:
         raise DatasetFormatError(f"{factors_path} / {meta_path}: {error}") from error

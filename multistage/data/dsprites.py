@@ -1,4 +1,4 @@
-"""Procedural dSprites, regenerated to its published specification, and a textured variant.
+"""Procedural dSprites, regenerated to its published specification, and its colour / noise / texture variants.
 
 dSprites (Matthey, Higgins, Hassabis and Lerchner 2017, "dSprites: Disentanglement testing Sprites dataset",
 https://github.com/deepmind/dsprites-dataset; the specification quoted in issue 2) is the full product of five
@@ -33,25 +33,42 @@ Geometry (our choices, measured from the published images):
 
 Every shape fits inside a 32 x 32 window around its centre, so only that window is computed.
 
-Textured variant (``variant="textured"``): the factors no longer describe the whole image, so a
-disentangled first stage that sees only the factors blurs and a second stage has residual detail to learn.
-Three channels; inside the sprite the intensity is a sinusoidal grating
+Variants (``variant=``). In all but ``binary`` the images have three channels and nuisance the factors do not
+describe, so a disentangled first stage that sees only the factors blurs and a second stage has residual
+detail to learn. ``color``, ``noisy`` and ``scream`` follow the definitions of disentanglement_lib (Locatello
+et al. 2019, "Challenging common assumptions in the unsupervised learning of disentangled representations",
+sec. 5 and ``data/ground_truth/dsprites.py``); ``textured`` is this project's own:
+
+* ``binary``: the published dataset, one channel, 0 / 255.
+* ``color``: the sprite multiplied by a per-image colour drawn from U(0.5, 1)^3, black background.
+* ``noisy``: the background replaced by U(0, 1) noise per pixel and channel, the sprite white
+  (min(sprite + noise, 1)). Stored as uint8, the noise is drawn as a uniform byte b, value b / 255.
+* ``scream``: the scream-dSprites stand-in. The background is (a random 64 x 64 crop of a photo + a per-image
+  shift drawn from U(0, 1)^3) / 2 and the sprite's pixels are 1 - background. disentanglement_lib crops
+  Munch's *The Scream*, thumbnailed to fit 350 x 274; here the photo is one of the two bundled with
+  scikit-learn (``sklearn.datasets.load_sample_images``: china.jpg, flower.jpg), thumbnailed the same way
+  (to 350 x 234), chosen uniformly per image, so nothing is downloaded.
+* ``textured``: inside the sprite the intensity is a sinusoidal grating
 
     1 - contrast * (0.5 + 0.5 sin(2 pi f (x cos a + y sin a) + phase))
 
-(x, y in px relative to the sprite centre, x right, y down), multiplied by a per-image colour; the
-background is black plus optional uniform noise in [0, background_noise]. Per image the colour is drawn
-from U(colour_min, colour_max)^3, a ~ U(0, pi), f ~ U(grating_frequency_min, grating_frequency_max)
-cycles/px, phase ~ U(0, 2 pi). For a generated dataset these draws are a fixed function of
+  (x, y in px relative to the sprite centre, x right, y down), multiplied by a per-image colour; the
+  background is black plus optional uniform noise in [0, background_noise]. Per image the colour is drawn
+  from U(colour_min, colour_max)^3, a ~ U(0, pi), f ~ U(grating_frequency_min, grating_frequency_max)
+  cycles/px, phase ~ U(0, 2 pi).
+
+For a generated dataset the per-image draws (colour, texture, crop, noise) are a fixed function of
 (seed, grid index) (a counter-based splitmix64 hash, Steele, Lea and Flood 2014), so a grid cell has the same
-nuisance whatever subset it is drawn in; `DSpritesRenderer` draws fresh ones with a numpy Generator from the
-same distribution.
+nuisance whatever subset it is drawn in; they are stored in the factor table as ``nuisance.<name>`` columns
+(except the noisy variant's per-pixel noise). `DSpritesRenderer` draws fresh ones with a numpy Generator from
+the same distribution (what ``observations_from_factors`` needs).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import os
 from pathlib import Path
@@ -59,22 +76,33 @@ from typing import Callable
 
 import numpy as np
 
-from multistage.data import base
+from multistage.data import base, sources
 
 FACTOR_NAMES: tuple[str, ...] = ("shape", "scale", "orientation", "posX", "posY")
 FACTOR_SIZES: tuple[int, ...] = (3, 6, 40, 32, 32)
 SHAPE_NAMES: tuple[str, ...] = ("square", "ellipse", "heart")
 GRID_SIZE = math.prod(FACTOR_SIZES)  # 737,280
 IMAGE_SIZE = 64
-VARIANTS: tuple[str, ...] = ("binary", "textured")
+VARIANTS: tuple[str, ...] = ("binary", "textured", "color", "noisy", "scream")
+COLOUR_NAMES: tuple[str, ...] = ("colour_r", "colour_g", "colour_b")
+#: Nuisance of the textured variant.
 NUISANCE_NAMES: tuple[str, ...] = (
-    "colour_r",
-    "colour_g",
-    "colour_b",
+    *COLOUR_NAMES,
     "grating_angle",
     "grating_frequency",
     "grating_phase",
 )
+SCREAM_NUISANCE_NAMES: tuple[str, ...] = ("photo", "crop_row", "crop_col", "shift_r", "shift_g", "shift_b")
+#: The nuisance columns each variant stores (the noisy variant's per-pixel noise is not a column).
+VARIANT_NUISANCE: dict[str, tuple[str, ...]] = {
+    "binary": (),
+    "textured": NUISANCE_NAMES,
+    "color": COLOUR_NAMES,
+    "noisy": (),
+    "scream": SCREAM_NUISANCE_NAMES,
+}
+COLOR_VARIANT_RANGE = (0.5, 1.0)  # disentanglement_lib ColorDSprites: colour ~ U(0.5, 1)^3
+PHOTO_THUMBNAIL = (350, 274)  # disentanglement_lib ScreamDSprites: thumbnail((350, 274))
 
 SQUARE_SIDE = 19.2  # px at scale 1
 ELLIPSE_SEMI_AXES = (12.75, 7.25)  # px at scale 1, (horizontal, vertical) at orientation 0
@@ -88,8 +116,10 @@ HEART_CURVE_CENTROID_Y = 0.29348122728179027
 _WINDOW = 32  # every sprite fits in a 32 x 32 window around its centre
 _CENTRE_OFFSET, _CENTRE_SPAN = 16.0, 32.0  # centre = 16 + 32 * pos (px)
 
-# Seed streams, so each random choice is independent of the others.
-_SUBSET_STREAM, _SPLIT_STREAM, _NUISANCE_STREAM, _NOISE_STREAM = 1, 2, 3, 4
+# Seed streams, so each random choice is independent of the others (1 and 2, the subset and the split, are
+# `multistage.data.sources`').
+_NUISANCE_STREAM, _NOISE_STREAM = 3, 4
+_VARIANT_STREAMS = {"color": 5, "scream": 6, "noisy": 7}
 
 Progress = Callable[[int, int], None]
 
@@ -289,9 +319,32 @@ def _nuisance_from_uniforms(uniforms: np.ndarray, options: TextureOptions) -> di
     }
 
 
-def draw_nuisance(n: int, rng: np.random.Generator, options: TextureOptions) -> dict[str, np.ndarray]:
-    """Fresh nuisance for ``n`` images drawn with ``rng`` (float64 arrays (n,) named as NUISANCE_NAMES)."""
-    return _nuisance_from_uniforms(rng.random((len(NUISANCE_NAMES), n)), options)
+def _variant_nuisance(variant: str, uniforms: np.ndarray, options: TextureOptions) -> dict[str, np.ndarray]:
+    """Map U(0, 1) draws (k, n), k = len(VARIANT_NUISANCE[variant]), to the variant's nuisance."""
+    if variant == "textured":
+        return _nuisance_from_uniforms(uniforms, options)
+    if variant == "color":
+        low, high = COLOR_VARIANT_RANGE
+        return {name: low + (high - low) * uniforms[k] for k, name in enumerate(COLOUR_NAMES)}
+    if variant == "scream":
+        photos = scream_photos()
+        rows, columns = photos.shape[2] - IMAGE_SIZE + 1, photos.shape[3] - IMAGE_SIZE + 1
+        return {
+            "photo": np.floor(uniforms[0] * len(photos)),
+            "crop_row": np.floor(uniforms[1] * rows),
+            "crop_col": np.floor(uniforms[2] * columns),
+            "shift_r": uniforms[3],
+            "shift_g": uniforms[4],
+            "shift_b": uniforms[5],
+        }
+    return {}
+
+
+def draw_nuisance(
+    n: int, rng: np.random.Generator, options: TextureOptions, variant: str = "textured"
+) -> dict[str, np.ndarray]:
+    """Fresh nuisance of ``variant`` for ``n`` images drawn with ``rng`` (float64 arrays (n,), VARIANT_NUISANCE)."""
+    return _variant_nuisance(variant, rng.random((len(VARIANT_NUISANCE[variant]), n)), options)
 
 
 def _stream_key(seed: int, stream: int) -> np.uint64:
@@ -310,12 +363,28 @@ def _hash_bits(key: np.uint64, counters: np.ndarray) -> np.ndarray:
     return state
 
 
-def grid_nuisance(indices: np.ndarray, seed: int, options: TextureOptions) -> dict[str, np.ndarray]:
-    """Nuisance of grid cells ``indices`` (n,) for ``seed``: a fixed function of (seed, grid index)."""
+def grid_nuisance(
+    indices: np.ndarray, seed: int, options: TextureOptions, variant: str = "textured"
+) -> dict[str, np.ndarray]:
+    """Nuisance of ``variant`` for grid cells ``indices`` (n,) and ``seed``: a fixed function of (seed, grid index)."""
     indices = np.asarray(indices, dtype=np.int64)
-    counters = indices[None, :] * len(NUISANCE_NAMES) + np.arange(len(NUISANCE_NAMES))[:, None]
-    uniforms = (_hash_bits(_stream_key(seed, _NUISANCE_STREAM), counters) >> np.uint64(11)) * 2.0**-53
-    return _nuisance_from_uniforms(uniforms, options)
+    k = len(VARIANT_NUISANCE[variant])
+    if k == 0:
+        return {}
+    # the textured variant keeps its original counter layout (6 draws per cell), so its images do not change
+    width = len(NUISANCE_NAMES)
+    counters = indices[None, :] * width + np.arange(k)[:, None]
+    key = _stream_key(seed, _NUISANCE_STREAM if variant == "textured" else _VARIANT_STREAMS[variant])
+    uniforms = (_hash_bits(key, counters) >> np.uint64(11)) * 2.0**-53
+    return _variant_nuisance(variant, uniforms, options)
+
+
+def _grid_noise_bytes(indices: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform bytes uint8 (n, 3, 64, 64) fixed by (seed, grid index): 8 bytes from each 64-bit hash."""
+    words = 3 * IMAGE_SIZE * IMAGE_SIZE // 8
+    counters = np.asarray(indices, dtype=np.uint64)[:, None] * np.uint64(words) + np.arange(words, dtype=np.uint64)
+    bits = _hash_bits(_stream_key(seed, _VARIANT_STREAMS["noisy"]), counters)
+    return bits.view(np.uint8).reshape(len(indices), 3, IMAGE_SIZE, IMAGE_SIZE)
 
 
 def _grid_background_noise(indices: np.ndarray, seed: int, amplitude: float) -> np.ndarray:
@@ -375,6 +444,82 @@ def render_textured(
     return canvas.astype(np.uint8).reshape(n, 3, IMAGE_SIZE, IMAGE_SIZE)
 
 
+@functools.lru_cache(maxsize=1)
+def scream_photos() -> np.ndarray:
+    """The scream variant's background photos: float32 (P, 3, H, W) in [0, 1], read-only.
+
+    scikit-learn's bundled sample photos (china.jpg, flower.jpg; needs pillow), each thumbnailed (aspect kept,
+    Lanczos) to fit 350 x 274 as disentanglement_lib does with *The Scream*, then cropped to their common size.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    thumbnails = []
+    for photo in load_sample_images().images:
+        image = Image.fromarray(np.asarray(photo, dtype=np.uint8))
+        image.thumbnail(PHOTO_THUMBNAIL, Image.Resampling.LANCZOS)
+        thumbnails.append(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255))
+    height = min(photo.shape[1] for photo in thumbnails)
+    width = min(photo.shape[2] for photo in thumbnails)
+    photos = np.stack([photo[:, :height, :width] for photo in thumbnails])
+    photos.flags.writeable = False
+    return photos
+
+
+def _check_nuisance(variant: str, nuisance: dict[str, np.ndarray]) -> None:
+    missing = [name for name in VARIANT_NUISANCE[variant] if name not in nuisance]
+    if missing:
+        raise ValueError(f"nuisance of the {variant} variant is missing {missing}")
+
+
+def render_color(classes: np.ndarray, nuisance: dict[str, np.ndarray]) -> np.ndarray:
+    """Color dSprites: the sprite times the per-image colour (COLOUR_NAMES), black background; uint8 (n, 3, 64, 64)."""
+    classes = _check_classes(classes)
+    _check_nuisance("color", nuisance)
+    masks = _binary_images(classes, on_value=1)
+    colours = np.rint(255.0 * np.stack([nuisance[name] for name in COLOUR_NAMES], axis=1)).astype(np.uint8)
+    return masks[:, None] * colours[:, :, None, None]
+
+
+def render_noisy(classes: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Noisy dSprites: min(sprite + noise, 1) with uint8 noise (n, 3, 64, 64): white sprite on the noise."""
+    classes = _check_classes(classes)
+    noise = np.asarray(noise, dtype=np.uint8)
+    if noise.shape != (len(classes), 3, IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"noise must be uint8 ({len(classes)}, 3, 64, 64), got {noise.shape}")
+    masks = _binary_images(classes, on_value=1).astype(bool)
+    return np.where(masks[:, None], np.uint8(255), noise)
+
+
+def render_scream(classes: np.ndarray, nuisance: dict[str, np.ndarray]) -> np.ndarray:
+    """Scream dSprites stand-in: background (crop + shift) / 2, sprite 1 - background; uint8 (n, 3, 64, 64).
+
+    ``nuisance`` holds SCREAM_NUISANCE_NAMES: the photo index into `scream_photos`, the crop's top-left corner
+    (row, column) and the per-channel shift in [0, 1].
+    """
+    classes = _check_classes(classes)
+    _check_nuisance("scream", nuisance)
+    photos = scream_photos()
+    photo = nuisance["photo"].astype(np.int64)
+    top, left = nuisance["crop_row"].astype(np.int64), nuisance["crop_col"].astype(np.int64)
+    if (
+        (photo < 0).any() or (photo >= len(photos)).any() or (top < 0).any() or (left < 0).any()
+        or (top > photos.shape[2] - IMAGE_SIZE).any() or (left > photos.shape[3] - IMAGE_SIZE).any()
+    ):
+        raise ValueError(f"scream nuisance out of range for photos of shape {photos.shape}")
+    background = np.empty((len(classes), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    for i, (p, row, column) in enumerate(zip(photo.tolist(), top.tolist(), left.tolist())):
+        background[i] = photos[p, :, row : row + IMAGE_SIZE, column : column + IMAGE_SIZE]
+    shift = np.stack([nuisance[f"shift_{c}"] for c in "rgb"], axis=1).astype(np.float32)
+    background += shift[:, :, None, None]
+    # b = (crop + shift) / 2; 255 b outside the sprite, 255 (1 - b) inside: with m = 1 inside, 255 b (1 - 2 m) + 255 m
+    masks = _binary_images(classes, on_value=1)[:, None].astype(np.float32)
+    background *= np.float32(0.5 * 255) * (np.float32(1) - np.float32(2) * masks)
+    background += np.float32(255) * masks
+    np.rint(background, out=background)
+    return background.astype(np.uint8)
+
+
 # ------------------------------------------------------------------------------------------ datasets
 
 
@@ -390,8 +535,9 @@ def _channels(variant: str) -> int:
 class DSpritesRenderer:
     """Renders new observations for given factor classes: ``renderer(classes, rng) -> uint8 (n, C, 64, 64)``.
 
-    Binary: the sprite as 0/255. Textured: fresh nuisance (and background noise) drawn with ``rng`` from the
-    distribution of ``options``, the same distribution the generated dataset was drawn from.
+    Binary: the sprite as 0/255. The other variants: fresh nuisance (colour, texture, crop, noise) drawn with
+    ``rng`` from the variant's distribution (``options`` for the textured one), the same distribution the
+    generated dataset was drawn from.
     """
 
     def __init__(self, variant: str = "binary", options: TextureOptions | None = None) -> None:
@@ -401,14 +547,15 @@ class DSpritesRenderer:
 
     def __call__(self, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         classes = _check_classes(classes)
-        if self.variant == "binary":
-            return _binary_images(classes, on_value=255)[:, None]
+        n = len(classes)
+        if self.variant == "noisy":
+            return render_noisy(classes, rng.integers(0, 256, size=(n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
         background = None
-        if self.options.background_noise > 0:
-            shape = (len(classes), 3, IMAGE_SIZE, IMAGE_SIZE)
+        if self.variant == "textured" and self.options.background_noise > 0:
+            shape = (n, 3, IMAGE_SIZE, IMAGE_SIZE)
             background = rng.random(shape, dtype=np.float32) * np.float32(self.options.background_noise)
-        nuisance = draw_nuisance(len(classes), rng, self.options)
-        return render_textured(classes, nuisance, self.options.grating_contrast, background)
+        nuisance = draw_nuisance(n, rng, self.options, self.variant)
+        return _render_variant(self.variant, classes, nuisance, self.options, background, noise=None)
 
     def __repr__(self) -> str:
         return f"DSpritesRenderer(variant={self.variant!r}, options={self.options!r})"
@@ -423,6 +570,26 @@ def renderer_from_meta(meta: dict) -> DSpritesRenderer:
 base.register_renderer_factory("dsprites", renderer_from_meta)
 
 
+def _render_variant(
+    variant: str,
+    classes: np.ndarray,
+    nuisance: dict[str, np.ndarray],
+    options: TextureOptions,
+    background: np.ndarray | None,
+    noise: np.ndarray | None,
+) -> np.ndarray:
+    """uint8 (n, C, 64, 64) of ``variant`` for checked ``classes``, given its nuisance (and noise for noisy)."""
+    if variant == "binary":
+        return _binary_images(classes, on_value=255)[:, None]
+    if variant == "color":
+        return render_color(classes, nuisance)
+    if variant == "noisy":
+        return render_noisy(classes, noise)
+    if variant == "scream":
+        return render_scream(classes, nuisance)
+    return render_textured(classes, nuisance, options.grating_contrast, background)
+
+
 def _render_grid_chunk(
     classes: np.ndarray,
     indices: np.ndarray,
@@ -432,12 +599,12 @@ def _render_grid_chunk(
     options: TextureOptions,
 ) -> np.ndarray:
     """Images of one chunk of a generated dataset, uint8 (n, C, 64, 64); nuisance fixed by (seed, index)."""
-    if variant == "binary":
-        return _binary_images(classes, on_value=255)[:, None]
-    background = None
-    if options.background_noise > 0:
+    background = noise = None
+    if variant == "textured" and options.background_noise > 0:
         background = _grid_background_noise(indices, seed, options.background_noise)
-    return render_textured(classes, nuisance, options.grating_contrast, background)
+    if variant == "noisy":
+        noise = _grid_noise_bytes(indices, seed)
+    return _render_variant(variant, classes, nuisance, options, background, noise)
 
 
 def _default_workers() -> int:
@@ -468,12 +635,15 @@ def make_dsprites(
 
     ``n_images=None`` renders the full grid of 737,280 images in the original order; an int draws that many
     grid cells without replacement (deterministic from ``seed``) and keeps them in grid order. The test split
-    is ``round(test_fraction * n)`` rows chosen at random, deterministic from ``seed``. ``variant`` is
-    ``"binary"`` (1 channel, 0/255, the published dataset) or ``"textured"`` (3 channels; texture options as
-    in `TextureOptions`, ignored for binary). Images are rendered in chunks of ``chunk_size`` by
+    is ``round(test_fraction * n)`` rows chosen at random, deterministic from ``seed``. Images are rendered in
+    chunks of ``chunk_size`` by
     ``num_workers`` threads (default: the CPUs this process may use; numpy releases the GIL) straight into a
     memory map at a temporary name that is renamed when complete; ``progress(done, total)`` is called after
     each chunk. Options are validated (ValueError naming the option) before anything is written.
+
+    ``variant`` is one of VARIANTS (module docstring): ``"binary"`` (1 channel, the published dataset),
+    ``"textured"`` (texture options as in `TextureOptions`; ignored by the other variants), ``"color"``,
+    ``"noisy"``, ``"scream"`` (disentanglement_lib's definitions, 3 channels).
     """
     _check_variant(variant)
     options = TextureOptions(
@@ -484,14 +654,9 @@ def make_dsprites(
         grating_contrast=grating_contrast,
         background_noise=background_noise,
     )
-    if n_images is not None and (
-        isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or not 1 <= n_images <= GRID_SIZE
-    ):
+    sources.check_common_options(n_images, seed, test_fraction)
+    if n_images is not None and n_images > GRID_SIZE:
         raise ValueError(f"n_images must be None (full grid) or an int in [1, {GRID_SIZE}], got {n_images!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not isinstance(test_fraction, (int, float)) or not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be a number in [0, 1), got {test_fraction!r}")
     workers = _default_workers() if num_workers is None else num_workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"num_workers must be None or an int >= 1, got {num_workers!r}")
@@ -499,17 +664,11 @@ def make_dsprites(
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     seed = int(seed)
 
-    if n_images is None:
-        indices = np.arange(GRID_SIZE, dtype=np.int64)
-    else:
-        subset_rng = np.random.default_rng([seed, _SUBSET_STREAM])
-        indices = np.sort(subset_rng.choice(GRID_SIZE, size=int(n_images), replace=False)).astype(np.int64)
+    indices = sources.choose_rows(GRID_SIZE, n_images, seed)  # grid cells, sorted
     n = len(indices)
     classes = classes_from_grid_indices(indices)
-    split = np.zeros(n, dtype=np.uint8)
-    split_rng = np.random.default_rng([seed, _SPLIT_STREAM])
-    split[split_rng.permutation(n)[: int(round(test_fraction * n))]] = 1
-    nuisance = grid_nuisance(indices, seed, options) if variant == "textured" else {}
+    split = sources.random_split(n, test_fraction, seed)
+    nuisance = grid_nuisance(indices, seed, options, variant)
 
     out_dir = Path(out_dir)
     base.begin_dataset_folder(out_dir)
