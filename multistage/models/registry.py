@@ -14,10 +14,31 @@ from typing import Any
 
 from torch import nn
 
-from multistage.models.stage_one.betatcvae import BetaTCVAE, BetaTCVAEConfig
+from multistage.models.stage_one import (
+    DIPVAE,
+    AnnealedVAE,
+    AnnealedVAEConfig,
+    BetaTCVAE,
+    BetaTCVAEConfig,
+    BetaVAE,
+    BetaVAEConfig,
+    DIPVAEConfig,
+    FactorVAE,
+    FactorVAEConfig,
+    JointVAE,
+    JointVAEConfig,
+)
 from multistage.models.stage_two.msvae import MSVAE, MSVAEConfig
 
-STAGE_ONE: dict[str, tuple[type[nn.Module], type]] = {"betatcvae": (BetaTCVAE, BetaTCVAEConfig)}
+# stage one: every entry's config extends multistage.models.stage_one.base.StageOneConfig
+STAGE_ONE: dict[str, tuple[type[nn.Module], type]] = {
+    "betavae": (BetaVAE, BetaVAEConfig),              # Higgins et al. 2017; JointVAE paper eq. 1
+    "annealedvae": (AnnealedVAE, AnnealedVAEConfig),  # Burgess et al. 2018; JointVAE paper eq. 3
+    "betatcvae": (BetaTCVAE, BetaTCVAEConfig),        # beta-TCVAE paper eq. 5
+    "dipvae": (DIPVAE, DIPVAEConfig),                 # DIP-VAE paper eqs. 6-7
+    "jointvae": (JointVAE, JointVAEConfig),           # JointVAE paper eq. 7
+    "factorvae": (FactorVAE, FactorVAEConfig),        # Kim & Mnih 2018
+}
 STAGE_TWO: dict[str, tuple[type[nn.Module], type]] = {"msvae": (MSVAE, MSVAEConfig)}
 REGISTRIES: dict[str, dict[str, tuple[type[nn.Module], type]]] = {"stage_one": STAGE_ONE, "stage_two": STAGE_TWO}
 

@@ -267,7 +267,8 @@ def test_registry_builds_and_fails_clearly():
         build("stage_one", "betatcvae", latent_size=3)
     with pytest.raises(ValueError, match=r"unknown model kind 'stage_3'"):
         build("stage_3", "msvae")
-    with pytest.raises(ValueError, match=r"unknown model 'gan'; allowed models: betatcvae, msvae"):
+    with pytest.raises(ValueError, match=r"unknown model 'gan'; allowed models: annealedvae, betatcvae, betavae, "
+                                         r"dipvae, factorvae, jointvae, msvae"):
         build_model("gan")
 
 
@@ -307,13 +308,18 @@ def test_make_pairs():
 
 def test_betatcvae_warmup_weight_scales_only_the_regulariser():
     torch.manual_seed(0)
-    model = BetaTCVAE(BetaTCVAEConfig(image_channels=1, image_size=32, latent_dim=4, dataset_size=1000))
+    model = BetaTCVAE(BetaTCVAEConfig(image_channels=1, image_size=32, latent_dim=4, dataset_size=1000,
+                                      warmup_steps=10))
     x = (torch.rand(16, 1, 32, 32) > 0.7).to(torch.uint8) * 255
     torch.manual_seed(1)
     full, logs = model.objective(x)
     torch.manual_seed(1)
-    none, logs_none = model.objective(x, regularisation_weight=0.0)
+    first, logs_first = model.objective(x, step=0)
+    torch.manual_seed(1)
+    late, logs_late = model.objective(x, step=9)
     c = model.config
     penalty = c.alpha * logs["index_code_mi"] + c.beta * logs["tc"] + c.gamma * logs["dim_kl"]
-    assert none.item() == pytest.approx(logs_none["recon"], rel=1e-6)
-    assert full.item() == pytest.approx(logs["recon"] + penalty, rel=1e-5)
+    assert logs_first["regularisation_weight"] == pytest.approx(0.1)
+    assert first.item() == pytest.approx(logs_first["recon"] + 0.1 * penalty, rel=1e-5)
+    assert logs_late["regularisation_weight"] == 1.0 == logs["regularisation_weight"]
+    assert full.item() == pytest.approx(logs["recon"] + penalty, rel=1e-5) == late.item()

@@ -5,7 +5,7 @@ Objective (beta-TCVAE eq. 3-5), minimised per minibatch of M images drawn from a
 
     loss = recon + alpha * index_code_mi + beta * tc + gamma * dim_kl
 
-    recon          = -E_q(z|n)[log p(x_n|z)]      Bernoulli decoder: BCE with logits summed over pixels, batch mean
+    recon          = -E_q(z|n)[log p(x_n|z)]      by the configured likelihood (Bernoulli: BCE summed), batch mean
     index_code_mi  =  E_q(z,n)[log q(z|n) - log q(z)]                (eq. 3 term i)
     tc             =  E_q(z)[log q(z) - log prod_j q(z_j)]          (eq. 3 term ii, total correlation)
     dim_kl         =  E_q(z)[log prod_j q(z_j) - log p(z)]          (eq. 3 term iii, dimension-wise KL)
@@ -51,31 +51,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from multistage.data.base import to_float
-from multistage.nn.conv import ConvDecoder, ConvEncoder, check_image_size
+from multistage.models.stage_one.base import (
+    ConfigError,
+    EncodedBatch,
+    GaussianVAE,
+    StageOneConfig,
+    as_unit_float,
+    check_at_least,
+    gaussian_kl_per_unit,
+    gaussian_log_density,
+    linear_schedule,
+)
+
+__all__ = ["BetaTCVAE", "BetaTCVAEConfig", "as_unit_float", "estimate_log_qz", "gaussian_kl_per_unit",
+           "gaussian_log_density", "log_importance_weights", "log_qz_stratified", "log_qz_weighted",
+           "tc_decomposition"]
 
 ESTIMATORS = ("stratified", "weighted")
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # pure functions: densities and the two estimators of log q(z) and log prod_j q(z_j)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(z; mu, exp(logvar)) (broadcasting), -1/2 (log 2 pi + logvar + (z - mu)^2 / exp(logvar))."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
-
-
-def gaussian_kl_per_unit(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element: 1/2 (mu^2 + exp(logvar) - 1 - logvar)."""
-    return 0.5 * (mu**2 + torch.exp(logvar) - 1.0 - logvar)
 
 
 def log_density_matrix(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -161,100 +162,53 @@ def tc_decomposition(
     }
 
 
-# uint8 images -> float32 in [0, 1]; floats pass through (the one conversion, shared with the data layer)
-as_unit_float = to_float
-
-
 # --------------------------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class BetaTCVAEConfig:
-    """beta-TCVAE hyper-parameters. alpha, beta, gamma weigh the three terms of eq. 5 (the paper's beta-TCVAE
-    uses alpha = gamma = 1); dataset_size is N, the number of training images (required before ``objective``)."""
+class BetaTCVAEConfig(StageOneConfig):
+    """beta-TCVAE options. alpha, beta, gamma weigh the three terms of eq. 5 (the paper's beta-TCVAE uses
+    alpha = gamma = 1); ``estimator`` is how q(z) is estimated; ``warmup_steps``: the whole regulariser's weight
+    rises linearly from 0 to 1 over these steps (0 = none); dataset_size is N, the number of training images
+    (required before ``objective``). Neutral point: alpha = beta = gamma = 1, no warm-up — the ELBO with the
+    Monte Carlo KL log q(z|x) - log p(z) on the same sample (the decomposition sums to it exactly)."""
 
-    image_channels: int = 1
-    image_size: int = 64
-    latent_dim: int = 10
     alpha: float = 1.0
     beta: float = 6.0
     gamma: float = 1.0
-    estimator: str = "stratified"
+    estimator: Literal[ESTIMATORS] = "stratified"
+    warmup_steps: int = 0
     dataset_size: int = 0
 
-    def __post_init__(self) -> None:
-        check_image_size(self.image_size)
-        if self.image_channels < 1 or self.latent_dim < 1:
-            raise ValueError("image_channels and latent_dim must be >= 1")
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 0, "alpha", "beta", "gamma", "warmup_steps", "dataset_size")
         if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; allowed: {', '.join(ESTIMATORS)}")
-        if self.dataset_size < 0:
-            raise ValueError("dataset_size must be >= 0 (0 = not set yet)")
+            raise ConfigError("estimator", f"unknown estimator {self.estimator!r}; allowed: {', '.join(ESTIMATORS)}")
 
 
-class BetaTCVAE(nn.Module):
-    """Gaussian encoder q(z|x) and Bernoulli decoder p(x|z) (disentanglement_lib conv networks), trained with
-    the beta-TCVAE objective (eq. 5); see the module docstring for the estimators."""
+class BetaTCVAE(GaussianVAE):
+    """beta-TCVAE (eq. 5) on the shared Gaussian VAE; see the module docstring for the estimators.
+
+    loss = recon + w(step) (alpha index_code_mi + beta tc + gamma dim_kl); logs add index_code_mi, tc, dim_kl
+    and regularisation_weight w."""
+
+    logged_terms = ("index_code_mi", "tc", "dim_kl")
 
     def __init__(self, config: BetaTCVAEConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or BetaTCVAEConfig()
+        super().__init__(config or BetaTCVAEConfig())
+
+    def regulariser(self, batch: EncodedBatch, step: int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
-        self.encoder = ConvEncoder(c.image_channels, c.image_size, 2 * c.latent_dim)
-        self.decoder = ConvDecoder(c.latent_dim, c.image_channels, c.image_size)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W), uint8 or float in [0, 1] -> (mu, logvar) of q(z|x), each (B, latent_dim)."""
-        mu, logvar = self.encoder(as_unit_float(x)).chunk(2, dim=1)
-        return mu, logvar
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Codes (B, latent_dim) -> Bernoulli logits (B, C, H, W)."""
-        return self.decoder(z)
-
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) (Kingma & Welling, 2014)."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, use_mean: bool = True) -> torch.Tensor:
-        """Probabilities sigmoid(decode(z)) with z the posterior mean (or a sample when ``use_mean`` is False)."""
-        mu, logvar = self.encode(x)
-        return torch.sigmoid(self.decode(mu if use_mean else self.reparameterize(mu, logvar)))
-
-    def objective(
-        self, x: torch.Tensor, regularisation_weight: float = 1.0
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, logs) for a batch of distinct training images; loss = recon + w (alpha MI + beta TC + gamma dimKL)
-        (beta-TCVAE eq. 5, w = 1). ``regularisation_weight`` w < 1 is a warm-up (``multistage.train.linear_warmup``).
-        logs: loss, recon, kl (analytic KL(q(z|x)||p(z)) summed over units, batch mean), index_code_mi, tc, dim_kl,
-        kl_unit.<j> (analytic KL per unit, batch mean), regularisation_weight."""
-        c = self.config
-        x = as_unit_float(x)
-        batch = x.shape[0]
-        if c.dataset_size < batch:
+        size = batch.x.shape[0]
+        if c.dataset_size < size:
             raise ValueError(
                 f"BetaTCVAEConfig.dataset_size ({c.dataset_size}) must be set to the number of training images "
-                f"(at least the batch size {batch}) before training: the {c.estimator} estimator of q(z) needs it"
+                f"(at least the batch size {size}) before training: the {c.estimator} estimator of q(z) needs it"
             )
-        mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar)
-        logits = self.decode(z)
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / batch
-        terms = tc_decomposition(z, mu, logvar, c.dataset_size, c.estimator)
+        weight = linear_schedule(step, 0.0, 1.0, c.warmup_steps)
+        terms = tc_decomposition(batch.z, batch.mu, batch.logvar, c.dataset_size, c.estimator)
         penalty = c.alpha * terms["index_code_mi"] + c.beta * terms["tc"] + c.gamma * terms["dim_kl"]
-        loss = recon + regularisation_weight * penalty
-        with torch.no_grad():
-            kl_per_unit = gaussian_kl_per_unit(mu, logvar).mean(dim=0)
-            names = ["loss", "recon", "kl", "index_code_mi", "tc", "dim_kl"]
-            names += [f"kl_unit.{j}" for j in range(c.latent_dim)]
-            values = torch.stack(
-                [loss, recon, kl_per_unit.sum(), terms["index_code_mi"], terms["tc"], terms["dim_kl"]]
-            )
-            values = torch.cat([values.detach(), kl_per_unit]).tolist()  # one device sync for all the logs
-        logs = dict(zip(names, values))
-        logs["regularisation_weight"] = float(regularisation_weight)
-        return loss, logs
+        return weight * penalty, terms | {"regularisation_weight": weight}
