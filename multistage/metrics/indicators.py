@@ -1,0 +1,102 @@
+"""Indicators that need no ground truth: the noise-modelling paper's section 6.2, and the KL per latent unit.
+
+Noise-modelling paper ("VAE indicators", section 6.2, definitions 1-5 and eq. 10), for a data set of M images with
+Gaussian posteriors q(z|x_m) = N(mu_m, diag(sigma_m^2)) and the prior p(z) = N(0, I):
+
+* def. 1, eq. 5:  E KL(q(z|x) || p(z)) = 1/M sum_m KL(q(z|x_m) || p(z)) (analytic per image);
+* eq. 10:        q*(z) = argmin_Q 1/M sum_m KL(q(z|x_m) || Q) over factorised zero-mean Gaussians Q (section 6.2
+                 assumes "a factorized zero mean Gaussian estimation" of q(z)). The paper solves it by gradient
+                 descent; the minimiser has a closed form: setting the derivative of
+                 1/2 [log s_h^2 + (sigma_mh^2 + mu_mh^2) / s_h^2] to 0 gives s_h^2 = 1/M sum_m (sigma_mh^2 + mu_mh^2);
+* def. 2, eq. 6:  I_encoder(x; z)   = 1/M sum_m KL(q(z|x_m) || q*(z));
+* def. 3, eq. 7:  I_encoder(x; z_h) = 1/M sum_m KL(q(z_h|x_m) || q*(z_h)), per dimension; a dimension is "used"
+                 when this exceeds ``used_threshold`` nats (the paper's figures 2 and 16 read the used factors off
+                 these values);
+* def. 4, eq. 8:  KL(q(z) || p(z)) ~= E KL(q(z|x) || p(z)) - I_encoder(x; z) (a lower bound, corollary 2). For the
+                 closed-form q* it equals KL(q*(z) || p(z)), definition 5.
+
+JointVAE (Dupont 2018) section 4, figure 8: the mean KL divergence of each latent unit over test data, "the amount
+of information encoded in that latent unit in nats", ranked from the largest.
+
+The discrete code's class accuracy (JointVAE section 4: the digit type read off the discrete latent) is
+``discrete_code_accuracy``: categories are matched to classes one-to-one by the Hungarian algorithm on the
+contingency table (``scipy.optimize.linear_sum_assignment``), as unsupervised clustering accuracy is usually
+computed; with more categories than classes the unmatched categories count as errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from multistage.metrics.checks import check_codes
+
+__all__ = ["gaussian_kl_per_image", "noise_modelling_indicators", "kl_per_unit", "discrete_code_accuracy"]
+
+
+def gaussian_kl_per_image(mu: np.ndarray, logvar: np.ndarray, mean: np.ndarray | float = 0.0,
+                          variance: np.ndarray | float = 1.0) -> np.ndarray:
+    """KL(N(mu, exp(logvar)) || N(mean, variance)) per element (N, D)."""
+    return 0.5 * (np.log(variance) - logvar + (np.exp(logvar) + (mu - mean) ** 2) / variance - 1.0)
+
+
+def _names(count: int, names: Sequence[str] | None) -> list[str]:
+    names = [f"z{j}" for j in range(count)] if names is None else list(names)
+    if len(names) != count:
+        raise ValueError(f"{len(names)} code names for {count} latent units")
+    return names
+
+
+def noise_modelling_indicators(mu: np.ndarray, logvar: np.ndarray, code_names: Sequence[str] | None = None,
+                               used_threshold: float = 0.1) -> dict[str, float]:
+    """Definitions 1-5 of the noise-modelling paper, section 6.2 (module docstring).
+
+    Returns {"indicators.expected_kl", "indicators.encoder_mi", "indicators.encoder_mi.<unit>",
+    "indicators.used_dimensions", "indicators.kl_aggregate_prior", "indicators.q_star_std.<unit>"} in nats.
+    A constant unit has I_encoder = 0 and is not used.
+    """
+    mu = check_codes(mu, "mu")
+    logvar = check_codes(logvar, "logvar", mu.shape[1])
+    names = _names(mu.shape[1], code_names)
+    q_star_variance = (np.exp(logvar) + mu**2).mean(axis=0)  # eq. 10, closed form
+    expected_kl = gaussian_kl_per_image(mu, logvar).sum(axis=1).mean()
+    per_unit = gaussian_kl_per_image(mu, logvar, 0.0, q_star_variance[None, :]).mean(axis=0)
+    encoder_mi = per_unit.sum()
+    result = {
+        "indicators.expected_kl": float(expected_kl),
+        "indicators.encoder_mi": float(encoder_mi),
+        "indicators.used_dimensions": float(np.sum(per_unit > used_threshold)),
+        "indicators.kl_aggregate_prior": float(expected_kl - encoder_mi),
+    }
+    result |= {f"indicators.encoder_mi.{name}": float(v) for name, v in zip(names, per_unit)}
+    result |= {f"indicators.q_star_std.{name}": float(np.sqrt(v)) for name, v in zip(names, q_star_variance)}
+    return result
+
+
+def kl_per_unit(mu: np.ndarray, logvar: np.ndarray, code_names: Sequence[str] | None = None
+                ) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """Mean KL(q(z_j|x) || N(0, 1)) per unit (JointVAE figure 8): ({"kl_per_unit.<unit>": nats}, the
+    (unit, nats) pairs ranked from the largest)."""
+    mu = check_codes(mu, "mu")
+    logvar = check_codes(logvar, "logvar", mu.shape[1])
+    names = _names(mu.shape[1], code_names)
+    values = gaussian_kl_per_image(mu, logvar).mean(axis=0)
+    ranked = sorted(zip(names, values.tolist()), key=lambda pair: -pair[1])
+    return {f"kl_per_unit.{name}": float(v) for name, v in zip(names, values)}, ranked
+
+
+def discrete_code_accuracy(categories: np.ndarray, classes: np.ndarray) -> float:
+    """Accuracy of predicting ``classes`` (N,) from the discrete code's ``categories`` (N,) under the best
+    one-to-one matching of categories to classes (Hungarian algorithm)."""
+    categories, classes = np.asarray(categories).ravel(), np.asarray(classes).ravel()
+    if categories.shape != classes.shape or categories.size == 0:
+        raise ValueError(f"categories and classes must be non-empty and of one length, got {categories.shape}, "
+                         f"{classes.shape}")
+    _, category_index = np.unique(categories, return_inverse=True)
+    _, class_index = np.unique(classes, return_inverse=True)
+    table = np.zeros((category_index.max() + 1, class_index.max() + 1))
+    np.add.at(table, (category_index, class_index), 1.0)
+    rows, columns = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, columns].sum() / categories.size)
