@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 # the pipeline's stages must never resume an MLflow run by accident (see stages/tracking.py)
 unexport MLFLOW_RUN_ID
 
-.PHONY: install run test ui clean-outputs
+.PHONY: install run test ui browser clean-outputs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,38 @@ install: $(STAMP)
 run: install
 	$(BIN)/python -m pipeline.repro
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q tests
 
-# MLflow UI on the project's store, bound to loopback
+# The report is checked in headless Chromium (tests/integration/test_report_browser.py): Debian's chromium and
+# chromium-driver, installed when missing (as root, or through sudo).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "browser: $$(chromium --version 2>/dev/null | head -1), chromedriver present"; \
+	else \
+	  echo "browser: installing Debian packages chromium and chromium-driver"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+# MLflow UI: `mlflow server` bound to loopback on the project's SQLite store and artifact folder.
+# UI_STORE: another project folder; UI_PORT: another port (tests use both). The server's background job
+# consumers (GenAI jobs, which this project does not use) are off: two fewer processes.
+UI_STORE ?= $(CURDIR)
+UI_PORT ?= 5000
+UI_WORKERS ?= 2
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(UI_STORE))/mlruns.db \
+	  --artifacts-destination $(abspath $(UI_STORE))/mlartifacts \
+	  --host 127.0.0.1 --port $(UI_PORT) --workers $(UI_WORKERS)
+
+# Fashion-MNIST for `prepare.dataset: fashion_mnist` (issue 3): the Debian package dataset-fashion-mnist puts the
+# four IDX .gz files in /usr/share/datasets/fashion-mnist (~30 MB, from the Debian archive; nothing else is fetched).
+.PHONY: fashion-mnist
+fashion-mnist:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "fashion-mnist: already installed in /usr/share/datasets/fashion-mnist"; \
+	else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi

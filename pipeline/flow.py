@@ -1,20 +1,27 @@
 """The pipeline as a Prefect flow: the same stage ``run`` functions DVC calls, as tasks.
 
-``python -m pipeline.flow [--params params.yaml] [--set stage_one.beta=4 ...]`` runs it locally; ``prefect.yaml``
-deploys it. Each task
+``python -m pipeline.flow [--params params.yaml] [--set stage_one.betatcvae.beta=4 ...]`` runs it locally;
+``prefect.yaml`` deploys it. Each task
 
 * retries on failure (a training task resumes from its checkpoint on the retry);
 * caches on its inputs and source (Prefect's ``INPUTS + TASK_SOURCE`` policy), where the inputs are its params
   section, the digests of its upstream outputs and of the library code it runs (the same files DVC lists as deps);
 * is skipped from the cache only while its outputs on disk are still what it left there (a digest recorded in
   ``.multistage/prefect/<stage>.digest``); deleted or edited outputs refresh the cache, as ``dvc repro`` would;
-* logs to MLflow as a child of one parent run for the whole flow run.
+* logs to MLflow as a child of one parent run for the whole flow run (tagged with the Prefect flow run's id,
+  its deployment and, for a sweep point, the sweep's name).
+
+``workdir`` runs the stages in another folder (created when missing, relative to the project root): a sweep gives
+each grid point its own, so that points running at once never share an output. Params are still read from the
+project root, the effective params are written into the workdir, and MLflow keeps logging to the project's store.
+
+``prefect.yaml`` deploys this flow as ``multistage-pipeline/pipeline`` on the ``gpu`` work pool.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -25,9 +32,17 @@ from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from stages import evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
-from stages.common import PARAMS_FILE, ParamsError, RuntimeParams, read_params_file, setup_runtime, validate_section
+from stages.common import (
+    PARAMS_FILE,
+    RuntimeParams,
+    apply_overrides,
+    atomic_write_bytes,
+    read_params_file,
+    setup_runtime,
+    validate_section,
+)
 from pipeline.summary import read_scores
-from stages.tracking import log_run_metrics, pipeline_run, stage_run
+from stages.tracking import log_run_metrics, pipeline_run, recorded_device, set_run_tags, stage_run, tracking_uri
 
 # what each stage reads (code) and writes, mirroring dvc.yaml
 CODE = {
@@ -38,7 +53,7 @@ CODE = {
     "stage_two": ["multistage/models", "multistage/nn", "multistage/train.py", "stages/train_stage_two.py",
                   "stages/common.py"],
     "evaluate": ["multistage/metrics", "multistage/viz.py", "stages/evaluate.py"],
-    "report": ["stages/report.py"],
+    "report": ["stages/report.py", "stages/tracking.py"],
 }
 OUTPUTS = {
     "prepare": ["data/prepared"],
@@ -74,8 +89,6 @@ RECORDS = Path(".multistage/prefect")
 
 def record_outputs(stage: str) -> str:
     """Digest the stage's outputs and remember it, so a later run can tell whether they are intact."""
-    from stages.common import atomic_write_bytes
-
     digest = digest_paths(OUTPUTS[stage])
     atomic_write_bytes(RECORDS / f"{stage}.digest", digest.encode())
     return digest
@@ -145,36 +158,56 @@ def evaluate_task(section: dict, runtime: dict, data: str, stage_one: str, stage
 
 
 @_stage_task("report")
-def report_task(params: dict, scores: str, code: str) -> str:
+def report_task(params: dict, scores: str, stage_two: str, sweep: str, code: str) -> str:
     with stage_run("report") as tracker:
-        tracker.log_artifact(report.run(params), "report")
+        report.publish(params, tracker)
     return record_outputs("report")
 
 
-def apply_overrides(params: dict, overrides: dict[str, Any] | None) -> dict:
-    """``{"stage_one.beta": 4}`` -> params with that leaf replaced; an unknown section is an error."""
-    params = copy.deepcopy(params)
-    for dotted, value in (overrides or {}).items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ParamsError(f"override {dotted!r}: no section {part!r} in the params")
-            node = node[part]
-        node[leaf] = value
-    return params
+def _prefect_tags(sweep: str | None) -> dict[str, str]:
+    from prefect.runtime import deployment, flow_run
+
+    tags = {"prefect.flow": "multistage-pipeline", "prefect.flow_run_id": str(flow_run.id or "")}
+    if deployment.name:
+        tags["prefect.deployment"] = f"multistage-pipeline/{deployment.name}"
+    if sweep:
+        tags["multistage.sweep"] = sweep
+    return tags
+
+
+@contextlib.contextmanager
+def _inside(workdir: str | None, params: dict):
+    """Run in ``workdir`` (made if missing, effective params written there) with MLflow pinned to the project's
+    store; back to the original folder afterwards."""
+    if not workdir:
+        yield
+        return
+    origin, previous_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # resolved here, at the project root
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
+    try:
+        atomic_write_bytes(Path(PARAMS_FILE), yaml.safe_dump(params, sort_keys=False).encode())
+        yield
+    finally:
+        os.chdir(origin)
+        if previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
 
 
 @flow(name="multistage-pipeline", log_prints=True)
 def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any] | None = None,
-                        workdir: str | None = None) -> dict:
+                        workdir: str | None = None, sweep: str | None = None,
+                        mlflow_parent_run_id: str | None = None) -> dict:
     """prepare -> stage one -> pairs -> stage two -> evaluate -> report, under one MLflow parent run.
 
-    Returns the MLflow parent run id and each stage task's final state (``Completed``, or ``Cached`` when it was
-    skipped because its inputs, code and outputs are unchanged).
+    ``overrides`` replace params leaves (``{"stage_one.betatcvae.beta": 4}``); ``workdir`` runs the stages there;
+    ``sweep`` and ``mlflow_parent_run_id`` are set by the sweep flow (its name and MLflow run). Returns the MLflow
+    parent run id and each stage task's final state (``Completed``, or ``Cached`` when it was skipped because its
+    inputs, code and outputs are unchanged).
     """
-    if workdir:
-        os.chdir(workdir)
     params = apply_overrides(read_params_file(params_file), overrides)
     runtime = params.get("runtime", {})
 
@@ -190,14 +223,17 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
         states[stage] = state.name
         return state.result()
 
-    with pipeline_run("prefect flow", tags={"prefect.flow": "multistage-pipeline"}) as parent:
+    with _inside(workdir, params), pipeline_run(
+        f"prefect flow{f' ({sweep})' if sweep else ''}", tags=_prefect_tags(sweep), parent_run_id=mlflow_parent_run_id
+    ) as parent:
         data = call(prepare_task, "prepare", params.get("prepare"))
         one = call(stage_one_task, "stage_one", params.get("stage_one"), runtime, data)
         pairs = call(pairs_task, "pairs", params.get("pairs"), runtime, data, one)
         two = call(stage_two_task, "stage_two", params.get("stage_two"), runtime, data, pairs)
         scores = call(evaluate_task, "evaluate", params.get("evaluate"), runtime, data, one, two)
-        call(report_task, "report", params, scores)
+        call(report_task, "report", params, scores, two, digest_paths([str(report.SWEEP_DIR)]))
         log_run_metrics(parent, read_scores())
+        set_run_tags(parent, {f"stages.{stage}": state for stage, state in states.items()} | recorded_device())
     print("stages: " + ", ".join(f"{stage} {state}" for stage, state in states.items()))
     return {"parent_run_id": parent, "task_states": states}
 
@@ -210,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param, e.g. --set stage_one.beta=4 (repeatable)")
+                        help="override a param, e.g. --set stage_one.betatcvae.beta=4 (repeatable)")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:

@@ -27,11 +27,16 @@ def read_scores() -> dict[str, float]:
 
 
 def mlflow_ui_command(parent_run_id: str | None) -> str:
+    """``make ui`` (what it runs, spelled out) for our SQLite store; for a tracking server, its own address."""
     uri = tracking_uri()
-    command = f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
     if uri.startswith("sqlite:"):
-        command = "make ui   # i.e. " + command
-    where = f"\n  then open http://127.0.0.1:5000 and the run {parent_run_id}" if parent_run_id else ""
+        store = Path(uri.removeprefix("sqlite:///")).parent
+        command = (f"make ui   # i.e. .venv/bin/mlflow server --backend-store-uri {uri} --artifacts-destination "
+                   f"{store / 'mlartifacts'} --host 127.0.0.1 --port 5000")
+        address = "http://127.0.0.1:5000"
+    else:
+        command, address = f"(tracking server) {uri}", uri
+    where = f"\n  then open {address} and the run {parent_run_id}" if parent_run_id else ""
     return command + where
 
 

@@ -7,6 +7,7 @@ nothing (:class:`ParamsError` is turned into that exit by :func:`run_cli`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -63,6 +64,8 @@ def _allowed_values(model: type[BaseModel], location: tuple) -> str:
         current = annotation
     if field is None:
         return ""
+    if isinstance(current, type) and issubclass(current, BaseModel):  # a sub-section: list its keys
+        return "one of: " + ", ".join(current.model_fields)
     annotation = field.annotation
     if typing.get_origin(annotation) is typing.Literal:
         return "one of: " + ", ".join(repr(a) for a in typing.get_args(annotation))
@@ -99,6 +102,20 @@ def validate_section(model: type[Model], raw: Any, section: str, source: str = P
                     f"{_allowed_values(model, location)}"
                 )
         raise ParamsError("\n".join(lines)) from None
+
+
+def apply_overrides(params: dict, overrides: dict[str, Any] | None) -> dict:
+    """``{"stage_one.betatcvae.beta": 4}`` -> params with that leaf replaced; an unknown section is an error."""
+    params = copy.deepcopy(params)
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ParamsError(f"override {dotted!r}: no section {part!r} in the params")
+            node = node[part]
+        node[leaf] = value
+    return params
 
 
 def load_section(model: type[Model], section: str, params_file: str | Path = PARAMS_FILE) -> Model:
@@ -203,7 +220,8 @@ class RuntimeParams(StageParams):
 
 
 def setup_runtime(runtime: RuntimeParams, seed: int):
-    """Choose the device (the one place: :func:`multistage.train.select_device`), set threads and seeds."""
+    """Choose the device (the one place: :func:`multistage.train.select_device`), record it for MLflow, set threads
+    and seeds."""
     import torch
 
     from multistage.train import seed_everything, select_device
@@ -218,6 +236,9 @@ def setup_runtime(runtime: RuntimeParams, seed: int):
         device = select_device(runtime.device)
     except ValueError as error:
         raise ParamsError(f"{PARAMS_FILE}: bad value for 'runtime.device': {error}") from None
+    from stages.tracking import record_device
+
+    record_device(device)  # every MLflow stage run this process starts is tagged with it
     seed_everything(seed)
     return device
 

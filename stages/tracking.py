@@ -9,6 +9,15 @@ a stage started on its own (a bare ``dvc repro``) logs a top-level run instead.
 The default store is a SQLite file at the repository root, addressed by an absolute path: inside a
 ``dvc exp run`` temporary workspace (``.dvc/tmp/exps/...``) the root is the real repository's, so runs are not lost
 with the workspace. ``MLFLOW_TRACKING_URI`` overrides it (a tracking server works unchanged).
+
+Every stage run is tagged with the device the process computes on (:func:`record_device`, called by
+``stages.common.setup_runtime`` right after ``multistage.train.select_device`` chose it) and with
+``CUDA_VISIBLE_DEVICES`` as the process saw it (a Prefect work pool's job variables set it).
+
+The model registry: :func:`register_model_version` files a stage-two model under a registered model and moves the
+alias ``newest`` to it (MLflow reserves ``latest``: ``models:/<name>/latest`` is the highest version number);
+:func:`refresh_best_alias` points ``best`` at the version with the best value of the metric named in the
+``registry`` params section (``stages/report.py`` calls both).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 PARENT_RUN_VARIABLE = "MULTISTAGE_PARENT_RUN_ID"
+PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_VARIABLE = "MULTISTAGE_EXPERIMENT"
 DEFAULT_EXPERIMENT = "multistage"
 
@@ -43,8 +53,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
-def artifact_location() -> str:
-    return (repository_root() / "mlartifacts").as_uri()
+def artifact_location(uri: str | None = None) -> str | None:
+    """``mlartifacts/`` beside a SQLite store (ours, or one a sweep point pinned); a server decides for itself."""
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -69,10 +83,8 @@ def experiment_id(mlflow) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    # our own store keeps artifacts beside it; a user's tracking server decides for itself
-    location = artifact_location() if tracking_uri() == default_tracking_uri() else None
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=artifact_location())
     except Exception:  # created concurrently by another stage process
         return mlflow.get_experiment_by_name(name).experiment_id
 
@@ -91,16 +103,45 @@ def flat_params(params: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(value)[:6000] for key, value in out.items()}
 
 
+_DEVICE: dict[str, str] = {}
+
+
+def record_device(device) -> None:
+    """Remember the device this process computes on; every stage run started afterwards is tagged with it."""
+    _DEVICE.clear()
+    _DEVICE.update(device_tags(device))
+
+
+def recorded_device() -> dict[str, str]:
+    """The device tags :func:`record_device` noted in this process (empty before a device was chosen)."""
+    return dict(_DEVICE)
+
+
+def device_tags(device) -> dict[str, str]:
+    """``device`` (``cpu``, ``cuda:0``), its hardware name, and ``CUDA_VISIBLE_DEVICES`` as this process sees it."""
+    import platform
+
+    tags = {"device": str(device), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")}
+    if getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+
+        tags["device.name"] = torch.cuda.get_device_name(device)
+    else:
+        tags["device.name"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
+    return tags
+
+
 def common_tags(stage: str) -> dict[str, str]:
     tags = {
         "mlflow.source.git.commit": git_commit(),
         "git_commit": git_commit(),
         "DVC_STAGE": os.environ.get("DVC_STAGE", stage),
         "multistage.stage": stage,
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"),
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["DVC_EXP_NAME"] = os.environ["DVC_EXP_NAME"]
-    return tags
+    return tags | _DEVICE
 
 
 class StageRun:
@@ -163,14 +204,35 @@ def log_run_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
         client.log_batch(run_id, metrics=batch[start : start + 900])
 
 
+def search_runs(filter_string: str) -> list:
+    """Runs of our experiment matching an MLflow filter (``tags.`multistage.sweep` = 'x'``)."""
+    mlflow = _mlflow()
+    return mlflow.MlflowClient().search_runs([experiment_id(mlflow)], filter_string=filter_string)
+
+
+def log_artifact_to_run(run_id: str, path: str | Path, folder: str | None = None) -> None:
+    _mlflow().MlflowClient().log_artifact(run_id, str(path), folder)
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    client = _mlflow().MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
 @contextlib.contextmanager
-def pipeline_run(name: str = "pipeline", tags: Mapping[str, str] | None = None) -> Iterator[str]:
-    """Open the parent run of one pipeline execution and export its id to every stage started inside."""
+def pipeline_run(name: str = "pipeline", tags: Mapping[str, str] | None = None,
+                 parent_run_id: str | None = None, stage: str = "pipeline") -> Iterator[str]:
+    """Open the parent run of one pipeline execution and export its id to every stage started inside.
+
+    ``parent_run_id`` nests the pipeline itself under another run (a sweep's run, one level up).
+    """
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
-    run = client.create_run(
-        experiment_id(mlflow), run_name=name, tags={**common_tags("pipeline"), **dict(tags or {})}
-    )
+    tags = {**common_tags(stage), **dict(tags or {})}
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    run = client.create_run(experiment_id(mlflow), run_name=name, tags=tags)
     previous = os.environ.get(PARENT_RUN_VARIABLE)
     os.environ[PARENT_RUN_VARIABLE] = run.info.run_id
     try:
@@ -185,3 +247,66 @@ def pipeline_run(name: str = "pipeline", tags: Mapping[str, str] | None = None) 
             os.environ.pop(PARENT_RUN_VARIABLE, None)
         else:
             os.environ[PARENT_RUN_VARIABLE] = previous
+
+
+# ---------------------------------------------------------------------------------------------- model registry
+DIGEST_TAG = "multistage.model_digest"
+METRIC_NAME_TAG = "multistage.metric"
+METRIC_VALUE_TAG = "multistage.metric_value"
+NEWEST_ALIAS = "newest"  # the most recent pipeline run's model ("latest" is reserved by MLflow)
+BEST_ALIAS = "best"
+
+
+def _ensure_registered_model(client, name: str, description: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise  # created concurrently by another pipeline (a sweep point): fine; anything else is not
+
+
+def register_model_version(handle: StageRun, model_file: str | Path, name: str, digest: str,
+                           metric: str, value: float | None, tags: Mapping[str, str] | None = None) -> str:
+    """File ``model_file`` as a version of the registered model ``name`` and point the alias ``newest`` at it.
+
+    The file is logged as an artifact of ``handle``'s run (``stage_two_model/``) and the version's source is that
+    run's artifact; a file already registered (same ``digest``) is not filed twice: its version gets the current
+    metric value and becomes ``newest`` again. Returns the version number.
+    """
+    client = _mlflow().MlflowClient()
+    _ensure_registered_model(client, name, "Stage-two models of the multistage pipeline (stages/report.py).")
+    same = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get(DIGEST_TAG) == digest]
+    version_tags = {DIGEST_TAG: digest, METRIC_NAME_TAG: metric, **dict(tags or {})}
+    if value is not None:
+        version_tags[METRIC_VALUE_TAG] = repr(float(value))
+    if same:
+        version = max(same, key=lambda v: int(v.version)).version
+        for key, tag in version_tags.items():
+            client.set_model_version_tag(name, version, key, tag)
+    else:
+        handle.log_artifact(model_file, "stage_two_model")
+        created = client.create_model_version(
+            name, source=f"runs:/{handle.run_id}/stage_two_model", run_id=handle.run_id, tags=version_tags
+        )
+        version = created.version
+    client.set_registered_model_alias(name, NEWEST_ALIAS, version)
+    return str(version)
+
+
+def refresh_best_alias(name: str, metric: str, higher_is_better: bool) -> str | None:
+    """Point the alias ``best`` at the version with the best recorded ``metric`` (ties: the newest); the version,
+    or None when no version has a value of that metric yet."""
+    client = _mlflow().MlflowClient()
+    scored = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get(METRIC_NAME_TAG) == metric and METRIC_VALUE_TAG in version.tags:
+            value = float(version.tags[METRIC_VALUE_TAG])
+            if value == value:
+                scored.append((value if higher_is_better else -value, int(version.version)))
+    if not scored:
+        return None
+    best = str(max(scored)[1])
+    client.set_registered_model_alias(name, BEST_ALIAS, best)
+    return best

@@ -1,15 +1,17 @@
-"""A real `dvc repro` of the whole pipeline on tiny params, its MLflow store, and what DVC reruns."""
+"""A real `dvc repro` of the whole pipeline on tiny params, its MLflow store, what DVC reruns, and `dvc metrics diff`
+between two commits (the runs are the shared session fixtures of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import TINY_PARAMS, sh, write_params
+from stages.common import file_digest
+from tests.conftest import sh
 
 pytestmark = pytest.mark.e2e
 
@@ -20,17 +22,17 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def test_dvc_repro_end_to_end(tiny_repo):
-    first = sh(["python", "-m", "pipeline.repro"], tiny_repo)
+def test_dvc_repro_end_to_end(dvc_baseline):
+    tiny_repo, first = dvc_baseline.root, dvc_baseline.first
     assert ran_stages(first.stdout) == STAGES
     # the closing summary: score table, MLflow UI command, report path
     assert "Final scores" in first.stdout and "M2 = MI[C_R; C_X-hat]" in first.stdout
-    assert "mlflow ui --backend-store-uri sqlite:///" in first.stdout
+    assert "make ui   # i.e. .venv/bin/mlflow server --backend-store-uri sqlite:///" in first.stdout
     assert (tiny_repo / "report" / "index.html").exists()
     page = (tiny_repo / "report" / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "conditioning.M1" in page
 
-    scores = json.loads((tiny_repo / "metrics" / "evaluate.json").read_text())
+    scores = dvc_baseline.first_scores
     for key in ("x.mig.histogram20", "y.mig.histogram20", "x_hat.mig.histogram20", "x.mig.histogram20.no_shape",
                 "frechet.factor_classifier.y", "frechet.factor_classifier.x_hat", "reconstruction.x_hat.bce",
                 "conditioning.M1", "conditioning.M2", "conditioning.M3", "conditioning.M4",
@@ -64,23 +66,44 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert logged["conditioning.M2"] == pytest.approx(scores["conditioning.M2"])
     tags = dict(database.execute("select key, value from tags where run_uuid = ?", (stage_one,)).fetchall())
     assert tags["DVC_STAGE"] == "stage_one" and len(tags["git_commit"]) == 40
+    assert tags["device"] == "cpu" and "CUDA_VISIBLE_DEVICES" in tags  # chosen by select_device, recorded
     artifacts = {p.name for p in (tiny_repo / "mlartifacts").rglob("*") if p.is_file()}
     assert {"model.pt", "reconstructions.png", "traversal_y.png", "traversal_x_hat.png", "index.html"} <= artifacts
 
     # a second repro does nothing
-    second = sh(["dvc", "repro"], tiny_repo)
-    assert ran_stages(second.stdout) == []
+    assert ran_stages(dvc_baseline.second.stdout) == []
 
-    # commit, change one stage-two param: only stage two and what follows rerun; metrics diff shows the change
-    sh(["git", "add", "-A"], tiny_repo)
-    sh(["git", "commit", "-q", "-m", "tiny run"], tiny_repo)
-    params = json.loads(json.dumps(TINY_PARAMS))
-    params["stage_two"]["beta"] = 4.0
-    write_params(tiny_repo, params)
-    third = sh(["dvc", "repro"], tiny_repo)
-    assert ran_stages(third.stdout) == ["stage_two", "evaluate", "report"]
-    diff = json.loads(sh(["dvc", "metrics", "diff", "--json"], tiny_repo).stdout)
+
+def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_baseline):
+    """Commit 1: the baseline; commit 2: stage_two.beta 1 -> 4, which reran exactly stage two and what follows."""
+    root, commits = dvc_baseline.root, dvc_baseline.commits
+    assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["stage_two", "evaluate", "report"]
+    diff = json.loads(sh(["dvc", "metrics", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
+                         root).stdout)
     changed = diff["metrics/evaluate.json"]
     assert changed["reconstruction.x_hat.l1"]["diff"] != 0  # stage two changed, so X-hat did
     assert "x.mig.histogram20" not in changed and "reconstruction.y.l1" not in changed  # stage one did not
-    assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["stage_two"]["beta"] == 4.0
+    params = json.loads(sh(["dvc", "params", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
+                           root).stdout)
+    assert {k: params["params.yaml"]["stage_two.beta"][k] for k in ("old", "new")} == {"old": 1.0, "new": 4.0}
+
+
+def test_each_stage_two_model_is_registered_with_newest_and_best(dvc_baseline, tmp_path):
+    """Two runs of the report stage with different stage-two models (stage_two.beta 1, then 4): two versions;
+    'newest' is the second, 'best' the one with the lower Fréchet distance on X-hat (the tiny registry section)."""
+    root = dvc_baseline.root
+    database = sqlite3.connect(root / "mlruns.db")
+    versions = dict(database.execute(
+        "select version, value from model_version_tags where key = 'multistage.metric_value'").fetchall())
+    assert sorted(versions) == [1, 2]
+    values = [dvc_baseline.first_scores["frechet.factor_classifier.x_hat"],
+              json.loads((root / "metrics" / "evaluate.json").read_text())["frechet.factor_classifier.x_hat"]]
+    assert [float(versions[1]), float(versions[2])] == pytest.approx(values)
+    aliases = dict(database.execute("select alias, version from registered_model_aliases").fetchall())
+    assert aliases == {"newest": 2, "best": 1 + values.index(min(values))}
+    # the README's way to fetch a model: the newest is the stage-two model now in the workspace
+    script = ("import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]); "
+              "print(mlflow.artifacts.download_artifacts('models:/multistage-stage-two@newest', dst_path=sys.argv[2]))")
+    folder = sh(["python", "-c", script, f"sqlite:///{root / 'mlruns.db'}", str(tmp_path / "newest")], root)
+    downloaded = Path(folder.stdout.strip().splitlines()[-1]) / "model.pt"
+    assert file_digest(downloaded) == file_digest(root / "models" / "stage_two" / "model.pt")

@@ -24,14 +24,18 @@ def outputs(root):
     "section, key, value, expected",
     [
         ("stage_one", "betta", 4.0, "unknown key 'stage_one.betta'; allowed keys:"),
-        ("stage_one", "estimator", "exact", "bad value for 'stage_one.estimator': 'exact'"),
+        ("stage_one", "betatcvae.estimator", "exact", "bad value for 'stage_one.betatcvae.estimator': 'exact'"),
         ("prepare", "n_images", -5, "bad value for 'prepare.n_images': -5"),
         ("runtime", "device", "cuda:7", "runtime.device"),
     ],
 )
 def test_bad_params_give_one_clear_error_and_write_nothing(tiny_repo, section, key, value, expected):
     params = json.loads(json.dumps(TINY_PARAMS))
-    params[section][key] = value
+    *parents, leaf = key.split(".")
+    target = params[section]
+    for parent in parents:
+        target = target[parent]
+    target[leaf] = value
     write_params(tiny_repo, params)
     before = outputs(tiny_repo)
     module = {"stage_one": "stages.train_stage_one", "prepare": "stages.prepare",
@@ -40,7 +44,7 @@ def test_bad_params_give_one_clear_error_and_write_nothing(tiny_repo, section, k
     assert completed.returncode == 2, completed.stderr
     assert expected in completed.stderr
     assert "Traceback" not in completed.stderr
-    if section == "stage_one" and key == "estimator":
+    if section == "stage_one" and key == "betatcvae.estimator":
         assert "'stratified'" in completed.stderr and "'weighted'" in completed.stderr
     assert outputs(tiny_repo) == before
 
