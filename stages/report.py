@@ -3,16 +3,19 @@ then the stage-two model is filed in the MLflow model registry.
 
 The page reads only the stages' outputs, so it is cheap to rerun:
 
-* ``metrics/*.json`` -> the headline score table and every metric;
+* ``metrics/*.json`` -> the headline score table (the first variant of ``stage_two.variants``), the comparison
+  table of every variant (``compare.<variant>.<metric>`` keys of ``metrics/evaluate.json``: MS-VAE sec. 4 and
+  appendices H, L) with its figure, and every metric;
 * the figures the evaluate stage lists in ``figures/captions.json`` (a list of ``{"file", "caption"}`` in display
   order, files relative to ``figures/``); without that file, the fixed list :data:`DEFAULT_FIGURES`;
-* the training curves of both stages (``models/stage_*/curves.png``);
+* the training curves of stage one and of each stage-two variant (``models/stage_two/<variant>/curves.png``);
 * a sweep's table and MIG-vs-beta plot (``sweep/results.json``, ``sweep/mig_vs_beta.png``, written by
   ``pipeline.sweep``) when present.
 
 Every image is a ``data:`` URI, so the page has no external reference and opens anywhere.
 
-Registry (``registry`` params section): the stage-two model file becomes a version of ``registry.model_name``
+Registry (``registry`` params section): the stage-two model file of ``registry.variant`` (null: the first of
+``stage_two.variants``) becomes a version of ``registry.model_name``
 with the alias ``newest`` (MLflow reserves the name ``latest``); ``best`` moves to the version with the best
 ``registry.best_metric`` (lower or higher is better, ``registry.best_is``). A metric name that no metrics file has is a params error before anything is
 written.
@@ -22,10 +25,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
+import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -41,6 +46,8 @@ from stages.common import (
     run_cli,
     validate_section,
 )
+from stages.stage_two_files import metrics_file, output_folder
+from stages.stage_two_files import model_file as variant_model_file
 from stages.tracking import (
     PARENT_RUN_VARIABLE,
     git_commit,
@@ -50,7 +57,7 @@ from stages.tracking import (
 )
 
 OUTPUT = Path("report")
-METRIC_FILES = [Path("metrics/stage_one.json"), Path("metrics/stage_two.json"), Path("metrics/evaluate.json")]
+STAGE_ONE_METRICS, EVALUATE_METRICS = Path("metrics/stage_one.json"), Path("metrics/evaluate.json")
 FIGURES_DIR = Path("figures")
 CAPTIONS = FIGURES_DIR / "captions.json"
 DEFAULT_FIGURES = [
@@ -61,14 +68,31 @@ DEFAULT_FIGURES = [
     ("The same traversal rendered by stage two (X-hat = G(Y, z), z fixed)", FIGURES_DIR / "traversal_x_hat.png"),
     ("Traversal of the residual z with Y fixed (X-hat = G(Y, z))", FIGURES_DIR / "traversal_z.png"),
 ]
-CURVES = [
-    ("Stage-one training curves", Path("models/stage_one/curves.png")),
-    ("Stage-two training curves", Path("models/stage_two/curves.png")),
-]
+STAGE_ONE_CURVES = ("Stage-one training curves", Path("models/stage_one/curves.png"))
+DEFAULT_VARIANTS = ["msvae"]  # stage_two.variants when params do not say
 SWEEP_DIR = Path("sweep")
 SWEEP_TABLE = SWEEP_DIR / "results.json"
 SWEEP_PLOT = SWEEP_DIR / "mig_vs_beta.png"
-STAGE_TWO_MODEL = Path("models/stage_two/model.pt")
+
+# the comparison table (MS-VAE sec. 4 figure 4, appendix H table 1, appendix L): rows are stage one (beta-TCVAE with
+# |C| latents) and each variant; columns are (header, key under compare.<row>., lower/higher is better)
+COMPARISON_COLUMNS = [
+    ("parameters (with stage one)", "parameters_with_stage_one", None),
+    ("Fréchet X-hat", "frechet.factor_classifier.x_hat", "lower"),
+    ("KID X-hat", "kid.factor_classifier.x_hat", "lower"),
+    ("Fréchet sample", "frechet.factor_classifier.x_sample", "lower"),
+    ("MIG of its code", "code.mig.histogram20", "higher"),
+    ("MIG stage one on X-hat", "x_hat.mig.histogram20", "higher"),
+    ("M1", "conditioning.M1", None), ("M2", "conditioning.M2", "higher"), ("M3", "conditioning.M3", "higher"),
+    ("M4", "conditioning.M4", "lower"),
+    ("MLP acc. C", "downstream.mlp.c.mean", None), ("MLP acc. Z", "downstream.mlp.z.mean", None),
+    ("MLP acc. C+Z", "downstream.mlp.c_z.mean", "higher"),
+    ("L1 X-hat", "reconstruction.x_hat.l1", "lower"),
+]
+ROW_LABELS = {"stage_one": "beta-TCVAE, |C| (stage one)", "msvae": "MS-VAE", "msgan": "MS-GAN",
+              "msflow": "MS-FLOW", "betatcvae_l": "beta-TCVAE-L, |C|+|Z|", "bigvae": "Big-VAE",
+              "end_to_end": "ablation: end-to-end (M1)", "c_input": "ablation: C instead of Y (M3)",
+              "concat": "ablation: concat, no AdaIN (M2)", "z_first": "ablation: Z first (M5)"}
 
 HEADLINE = [
     ("MIG (histogram, 20 bins) of stage one on X", "x.mig.histogram20"),
@@ -89,6 +113,17 @@ HEADLINE = [
     ("M2 = MI[C_R; C_X-hat]", "conditioning.M2"),
     ("M3 = MI[C_R; E(G(Y, eps))]", "conditioning.M3"),
     ("M4 = MI[C_R; E(G(eps, Z))]", "conditioning.M4"),
+    ("MIG of stage one on X (sampling estimator, beta-TCVAE app. A)", "x.mig.sampling"),
+    ("SAP of stage one on X", "x.sap"),
+    ("FactorVAE score of stage one on X", "x.factorvae_score"),
+    ("DCI disentanglement (lasso) of stage one on X", "x.dci.lasso.disentanglement"),
+    ("Z-diff (beta-VAE metric) of stage one on X", "x.zdiff"),
+    ("Total correlation of q(z) (whole data set)", "tc_decomposition.total_correlation"),
+    ("Used latent dimensions (noise-modelling indicators)", "indicators.used_dimensions"),
+    ("KID (factor-classifier features), X-hat", "kid.factor_classifier.x_hat"),
+    ("Downstream MLP accuracy from C", "downstream.mlp.c.mean"),
+    ("Downstream MLP accuracy from Z", "downstream.mlp.z.mean"),
+    ("Downstream MLP accuracy from C+Z", "downstream.mlp.c_z.mean"),
 ]
 
 
@@ -96,6 +131,7 @@ class RegistryParams(StageParams):
     """The ``registry`` section: where the stage-two model is filed and what ``best`` means."""
 
     enabled: bool = True  # false: no registry (e.g. a tracking server without one)
+    variant: Optional[str] = None  # which stage-two variant is filed; null: the first of stage_two.variants
     model_name: str = Field("multistage-stage-two", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     best_metric: str = "frechet.factor_classifier.x_hat"
     best_is: Literal["lower", "higher"] = "lower"
@@ -105,18 +141,115 @@ def registry_params(params: dict, source: str = PARAMS_FILE) -> RegistryParams:
     return validate_section(RegistryParams, params.get("registry", {}), "registry", source)
 
 
-def load_scores() -> dict[str, float]:
+def variants_of(params: dict) -> list[str]:
+    """``stage_two.variants`` (the headline first); ["msvae"] when the section does not list them."""
+    variants = (params.get("stage_two") or {}).get("variants") or DEFAULT_VARIANTS
+    return [str(v) for v in variants]
+
+
+def metric_files(variants: list[str] | None = None) -> list[Path]:
+    return [STAGE_ONE_METRICS, *(metrics_file(v) for v in variants or DEFAULT_VARIANTS), EVALUATE_METRICS]
+
+
+def curve_figures(variants: list[str] | None = None) -> list[tuple[str, Path]]:
+    return [STAGE_ONE_CURVES] + [(f"Stage-two training curves ({variant})", output_folder(variant) / "curves.png")
+                                 for variant in variants or DEFAULT_VARIANTS]
+
+
+METRIC_FILES, CURVES = metric_files(), curve_figures()  # those of the default variants
+
+
+def load_scores(variants: list[str] | None = None) -> dict[str, float]:
     scores: dict[str, float] = {}
-    for path in METRIC_FILES:
+    for path in metric_files(variants):
         scores |= json.loads(require_file(path, "metrics file").read_text())
     return scores
 
 
+def comparison_rows(scores: dict, variants: list[str]) -> list[tuple[str, dict]]:
+    """(row name, {key: value}) for stage one and each variant that the evaluate stage scored."""
+    rows = []
+    for name in ["stage_one", *variants]:
+        prefix = f"compare.{name}."
+        values = {k.removeprefix(prefix): v for k, v in scores.items() if k.startswith(prefix)}
+        if values:
+            rows.append((name, values))
+    return rows
+
+
+def comparison_section(scores: dict, variants: list[str]) -> str:
+    """The comparison table (best value per column in bold) and its figure, or nothing before a comparison."""
+    rows = comparison_rows(scores, variants)
+    if len(rows) < 2:
+        return ""
+    columns = [(header, key, better) for header, key, better in COMPARISON_COLUMNS
+               if any(isinstance(values.get(key), (int, float)) for _, values in rows)]
+    best = {}
+    for _, key, better in columns:
+        numbers = [values[key] for _, values in rows if isinstance(values.get(key), (int, float))
+                   and math.isfinite(values[key])]
+        if better and numbers:
+            best[key] = min(numbers) if better == "lower" else max(numbers)
+    head = "".join(f"<th>{html.escape(header)}</th>" for header, _, _ in columns)
+    body = []
+    for name, values in rows:
+        cells = []
+        for _, key, _ in columns:
+            value = values.get(key, "")
+            text = _cell(float(value) if isinstance(value, int) else value)
+            cells.append(f"<td><b>{text}</b></td>" if best.get(key) == value and value != "" else f"<td>{text}</td>")
+        label = html.escape(ROW_LABELS.get(name, name))
+        body.append(f"<tr><td>{label} <code>{html.escape(name)}</code></td>{''.join(cells)}</tr>")
+    figure = comparison_figure(rows)
+    return (f"<h2>Comparison of the stage-two variants</h2>\n<p>Held-out images; Fréchet distance and KID in the "
+            f"factor-classifier features; MIG (histogram, 20 bins) of each model's disentangled code (stage one's C "
+            f"for the conditioned variants) and of the stage-one encoder on the model's reconstructions; M1..M4 of "
+            f"MS-VAE sec. 4; MLP accuracy from C, Z, C+Z (mean over factors). Keys: <code>compare.&lt;row&gt;."
+            f"&lt;metric&gt;</code> in {EVALUATE_METRICS}. n/a: the model has no such output.</p>\n"
+            f"<table><tr><th>model</th>{head}</tr>\n" + "\n".join(body) + "\n</table>\n" + figure)
+
+
+def comparison_figure(rows: list[tuple[str, dict]]) -> str:
+    """Bars of the reconstruction Fréchet distance and of the two MIGs per row, as an embedded figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def number(values: dict, key: str) -> float:
+        value = values.get(key)
+        return float(value) if isinstance(value, (int, float)) else float("nan")
+
+    names = [name for name, _ in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.5))
+    positions = list(range(len(rows)))
+    left.barh(positions, [number(v, "frechet.factor_classifier.x_hat") for _, v in rows], color="#4477aa")
+    left.set_title("Fréchet distance of X-hat (lower is better)")
+    for offset, (key, label, colour) in enumerate([("code.mig.histogram20", "MIG of its code", "#228833"),
+                                                   ("x_hat.mig.histogram20", "MIG stage one on X-hat", "#ccbb44")]):
+        right.barh([p + (offset - 0.5) * 0.4 for p in positions], [number(v, key) for _, v in rows], height=0.4,
+                   color=colour, label=label)
+    right.set_title("MIG (higher is better)")
+    right.legend(loc="lower right", fontsize=8)
+    for axis in (left, right):
+        axis.set_yticks(positions)
+        axis.set_yticklabels(names)
+        axis.invert_yaxis()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    caption = "Comparison: reconstruction Fréchet distance and MIG per model (missing bar: n/a)"
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return (f"<figure><img alt='{html.escape(caption, quote=True)}' src='{uri}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
 def headline(scores: dict[str, float]) -> list[tuple[str, str, float]]:
-    return [(label, key, scores[key]) for label, key in HEADLINE if key in scores]
+    return [(label, key, scores[key]) for label, key in HEADLINE if isinstance(scores.get(key), (int, float))]
 
 
-def figure_list() -> list[tuple[str, Path]]:
+def figure_list(variants: list[str] | None = None) -> list[tuple[str, Path]]:
     """(caption, path) of every figure the page shows, in order: the evaluate stage's list, then the curves."""
     if CAPTIONS.exists():
         try:
@@ -137,7 +270,7 @@ def figure_list() -> list[tuple[str, Path]]:
             figures.append((entry["caption"], require_file(path, f"figure listed in {CAPTIONS}")))
     else:
         figures = [(caption, path) for caption, path in DEFAULT_FIGURES if path.exists()]
-    return figures + [(caption, path) for caption, path in CURVES if path.exists()]
+    return figures + [(caption, path) for caption, path in curve_figures(variants) if path.exists()]
 
 
 def _image(path: Path) -> str:
@@ -177,6 +310,7 @@ def sweep_section() -> str:
 
 
 def render(scores: dict[str, float], params: dict) -> str:
+    variants = variants_of(params)
     rows = "\n".join(
         f"<tr><td>{html.escape(label)}</td><td><code>{key}</code></td><td>{value:.4g}</td></tr>"
         for label, key, value in headline(scores)
@@ -185,9 +319,11 @@ def render(scores: dict[str, float], params: dict) -> str:
         f"<tr><td><code>{html.escape(k)}</code></td><td>{v:.6g}</td></tr>"
         for k, v in sorted(scores.items()) if isinstance(v, (int, float))
     )
-    figures = "\n".join(_figure(caption, path) for caption, path in figure_list())
+    figures = "\n".join(_figure(caption, path) for caption, path in figure_list(variants))
     prepare = params.get("prepare", {})
-    dataset = " ".join(str(prepare.get(k)) for k in ("dataset", "variant") if prepare.get(k))
+    name = prepare.get("dataset")  # e.g. "dsprites textured": the dataset and, where it has one, its variant
+    variant = (prepare.get(name) or {}).get("variant") if isinstance(name, str) else None
+    dataset = " ".join(str(part) for part in (name, variant) if part)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>multistage report</title>
 <link rel="icon" href="data:,">
@@ -201,11 +337,12 @@ figcaption {{ font-size: 0.9em; color: #555; }} details {{ margin: 1em 0; }}
 <h1>multistage report</h1>
 <p>Commit <code>{git_commit()}</code>; dataset <code>{html.escape(dataset or 'unknown')}</code>,
 stage one <code>{html.escape(str(params.get('stage_one', {}).get('model')))}</code>,
-stage two <code>{html.escape(str(params.get('stage_two', {}).get('model')))}</code>.</p>
+stage two <code>{html.escape(', '.join(variants))}</code> (headline: <code>{html.escape(variants[0])}</code>).</p>
 <h2>Scores</h2>
 <table><tr><th>what</th><th>key</th><th>value</th></tr>
 {rows}
 </table>
+{comparison_section(scores, variants)}
 <h2>Figures</h2>
 {figures}
 {sweep_section()}
@@ -215,32 +352,49 @@ stage two <code>{html.escape(str(params.get('stage_two', {}).get('model')))}</co
 """
 
 
-def check_registry(registry: RegistryParams, scores: dict[str, float], source: str = PARAMS_FILE) -> None:
+def filed_variant(registry: RegistryParams, variants: list[str], source: str = PARAMS_FILE) -> str:
+    """The variant whose model the registry files: ``registry.variant``, else the first listed."""
+    if registry.variant is None:
+        return variants[0]
+    if registry.variant not in variants:
+        raise ParamsError(f"{source}: bad value for 'registry.variant': {registry.variant!r} is not in "
+                          f"stage_two.variants ({', '.join(variants)})")
+    return registry.variant
+
+
+def check_registry(registry: RegistryParams, scores: dict[str, float], source: str = PARAMS_FILE,
+                   variants: list[str] | None = None) -> None:
+    filed_variant(registry, variants or DEFAULT_VARIANTS, source)
     if registry.enabled and registry.best_metric not in scores:
         near = sorted(k for k in scores if registry.best_metric.split(".")[0] in k)[:8] or sorted(scores)[:8]
         raise ParamsError(
             f"{source}: bad value for 'registry.best_metric': {registry.best_metric!r} is not a key of "
-            f"{', '.join(map(str, METRIC_FILES))}; e.g. {', '.join(near)}"
+            f"{', '.join(map(str, metric_files(variants)))}; e.g. {', '.join(near)}"
         )
 
 
 def run(params: dict) -> Path:
-    page = render(load_scores(), params)
+    page = render(load_scores(variants_of(params)), params)
     with StagingDirectory(OUTPUT) as tmp:
         (tmp / "index.html").write_text(page)
     return OUTPUT / "index.html"
 
 
-def register(registry: RegistryParams, tracker, scores: dict[str, float]) -> dict[str, str | None]:
-    """File the stage-two model in the registry (alias ``newest``) and move ``best``; returns the versions."""
-    model_file = require_file(STAGE_TWO_MODEL, "stage-two model")
-    tags = {"git_commit": git_commit(), "pipeline_run_id": os.environ.get(PARENT_RUN_VARIABLE, "")}
+def register(registry: RegistryParams, tracker, scores: dict[str, float], variant: str = "msvae"
+             ) -> dict[str, str | None]:
+    """File ``variant``'s stage-two model in the registry (alias ``newest``) and move ``best``; returns the
+    versions. ``registry.best_metric`` is read under ``compare.<variant>.`` when the variant is not the headline
+    and the key exists there."""
+    model_file = require_file(variant_model_file(variant), f"stage-two model ({variant})")
+    tags = {"git_commit": git_commit(), "pipeline_run_id": os.environ.get(PARENT_RUN_VARIABLE, ""),
+            "stage_two.variant": variant}
     if os.environ.get("DVC_EXP_NAME"):
         tags["DVC_EXP_NAME"] = os.environ["DVC_EXP_NAME"]
+    value = scores.get(f"compare.{variant}.{registry.best_metric}", scores.get(registry.best_metric))
     version = register_model_version(tracker, model_file, registry.model_name, file_digest(model_file),
-                                     registry.best_metric, scores.get(registry.best_metric), tags)
+                                     registry.best_metric, value if isinstance(value, (int, float)) else None, tags)
     best = refresh_best_alias(registry.model_name, registry.best_metric, registry.best_is == "higher")
-    result = {"model": registry.model_name, "version": version, "best": best}
+    result = {"model": registry.model_name, "version": version, "best": best, "variant": variant}
     tracker.set_tags({"registry.model": registry.model_name, "registry.version": version})
     return result
 
@@ -248,22 +402,25 @@ def register(registry: RegistryParams, tracker, scores: dict[str, float]) -> dic
 def publish(params: dict, tracker, source: str = PARAMS_FILE) -> tuple[Path, dict | None]:
     """Write the page, log it to ``tracker``'s run and register the stage-two model (what DVC and Prefect call)."""
     registry = registry_params(params, source)
-    scores = load_scores()
-    check_registry(registry, scores, source)
+    variants = variants_of(params)
+    scores = load_scores(variants)
+    check_registry(registry, scores, source, variants)
     path = run(params)
     tracker.log_artifact(path, "report")
-    return path, register(registry, tracker, scores) if registry.enabled else None
+    return path, register(registry, tracker, scores, filed_variant(registry, variants, source)) \
+        if registry.enabled else None
 
 
 def main(params_file: str | Path = PARAMS_FILE) -> Path:
     params = read_params_file(params_file)
     registry = registry_params(params, str(params_file))  # a bad section fails before any run is opened
-    check_registry(registry, load_scores(), str(params_file))
+    variants = variants_of(params)
+    check_registry(registry, load_scores(variants), str(params_file), variants)
     with stage_run("report") as tracker:
         path, registered = publish(params, tracker, str(params_file))
     print(f"report: {path}")
     if registered:
-        print(f"registry: {registered['model']} version {registered['version']} is 'newest'; "
+        print(f"registry: {registered['model']} version {registered['version']} ({registered['variant']}) is 'newest'; "
               f"'best' ({registry.best_metric}, {registry.best_is} is better) is version {registered['best']}")
     return path
 

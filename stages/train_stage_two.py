@@ -1,20 +1,43 @@
-"""DVC stage ``stage_two``: learn the residual Z and render X from (Y, Z) on the paired set (MS-VAE sec. 3.2).
+"""DVC stage ``stage_two@<variant>``: train one stage-two variant (MS-VAE sec. 3.2, its baselines of sec. 4 and the
+ablations of appendix L; the variants are ``multistage.models.registry.STAGE_TWO``).
 
-Outputs: ``models/stage_two/model.pt``, ``plots/stage_two_curves.json``, ``metrics/stage_two.json``; checkpoint in
-``checkpoints/stage_two.pt`` (resumed after a kill, as for stage one).
+    python -m stages.train_stage_two --variant msvae
+
+``dvc.yaml`` runs one such stage per name in ``stage_two.variants`` (a ``matrix`` stage). What a variant trains on
+is its ``conditioning``: "y" — the paired set's (x, y) rows (``pairs.samples_per_x`` = k rows per x), "c" — the
+same rows' stage-one codes c, "none" — the training images x alone (once each).
+
+Options: the shared keys of ``stage_two`` (residual_dim, steps, batch_size, learning_rate, seed, checkpoint_every,
+log_every) and the variant's sub-section ``stage_two.<variant>`` (its config dataclass's fields; residual_dim,
+steps, batch_size and learning_rate there override the shared ones). The data fixes image_channels / image_size;
+``dataset_size`` is the number of training images; the fields a variant copies from stage one
+(``stage_one_options``: code_dim = the stage-one code size, and the beta-TCVAE weights for the variants with a code
+of their own) are taken from ``models/stage_one/model.pt`` unless the sub-section sets them; Big-VAE's
+``target_parameters`` is MS-VAE's parameter count (stage one + ``stage_two.msvae``'s network) unless set.
+
+Outputs: ``models/stage_two/<variant>/model.pt`` and ``curves.png``, ``plots/stage_two_curves_<variant>.json``,
+``metrics/stage_two_<variant>.json`` (keys ``stage_two.<variant>.<term>``, ``.parameters``); checkpoint in
+``checkpoints/stage_two_<variant>.pt`` (resumed after a kill, as for stage one).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, create_model, field_validator
 
+from multistage.models.registry import STAGE_TWO
+from multistage.models.stage_two.base import ConfigError
 from stages.common import (
     PARAMS_FILE,
+    InputError,
+    ParamsError,
     StageParams,
     StagingDirectory,
     atomic_write_json,
@@ -28,89 +51,230 @@ from stages.common import (
     step_logger,
     training_summary,
 )
+from stages.stage_two_files import checkpoint_file, curves_file, metrics_file, output_folder
 from stages.tracking import stage_run
 from stages.train_stage_one import DATA, TrainingParams, data_fingerprint, load_data
 
 PAIRS = Path("pairs")
-OUTPUT = Path("models/stage_two")
-CURVES = Path("plots/stage_two_curves.json")
-METRICS = Path("metrics/stage_two.json")
-CHECKPOINT = Path("checkpoints/stage_two.pt")
+STAGE_ONE_MODEL = Path("models/stage_one/model.pt")
+DATA_FIELDS = ("image_channels", "image_size", "dataset_size")
+OVERRIDABLE = ("residual_dim", "steps", "batch_size", "learning_rate")
+VARIANTS = tuple(STAGE_TWO)
 
 
-class StageTwoParams(TrainingParams):
-    model: Literal["msvae"] = "msvae"
+def _section_model(name: str, config_class: type) -> type[StageParams]:
+    """The pydantic model of ``stage_two.<name>``: the config dataclass's own fields (types from it; the fields
+    the stage fills from stage one default to None = "from stage one"), plus optional overrides of the shared
+    training keys."""
+    hints = typing.get_type_hints(config_class)
+    inherited = set(getattr(STAGE_TWO[name][0], "stage_one_options", ()))
+    own: dict[str, tuple] = {}
+    for field in dataclasses.fields(config_class):
+        if field.name in DATA_FIELDS or field.name == "residual_dim":
+            continue
+        if field.name in inherited or (name == "bigvae" and field.name == "target_parameters"):
+            own[field.name] = (Optional[hints[field.name]], None)
+        else:
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            own[field.name] = (hints[field.name], default)
+    own |= {"residual_dim": (Optional[int], Field(None, gt=0, le=256)), "steps": (Optional[int], Field(None, gt=0)),
+            "batch_size": (Optional[int], Field(None, gt=1)),
+            "learning_rate": (Optional[float], Field(None, gt=0.0, le=1.0))}
+    return create_model(f"{config_class.__name__.removesuffix('Config')}StageTwoParams", __base__=StageParams, **own)
+
+
+SECTIONS = {name: _section_model(name, config_class) for name, (_, config_class) in STAGE_TWO.items()}
+
+
+class SharedStageTwoParams(TrainingParams):
+    """The keys every variant reads; each variant's own keys live in its sub-section."""
+
+    variants: list[Literal[VARIANTS]] = ["msvae"]
     residual_dim: int = Field(5, gt=0, le=256)
-    beta: float = Field(1.0, ge=0.0)
-    base_channels: int = Field(32, gt=0, le=512)
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("list at least one variant")
+        if len(set(value)) != len(value):
+            raise ValueError(f"each variant at most once, got {value}")
+        return value
+
+    def section(self, variant: str) -> StageParams:
+        return getattr(self, variant)
+
+    def training(self, variant: str) -> dict:
+        """steps, batch_size, learning_rate, residual_dim for ``variant`` (its overrides, else the shared ones),
+        with seed, checkpoint_every, log_every."""
+        section = self.section(variant)
+        keys = ("steps", "batch_size", "learning_rate", "seed", "checkpoint_every", "log_every", "residual_dim")
+        return {key: getattr(section, key, None) if getattr(section, key, None) is not None else getattr(self, key)
+                for key in keys}
+
+    def used(self, variant: str) -> dict:
+        """What ``variant`` reads (fingerprint and MLflow params): its training keys and its sub-section."""
+        return {"variant": variant} | self.training(variant) | {variant: self.section(variant).model_dump()}
 
 
-def load_pairs() -> tuple[np.ndarray, np.ndarray]:
+StageTwoParams = create_model(
+    "StageTwoParams", __base__=SharedStageTwoParams,
+    **{name: (section, section()) for name, section in SECTIONS.items()},
+)
+StageTwoParams.__doc__ = ("params.yaml's ``stage_two``: the variants list, shared keys and one sub-section per "
+                          "variant (``stage_two.msvae.beta``...); every sub-section is validated.")
+
+
+def load_params(params_file: str | Path = PARAMS_FILE):
+    return load_section(StageTwoParams, "stage_two", params_file)
+
+
+# ------------------------------------------------------------------------------------------------- building
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def model_options(params, variant: str, image_shape: tuple[int, ...], stage_one=None,
+                  dataset_size: int = 0) -> dict:
+    """The keyword options of ``variant``'s config dataclass (see the module docstring for where each comes from)."""
+    _, config_class = STAGE_TWO[variant]
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    model_class = STAGE_TWO[variant][0]
+    section = params.section(variant).model_dump()
+    options = {k: v for k, v in section.items() if k in fields and k not in OVERRIDABLE and v is not None}
+    options |= {"image_channels": int(image_shape[0]), "image_size": int(image_shape[-1]),
+                "residual_dim": params.training(variant)["residual_dim"]}
+    if "dataset_size" in fields:
+        options["dataset_size"] = int(dataset_size)
+    for name in getattr(model_class, "stage_one_options", ()):
+        if name in options or stage_one is None:
+            continue
+        if name == "code_dim":
+            options["code_dim"] = int(stage_one.code_dim)
+        elif hasattr(stage_one.config, name):
+            options[name] = getattr(stage_one.config, name)
+    if variant == "bigvae" and options.get("target_parameters") is None and stage_one is not None:
+        options["target_parameters"] = msvae_parameter_count(params, image_shape, stage_one)
+    return options
+
+
+def msvae_parameter_count(params, image_shape: tuple[int, ...], stage_one) -> int:
+    """Parameters of MS-VAE as configured: the stage-one model plus ``stage_two.msvae``'s network."""
+    msvae = build_variant(params, "msvae", image_shape)
+    return parameter_count(stage_one) + parameter_count(msvae)
+
+
+def build_variant(params, variant: str, image_shape: tuple[int, ...], stage_one=None, dataset_size: int = 0,
+                  source: str = PARAMS_FILE):
+    """The model of ``variant`` (a bad option is a ParamsError naming ``stage_two.<variant>.<key>``)."""
+    model_class, config_class = STAGE_TWO[variant]
+    try:
+        config = config_class(**model_options(params, variant, image_shape, stage_one, dataset_size))
+    except ConfigError as error:
+        key = f"stage_two.{variant}.{error.field}" if error.field != "residual_dim" else "stage_two.residual_dim"
+        raise ParamsError(f"{source}: bad value for '{key}': {error.message}") from None
+    return model_class(config)
+
+
+def load_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x_index (M,), y (M, C, H, W) float16 memmap, c (M, code_dim) of the paired set."""
     x_index = np.load(require_file(PAIRS / "x_index.npy", "paired set index"))
     y = np.load(require_file(PAIRS / "y.npy", "paired set y"), mmap_mode="r")
-    if len(x_index) != len(y):
-        from stages.common import InputError
+    c = np.load(require_file(PAIRS / "c.npy", "paired set c"), mmap_mode="r")
+    if not len(x_index) == len(y) == len(c):
+        raise InputError(f"{PAIRS}: x_index has {len(x_index)} rows, y {len(y)}, c {len(c)}; rerun the pairs stage")
+    return x_index, y, c
 
-        raise InputError(f"{PAIRS}: x_index has {len(x_index)} rows but y has {len(y)}; rerun the pairs stage")
-    return x_index, y
 
-
-def run(params: StageTwoParams, device: torch.device, tracker=None, show_progress: bool = True) -> dict:
+# ------------------------------------------------------------------------------------------------- training
+def run(params, variant: str, device: torch.device, tracker=None, show_progress: bool = True) -> dict:
     from multistage.data.base import to_float
-    from multistage.models import registry
     from multistage.models.files import save_model
     from multistage.train import LoopConfig, train
     from multistage.viz import plot_curves
+    from stages.make_pairs import load_stage_one
 
     dataset = load_data(DATA)
     images = dataset.images
-    x_index, y_all = load_pairs()
-    channels, size = int(images.shape[1]), int(images.shape[2])
-    model = registry.build(
-        "stage_two", params.model, image_channels=channels, image_size=size, residual_dim=params.residual_dim,
-        beta=params.beta, base_channels=params.base_channels,
-    ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    train_indices = dataset.train_indices
+    stage_one = load_stage_one(device)
+    model = build_variant(params, variant, tuple(images.shape[1:]), stage_one, len(train_indices)).to(device)
+    stage_one_parameters = parameter_count(stage_one)
+    del stage_one
+    training = params.training(variant)
+    optimizer = torch.optim.Adam(model.optimised_parameters(), lr=training["learning_rate"])
+    conditioning = model.conditioning
+    if conditioning == "none":
+        n_items = len(train_indices)
+        inputs = [file_digest(require_file(STAGE_ONE_MODEL, "stage-one model"))]
 
-    def step_fn(batch: np.ndarray, step: int):
-        batch = np.sort(batch)
-        x = to_float(images[x_index[batch]]).to(device)
-        y = torch.from_numpy(np.asarray(y_all[batch], dtype=np.float32)).to(device)
-        return model.objective(x, y)
+        def step_fn(batch: np.ndarray, step: int):
+            x = to_float(images[np.sort(train_indices[batch])]).to(device)
+            return model.objective(x, None, step)
+    else:
+        x_index, y_all, c_all = load_pairs()
+        conditions = y_all if conditioning == "y" else c_all
+        n_items = len(x_index)
+        inputs = [file_digest(require_file(PAIRS / "meta.json", "paired set metadata")),
+                  file_digest(PAIRS / "x_index.npy")]
 
+        def step_fn(batch: np.ndarray, step: int):
+            batch = np.sort(batch)
+            x = to_float(images[x_index[batch]]).to(device)
+            cond = torch.from_numpy(np.asarray(conditions[batch], dtype=np.float32)).to(device)
+            return model.objective(x, cond, step)
+
+    terms = ("loss", *model.logged_terms)
     loop = LoopConfig(
-        steps=params.steps, batch_size=params.batch_size, seed=params.seed,
-        checkpoint_every=params.checkpoint_every, log_every=params.log_every, progress_keys=("loss", "recon", "kl"),
+        steps=training["steps"], batch_size=training["batch_size"], seed=training["seed"],
+        checkpoint_every=training["checkpoint_every"], log_every=training["log_every"], progress_keys=terms,
     )
-    run_fingerprint = fingerprint(params.model_dump(), data_fingerprint(DATA),
-                                  file_digest(require_file(PAIRS / "meta.json", "paired set metadata")),
-                                  file_digest(PAIRS / "x_index.npy"))
-    result = train(model, optimizer, step_fn, len(x_index), loop, CHECKPOINT, run_fingerprint,
-                   callback=step_logger(tracker), description="stage two", show_progress=show_progress)
+    run_fingerprint = fingerprint(params.used(variant), data_fingerprint(DATA), *inputs)
+    result = train(model, optimizer, step_fn, n_items, loop, checkpoint_file(variant), run_fingerprint,
+                   callback=step_logger(tracker), description=f"stage two ({variant})", show_progress=show_progress,
+                   extra_modules=model.auxiliary_state())
     model.eval()
-    summary = training_summary("stage_two", result)
-    with StagingDirectory(OUTPUT) as tmp:
-        save_model(tmp / "model.pt", "stage_two", params.model, model)
-        plot_curves(tmp / "curves.png", result.history, ["loss", "recon", "kl"], "stage two")
-    atomic_write_json(CURVES, result.history)
-    atomic_write_json(METRICS, summary)
+    prefix = f"stage_two.{variant}"
+    summary = training_summary(prefix, result)
+    summary[f"{prefix}.parameters"] = parameter_count(model)
+    summary[f"{prefix}.parameters_with_stage_one"] = parameter_count(model) + stage_one_parameters
+    folder = output_folder(variant)
+    with StagingDirectory(folder) as tmp:
+        save_model(tmp / "model.pt", "stage_two", variant, model,
+                   extra={"conditioning": conditioning, "stage_one_parameters": stage_one_parameters})
+        plot_curves(tmp / "curves.png", result.history, [t for t in terms if t != "phase"], f"stage two ({variant})")
+    atomic_write_json(curves_file(variant), result.history)
+    atomic_write_json(metrics_file(variant), summary)
     if tracker is not None:
         tracker.log_metrics(summary)
-        tracker.log_artifact(OUTPUT / "model.pt", "checkpoints")
-        tracker.log_artifact(OUTPUT / "curves.png", "figures")
+        tracker.log_artifact(folder / "model.pt", "checkpoints")
+        tracker.log_artifact(folder / "curves.png", "figures")
     return summary
 
 
-def main(params_file: str | Path = PARAMS_FILE) -> dict:
-    params = load_section(StageTwoParams, "stage_two", params_file)
+def main(variant: str | None = None, params_file: str | Path = PARAMS_FILE) -> dict:
+    params = load_params(params_file)
+    variant = variant or params.variants[0]
+    if variant not in STAGE_TWO:
+        raise ParamsError(f"unknown stage-two variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     device = setup_runtime(load_runtime(params_file), params.seed)
-    with stage_run("stage_two", params.model_dump() | {"device": str(device)}) as tracker:
-        tracker.set_tags({"device": str(device)})
-        summary = run(params, device, tracker=tracker)
-    print(f"stage two: {params.steps} steps, {summary['stage_two.images_per_second']:.0f} images/s, "
-          f"final loss {summary.get('stage_two.loss', float('nan')):.2f}")
+    with stage_run(f"stage_two@{variant}", params.used(variant) | {"device": str(device)}) as tracker:
+        tracker.set_tags({"device": str(device), "stage_two.variant": variant})
+        summary = run(params, variant, device, tracker=tracker)
+    prefix = f"stage_two.{variant}"
+    print(f"stage two ({variant}): {params.training(variant)['steps']} steps, "
+          f"{summary[f'{prefix}.images_per_second']:.0f} images/s, final loss "
+          f"{summary.get(f'{prefix}.loss', float('nan')):.2f}, {summary[f'{prefix}.parameters']} parameters")
     return summary
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default=None, help="a name of stage_two.variants (default: the first listed)")
+    parser.add_argument("--params", default=PARAMS_FILE)
+    arguments = parser.parse_args()
+    run_cli(lambda: main(arguments.variant, arguments.params))
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -31,8 +32,12 @@ TINY_PARAMS = {
                   "jointvae": {"discrete_dims": [3], "capacity_z_steps": 12, "capacity_c_steps": 12},
                   "factorvae": {"discriminator_hidden": 32, "discriminator_layers": 3}},
     "pairs": {"samples_per_x": 1, "use_mean": False, "seed": 0, "batch_size": 128},
-    "stage_two": {"model": "msvae", "residual_dim": 2, "beta": 1.0, "base_channels": 8, "steps": 8,
-                  "batch_size": 16, "learning_rate": 0.001, "seed": 0, "checkpoint_every": 4, "log_every": 4},
+    "stage_two": {"variants": ["msvae"], "residual_dim": 2, "steps": 8, "batch_size": 16, "learning_rate": 0.001,
+                  "seed": 0, "checkpoint_every": 4, "log_every": 4,
+                  "msvae": {"beta": 1.0, "base_channels": 8, "adain_hidden": 64, "residual_encoder_sees_y": False},
+                  "end_to_end": {"base_channels": 8}, "z_first": {"z_steps": 4},
+                  "msgan": {"base_channels": 8, "adain_hidden": 8, "discriminator_channels": 8},
+                  "msflow": {"coupling_layers": 2, "hidden_units": 8}},
     "evaluate": {"eval_images": 60, "batch_size": 30, "mig_bins": 20, "seed": 0, "figure_images": 4,
                  "classifier": {"steps": 10, "batch_size": 32, "train_images": 200, "seed": 0},
                  "sap": {"images": 200}, "zdiff": {"pairs": 8, "train_points": 100, "test_points": 50},
@@ -42,6 +47,7 @@ TINY_PARAMS = {
                  "downstream": {"hidden_units": [8], "max_iter": 30}},
     "registry": {"enabled": True, "model_name": "multistage-stage-two",
                  "best_metric": "frechet.factor_classifier.x_hat", "best_is": "lower"},
+    "chains": {},  # no stage chain: dvc.yaml's chain@<name> stages come from this section (issue 9)
 }
 
 
@@ -100,14 +106,14 @@ class DvcBaseline:
     first: subprocess.CompletedProcess  # `python -m pipeline.repro` on a fresh repository
     second: subprocess.CompletedProcess  # `dvc repro` again, right after
     first_scores: dict  # metrics/evaluate.json of the first run
-    stage_two_repro: subprocess.CompletedProcess  # `dvc repro` after stage_two.beta 1 -> 4
+    stage_two_repro: subprocess.CompletedProcess  # `dvc repro` after stage_two.msvae.beta 1 -> 4
     commits: dict[str, str]  # "baseline" (first run), "stage_two_beta" (after the change) -> commit sha
 
 
 @pytest.fixture(scope="session")
 def dvc_baseline(tmp_path_factory) -> DvcBaseline:
     """The tiny pipeline run by ``python -m pipeline.repro``, repeated by ``dvc repro`` (a no-op) and committed;
-    then stage_two.beta 1 -> 4, ``dvc repro`` again, committed."""
+    then stage_two.msvae.beta 1 -> 4, ``dvc repro`` again, committed."""
     root = make_tiny_repo(tmp_path_factory.mktemp("dvc-baseline") / "repo")
     first = sh(["python", "-m", "pipeline.repro"], root)
     first_scores = json.loads((root / "metrics" / "evaluate.json").read_text())
@@ -116,7 +122,7 @@ def dvc_baseline(tmp_path_factory) -> DvcBaseline:
     sh(["git", "commit", "-q", "-m", "tiny run"], root)
     commits = {"baseline": git_head(root)}
     params = json.loads(json.dumps(TINY_PARAMS))
-    params["stage_two"]["beta"] = 4.0
+    params["stage_two"]["msvae"]["beta"] = 4.0
     write_params(root, params)
     stage_two_repro = sh(["dvc", "repro"], root)
     sh(["git", "commit", "-q", "-am", "stage two beta 4"], root)
@@ -198,3 +204,46 @@ def dvc_experiments(dvc_baseline, tmp_path_factory) -> DvcExperiments:
     sh(["git", "commit", "-q", "-m", "stage-one beta sweep (DVC experiments), beta 4 applied"], root)
     result.commits["experiments"] = git_head(root)
     return result
+
+
+
+# `make test` runs the suite on two pytest-xdist workers (`-n 2`): most integration tests spend their time in
+# single-threaded stage processes, so two at once use both cores. Tests that share an expensive fixture must run in
+# one worker, or each worker would build it again: every module is one unit of work (module-scoped fixtures such
+# as the Prefect and MLflow servers), and the modules using the session-wide DVC baseline (`dvc_baseline`,
+# `dvc_experiments` above) form one unit together. (xdist's `--dist loadgroup` marks would say the same, but they
+# are ignored under pytest 9: the group suffix never reaches the node ids.)
+DVC_BASELINE_MODULES = {"test_dvc_pipeline.py", "test_dvc_experiments.py", "test_report_browser.py",
+                        "test_stage_two_variants.py"}
+# modules whose cases are long and whose shared fixture is cheap to build twice: each case is its own unit
+CASE_UNIT_MODULES = {"test_datasets_pipeline.py"}
+
+
+def xdist_unit(nodeid: str) -> str:
+    """The unit of work of a test: its module, "dvc-baseline" for the modules sharing the DVC baseline, or the test
+    itself in CASE_UNIT_MODULES."""
+    module = nodeid.split("::", 1)[0]
+    if Path(module).name in CASE_UNIT_MODULES:
+        return nodeid
+    return "dvc-baseline" if Path(module).name in DVC_BASELINE_MODULES else module
+
+
+if importlib.util.find_spec("xdist") is not None:
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ModuleUnits(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return xdist_unit(nodeid)
+
+        return ModuleUnits(config, log)
+
+
+def pytest_collection_finish(session):
+    """Every module that asks for the shared DVC fixtures must be in DVC_BASELINE_MODULES (else it would build them
+    once more in the other worker)."""
+    shared = {"dvc_baseline", "dvc_experiments"}
+    strays = sorted({Path(item.nodeid.split("::", 1)[0]).name for item in session.items
+                     if shared & set(getattr(item, "fixturenames", ())) and xdist_unit(item.nodeid) != "dvc-baseline"})
+    if strays:
+        raise pytest.UsageError(f"tests/conftest.py: add {', '.join(strays)} to DVC_BASELINE_MODULES")

@@ -28,6 +28,18 @@ from multistage.models.stage_one import (
     JointVAE,
     JointVAEConfig,
 )
+from multistage.models.stage_two.ablations import (
+    CInputVAE,
+    CodeConditionedConfig,
+    ConcatVAE,
+    EndToEndConfig,
+    EndToEndVAE,
+    ZFirstConfig,
+    ZFirstVAE,
+)
+from multistage.models.stage_two.baselines import BetaTCVAEL, BetaTCVAELConfig, BigVAE, BigVAEConfig
+from multistage.models.stage_two.msflow import MSFlow, MSFlowConfig
+from multistage.models.stage_two.msgan import MSGAN, MSGANConfig
 from multistage.models.stage_two.msvae import MSVAE, MSVAEConfig
 
 # stage one: every entry's config extends multistage.models.stage_one.base.StageOneConfig
@@ -39,7 +51,19 @@ STAGE_ONE: dict[str, tuple[type[nn.Module], type]] = {
     "jointvae": (JointVAE, JointVAEConfig),           # JointVAE paper eq. 7
     "factorvae": (FactorVAE, FactorVAEConfig),        # Kim & Mnih 2018
 }
-STAGE_TWO: dict[str, tuple[type[nn.Module], type]] = {"msvae": (MSVAE, MSVAEConfig)}
+# stage two: every entry's class extends multistage.models.stage_two.base.StageTwoModel, its config StageTwoConfig;
+# the variant names of params.yaml stage_two.variants (MS-VAE sec. 3.2, sec. 4 baselines, appendix L ablations)
+STAGE_TWO: dict[str, tuple[type[nn.Module], type]] = {
+    "msvae": (MSVAE, MSVAEConfig),                          # sec. 3.2, eq. 2 term (b)
+    "msgan": (MSGAN, MSGANConfig),                          # app. E: conditional GAN, AdaIN generator, D([x, y])
+    "msflow": (MSFlow, MSFlowConfig),                       # app. D: conditional coupling flow p(x | y), exact
+    "betatcvae_l": (BetaTCVAEL, BetaTCVAELConfig),          # sec. 4: beta-TCVAE with |C| + |Z| latents
+    "bigvae": (BigVAE, BigVAEConfig),                       # sec. 4.1: a plain VAE as large as MS-VAE
+    "end_to_end": (EndToEndVAE, EndToEndConfig),            # app. L.1 (M1): C and Z jointly, penalty on C only
+    "c_input": (CInputVAE, CodeConditionedConfig),          # app. L.2 (M3): C instead of Y, Z through AdaIN
+    "concat": (ConcatVAE, CodeConditionedConfig),           # app. L.2 (M2): [C, Z] concatenated, no AdaIN
+    "z_first": (ZFirstVAE, ZFirstConfig),                   # app. L.3 (M5): Z learned first, C second
+}
 REGISTRIES: dict[str, dict[str, tuple[type[nn.Module], type]]] = {"stage_one": STAGE_ONE, "stage_two": STAGE_TWO}
 
 

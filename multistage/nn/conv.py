@@ -6,6 +6,8 @@ Encoder: 4 convolutions 4x4, stride 2, padding 1, with 32, 32, 64, 64 channels a
 ``out_features = 2 * latent_dim``: the means, then the log-variances).
 Decoder: the mirror image — fully connected 256, ReLU, fully connected 64*s*s (s = 4 or 2), ReLU, 4 transposed
 convolutions 4x4, stride 2, padding 1, with 64, 32, 32, ``out_channels`` channels; it returns Bernoulli *logits*.
+Both take ``channels`` (the four encoder widths, mirrored by the decoder) and ``hidden_features`` (the 256) as
+options, so a wider network of the same shape can be built (the Big-VAE baseline of MS-VAE sec. 4).
 
 Memory format: both networks accept contiguous (NCHW) and channels_last inputs and give the same numbers. When
 the module itself has been converted with ``module.to(memory_format=torch.channels_last)`` (faster on many
@@ -41,21 +43,22 @@ def match_memory_format(x: torch.Tensor, reference_weight: torch.Tensor) -> torc
 class ConvEncoder(nn.Module):
     """Images (B, in_channels, S, S), S in {64, 32}, -> features (B, out_features)."""
 
-    def __init__(self, in_channels: int, image_size: int = 64, out_features: int = 20) -> None:
+    def __init__(self, in_channels: int, image_size: int = 64, out_features: int = 20,
+                 channels: tuple[int, ...] = ENCODER_CHANNELS, hidden_features: int = HIDDEN_FEATURES) -> None:
         super().__init__()
         self.image_size = check_image_size(image_size)
         self.in_channels = int(in_channels)
         layers: list[nn.Module] = []
         previous = self.in_channels
-        for channels in ENCODER_CHANNELS:
-            layers += [nn.Conv2d(previous, channels, kernel_size=4, stride=2, padding=1), nn.ReLU(inplace=True)]
-            previous = channels
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, kernel_size=4, stride=2, padding=1), nn.ReLU(inplace=True)]
+            previous = width
         self.convolutions = nn.Sequential(*layers)
-        self.final_spatial = self.image_size // 2 ** len(ENCODER_CHANNELS)
+        self.final_spatial = self.image_size // 2 ** len(channels)
         self.fully_connected = nn.Sequential(
-            nn.Linear(previous * self.final_spatial**2, HIDDEN_FEATURES),
+            nn.Linear(previous * self.final_spatial**2, hidden_features),
             nn.ReLU(inplace=True),
-            nn.Linear(HIDDEN_FEATURES, out_features),
+            nn.Linear(hidden_features, out_features),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,19 +76,20 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Latents (B, latent_dim) -> Bernoulli logits (B, out_channels, S, S), S in {64, 32}."""
 
-    def __init__(self, latent_dim: int, out_channels: int = 1, image_size: int = 64) -> None:
+    def __init__(self, latent_dim: int, out_channels: int = 1, image_size: int = 64,
+                 channels: tuple[int, ...] = ENCODER_CHANNELS, hidden_features: int = HIDDEN_FEATURES) -> None:
         super().__init__()
         self.image_size = check_image_size(image_size)
         self.latent_dim = int(latent_dim)
-        self.first_spatial = self.image_size // 2 ** len(ENCODER_CHANNELS)
-        self.first_channels = ENCODER_CHANNELS[-1]
+        self.first_spatial = self.image_size // 2 ** len(channels)
+        self.first_channels = channels[-1]
         self.fully_connected = nn.Sequential(
-            nn.Linear(self.latent_dim, HIDDEN_FEATURES),
+            nn.Linear(self.latent_dim, hidden_features),
             nn.ReLU(inplace=True),
-            nn.Linear(HIDDEN_FEATURES, self.first_channels * self.first_spatial**2),
+            nn.Linear(hidden_features, self.first_channels * self.first_spatial**2),
             nn.ReLU(inplace=True),
         )
-        mirrored = (*reversed(ENCODER_CHANNELS[:-1]), out_channels)  # 64 -> 64 -> 32 -> 32 -> out
+        mirrored = (*reversed(channels[:-1]), out_channels)  # 64 -> 64 -> 32 -> 32 -> out
         layers: list[nn.Module] = []
         previous = self.first_channels
         for index, channels in enumerate(mirrored):

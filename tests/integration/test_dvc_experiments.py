@@ -16,7 +16,7 @@ from stages.common import file_digest
 
 pytestmark = pytest.mark.e2e
 
-EXPERIMENT_STAGES = ["stage_one", "pairs", "stage_two", "evaluate", "report"]  # prepare is unchanged by beta
+EXPERIMENT_STAGES = ["stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]  # prepare is unchanged by beta
 
 
 def exp_show(root, baseline: str) -> dict[str, dict]:
@@ -101,7 +101,7 @@ def test_sweep_table_and_plots(dvc_experiments):
         "select version, value from model_version_tags where key = 'multistage.model_digest'").fetchall())
     assert len(digests) == 2  # the two experiments' models
     newest = database.execute("select version from registered_model_aliases where alias = 'newest'").fetchone()[0]
-    assert digests[newest] == file_digest(root / "models" / "stage_two" / "model.pt")
+    assert digests[newest] == file_digest(root / "models" / "stage_two" / "msvae" / "model.pt")
 
 
 def test_metrics_diff_between_sweep_commits(dvc_experiments):

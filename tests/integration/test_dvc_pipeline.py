@@ -15,7 +15,7 @@ from tests.conftest import sh
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["prepare", "stage_one", "pairs", "stage_two", "evaluate", "report"]
+STAGES = ["prepare", "stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]
 
 
 def ran_stages(output: str) -> list[str]:
@@ -75,9 +75,10 @@ def test_dvc_repro_end_to_end(dvc_baseline):
 
 
 def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_baseline):
-    """Commit 1: the baseline; commit 2: stage_two.beta 1 -> 4, which reran exactly stage two and what follows."""
+    """Commit 1: the baseline; commit 2: stage_two.msvae.beta 1 -> 4, which reran exactly stage two and what
+    follows."""
     root, commits = dvc_baseline.root, dvc_baseline.commits
-    assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["stage_two", "evaluate", "report"]
+    assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["stage_two@msvae", "evaluate", "report"]
     diff = json.loads(sh(["dvc", "metrics", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
                          root).stdout)
     changed = diff["metrics/evaluate.json"]
@@ -85,11 +86,11 @@ def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_bas
     assert "x.mig.histogram20" not in changed and "reconstruction.y.l1" not in changed  # stage one did not
     params = json.loads(sh(["dvc", "params", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
                            root).stdout)
-    assert {k: params["params.yaml"]["stage_two.beta"][k] for k in ("old", "new")} == {"old": 1.0, "new": 4.0}
+    assert {k: params["params.yaml"]["stage_two.msvae.beta"][k] for k in ("old", "new")} == {"old": 1.0, "new": 4.0}
 
 
 def test_each_stage_two_model_is_registered_with_newest_and_best(dvc_baseline, tmp_path):
-    """Two runs of the report stage with different stage-two models (stage_two.beta 1, then 4): two versions;
+    """Two runs of the report stage with different stage-two models (stage_two.msvae.beta 1, then 4): two versions;
     'newest' is the second, 'best' the one with the lower Fréchet distance on X-hat (the tiny registry section)."""
     root = dvc_baseline.root
     database = sqlite3.connect(root / "mlruns.db")
@@ -106,4 +107,4 @@ def test_each_stage_two_model_is_registered_with_newest_and_best(dvc_baseline, t
               "print(mlflow.artifacts.download_artifacts('models:/multistage-stage-two@newest', dst_path=sys.argv[2]))")
     folder = sh(["python", "-c", script, f"sqlite:///{root / 'mlruns.db'}", str(tmp_path / "newest")], root)
     downloaded = Path(folder.stdout.strip().splitlines()[-1]) / "model.pt"
-    assert file_digest(downloaded) == file_digest(root / "models" / "stage_two" / "model.pt")
+    assert file_digest(downloaded) == file_digest(root / "models" / "stage_two" / "msvae" / "model.pt")

@@ -26,7 +26,7 @@ from tests.conftest import PROJECT, TINY_PARAMS, make_tiny_repo, sh, tool_env
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["prepare", "stage_one", "pairs", "stage_two", "evaluate", "report"]
+STAGES = ["prepare", "stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]
 MODEL_NAME = TINY_PARAMS["registry"]["model_name"]
 SWEEP = "grid"
 
@@ -209,7 +209,7 @@ def test_pipeline_deployment_runs_on_the_gpu_pool_and_logs_to_the_tracking_serve
                 stack.runs(f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")}
     assert sorted(children) == sorted(STAGES)
     assert all(run["info"]["status"] == "FINISHED" for run in children.values())
-    for stage in ("stage_one", "stage_two", "evaluate"):
+    for stage in ("stage_one", "stage_two@msvae", "evaluate"):
         assert tags(children[stage])["device"] == "cpu"
     scores = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert metrics(children["evaluate"])["x.mig.histogram20"] == pytest.approx(scores["x.mig.histogram20"])
@@ -222,7 +222,7 @@ def test_pipeline_deployment_runs_on_the_gpu_pool_and_logs_to_the_tracking_serve
         files = stack.mlflow_api(f"artifacts/list?run_id={run['info']['run_id']}&path={folder}").get("files", [])
         return {Path(f["path"]).name for f in files}
 
-    assert "model.pt" in listed(children["stage_two"], "checkpoints")
+    assert "model.pt" in listed(children["stage_two@msvae"], "checkpoints")
     assert "index.html" in listed(children["report"], "report")
     report_run = children["report"]["info"]["run_id"]
     page = request(f"{stack.mlflow}/get-artifact?path=report/index.html&run_uuid={report_run}")
@@ -238,7 +238,7 @@ def test_a_second_identical_run_is_all_cached(stack, pipeline_runs):
     assert task_states(stack, pipeline_runs[1]) == {stage: "Cached" for stage in STAGES}
     first, second = (stack.runs(f"tags.`prefect.flow_run_id` = '{run_id}'")[0] for run_id in pipeline_runs)
     assert {k: v for k, v in tags(second).items() if k.startswith("stages.")} == {
-        f"stages.{stage}": "Cached" for stage in STAGES}
+        f"stages.{stage.replace('@', '.')}": "Cached" for stage in STAGES}
     assert tags(second)["CUDA_VISIBLE_DEVICES"] == "1"  # the run's job variable replaced the deployment's "0"
     assert metrics(second) == pytest.approx(metrics(first))  # the same scores, read from the untouched outputs
 
@@ -284,7 +284,7 @@ def test_stage_two_models_registered_with_newest_and_best_aliases(stack, pipelin
     workdirs = [root, *sorted((root / ".multistage" / "sweeps" / SWEEP).iterdir())]
     scored = {}
     for workdir in workdirs:
-        digest = file_digest(workdir / "models" / "stage_two" / "model.pt")
+        digest = file_digest(workdir / "models" / "stage_two" / "msvae" / "model.pt")
         value = json.loads((workdir / "metrics" / "evaluate.json").read_text())["frechet.factor_classifier.x_hat"]
         scored[digest] = value
     query = urllib.parse.quote(f"name = '{MODEL_NAME}'")
@@ -304,7 +304,7 @@ def test_stage_two_models_registered_with_newest_and_best_aliases(stack, pipelin
     lowest = min(scored.values())  # ties (the beta-2 point repeats the first run's scores): the newest version
     assert int(best["version"]) == max(int(by_digest[d][0]) for d, value in scored.items() if value == lowest)
     newest = alias("newest")
-    sweep_digests = {file_digest(w / "models" / "stage_two" / "model.pt") for w in workdirs[1:]}
+    sweep_digests = {file_digest(w / "models" / "stage_two" / "msvae" / "model.pt") for w in workdirs[1:]}
     assert newest["version"] in {by_digest[d][0] for d in sweep_digests}
     # a version's source is a real artifact: the model file itself
     model = request(f"{stack.mlflow}/get-artifact?path=stage_two_model/model.pt&run_uuid={best['run_id']}")

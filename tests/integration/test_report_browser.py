@@ -45,12 +45,14 @@ class References(HTMLParser):
 
 def expected_figures(root: Path) -> int:
     """What the page must show: the evaluate stage's captions.json list (or the default four figures), both
-    training curves, and the sweep plot."""
+    training curves, the sweep plot, and the comparison figure when the evaluate stage compared a variant."""
     captions = root / "figures" / "captions.json"
     listed = json.loads(captions.read_text()) if captions.exists() else [
         {"file": name} for name in DEFAULT_FIGURE_FILES if (root / "figures" / name).exists()]
     assert listed, "the evaluate stage wrote no figures"
-    return len(listed) + 2 + 1
+    scores = json.loads((root / "metrics" / "evaluate.json").read_text())
+    compared = any(key.startswith("compare.") and not key.startswith("compare.stage_one.") for key in scores)
+    return len(listed) + 2 + 1 + int(compared)
 
 
 def chromium_driver():

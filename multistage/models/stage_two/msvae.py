@@ -35,38 +35,35 @@ Networks (MS-VAE sec. 3.2 "Stage two", Fig. 2d):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from multistage.models.stage_one.betatcvae import as_unit_float, gaussian_kl_per_unit
+from multistage.models.stage_two.base import StageTwoConfig, StageTwoModel, check_non_negative, check_positive
 from multistage.nn.adain import AdaIN
-from multistage.nn.conv import ConvEncoder, check_image_size
+from multistage.nn.conv import ConvEncoder
 
 Y_CLAMP = 1e-4
 
 
 @dataclass
-class MSVAEConfig:
+class MSVAEConfig(StageTwoConfig):
     """MS-VAE stage-two hyper-parameters. residual_dim: size of z; beta: weight of KL[q(z|x,y)||p(z)] (eq. 2
     term b has beta = 1); base_channels: width b of the AdaIN decoder; adain_hidden: hidden units of each
     AdaIN's gamma/beta network; residual_encoder_sees_y: also feed y to the residual encoder (default: x - y only)."""
 
-    image_channels: int = 1
-    image_size: int = 64
-    residual_dim: int = 5
     beta: float = 1.0
     base_channels: int = 32
     adain_hidden: int = 64
     residual_encoder_sees_y: bool = False
 
-    def __post_init__(self) -> None:
-        check_image_size(self.image_size)
-        if self.image_channels < 1 or self.residual_dim < 1 or self.base_channels < 1:
-            raise ValueError("image_channels, residual_dim and base_channels must be >= 1")
-        if self.beta < 0:
-            raise ValueError("beta must be >= 0")
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "base_channels")
+        check_non_negative(self, "beta", "adain_hidden")
 
 
 class AdaINDecoder(nn.Module):
@@ -104,8 +101,10 @@ class AdaINDecoder(nn.Module):
         return torch.logit(y.clamp(Y_CLAMP, 1.0 - Y_CLAMP)) + self.residual_head(h)
 
 
-class MSVAE(nn.Module):
-    """Conditional VAE p(x|y, z) q(z|x, y) of MS-VAE sec. 3.2, trained on eq. 2 term (b)."""
+class MSVAE(StageTwoModel):
+    """Conditional VAE p(x|y, z) q(z|x, y) of MS-VAE sec. 3.2, trained on eq. 2 term (b); conditioning "y"."""
+
+    conditioning: ClassVar[str] = "y"
 
     def __init__(self, config: MSVAEConfig | None = None) -> None:
         super().__init__()
@@ -134,17 +133,17 @@ class MSVAE(nn.Module):
         return torch.sigmoid(self.decode(y, z))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, y: torch.Tensor, use_mean: bool = True) -> torch.Tensor:
-        """Probabilities of x given y and z = the posterior mean of q(z|x,y) (or a sample)."""
-        mu, logvar = self.residual_encoder(x, y)
-        return torch.sigmoid(self.decode(y, mu if use_mean else self.reparameterize(mu, logvar)))
+    def infer_residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The posterior mean of q(z|x, y), (B, residual_dim)."""
+        return self.residual_encoder(x, y)[0]
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
-    def objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(self, x: torch.Tensor, y: torch.Tensor,
+                  step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss, logs), loss = recon + beta * kl (MS-VAE eq. 2 term b, negated). x: images (uint8 or float in
         [0, 1]); y: stage-one probabilities (any float dtype). logs: loss, recon, kl, kl_unit.<j>."""
         x, y = as_unit_float(x), as_unit_float(y)
