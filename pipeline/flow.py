@@ -151,7 +151,8 @@ def stage_one_task(section: dict, runtime: dict, data: str, code: str) -> str:
     params = validate_section(train_stage_one.StageOneParams, section, "stage_one")
     device = _device(runtime, params.seed)
     with stage_run("stage_one", params.model_dump() | {"device": str(device)}) as tracker:
-        train_stage_one.run(params, device, tracker=tracker, show_progress=False)
+        train_stage_one.run(params, device, tracker=tracker, show_progress=False,
+                            precision=validate_section(RuntimeParams, runtime, "runtime").precision)
     return record_outputs("stage_one")
 
 

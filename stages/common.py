@@ -15,7 +15,7 @@ import sys
 import tempfile
 import typing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 import numpy as np
 import yaml
@@ -217,6 +217,7 @@ class RuntimeParams(StageParams):
 
     device: str = "auto"
     threads: int = 0  # 0 keeps torch's default (one per core)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # stage-one networks while training (multistage.nn.precision)
 
 
 def setup_runtime(runtime: RuntimeParams, seed: int):

@@ -31,6 +31,7 @@ from pydantic import Field, create_model
 from multistage.models.registry import STAGE_ONE
 from multistage.models.stage_one.base import ConfigError, StageOneConfig
 from multistage.nn.likelihoods import LIKELIHOODS
+from multistage.nn.precision import resolve_precision, train_networks_in_bf16
 from multistage.nn.networks import ARCHITECTURES
 
 from stages.common import (
@@ -214,17 +215,21 @@ def data_options(dataset) -> dict:
     return options | {"image_size": shape[1]}
 
 
-def build_model(params, dataset, device: torch.device):
+def build_model(params, dataset, device: torch.device, precision: str = "fp32"):
     """The chosen model for this data (a bad option is a ParamsError naming its key), on ``device``. On CPU image
     models are put in channels_last: a beta-TCVAE training step (batch 64, one thread, interleaved runs on a loaded
     2-core machine) took 327-458 ms against 611-630 ms contiguous at 1x64x64, 285-388 against 458-480 ms at
-    3x64x64 and 106-112 against 120-130 ms at 1x32x32 (MLP layers are unaffected)."""
+    3x64x64 and 106-112 against 120-130 ms at 1x32x32 (MLP layers are unaffected). ``precision`` (runtime.precision)
+    ``bf16`` / ``auto`` trains the encoder and decoder under bf16 autocast (``multistage.nn.precision``)."""
     from multistage.models import registry
 
     config = check_model_options(params, data_options(dataset))
     model = registry.STAGE_ONE[params.model][0](config).to(device)
     if device.type == "cpu" and len(config.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
+    if resolve_precision(precision, device) == "bf16":
+        train_networks_in_bf16(device, *(getattr(model, name) for name in ("encoder", "decoder")
+                                         if isinstance(getattr(model, name, None), torch.nn.Module)))
     return model
 
 
@@ -233,6 +238,7 @@ def run(
     device: torch.device,
     tracker=None,
     show_progress: bool = True,
+    precision: str = "fp32",
 ) -> dict:
     from multistage.data.base import to_float
     from multistage.models.files import save_model
@@ -243,7 +249,7 @@ def run(
     dataset = load_data(data)
     train_indices = dataset.train_indices
     images = dataset.images
-    model = build_model(params, dataset, device)
+    model = build_model(params, dataset, device, precision)
     optimizer = torch.optim.Adam(model.optimised_parameters(), lr=params.learning_rate)
 
     def step_fn(batch: np.ndarray, step: int):
@@ -282,6 +288,7 @@ def run(
             summary[f"stage_one.kl_discrete.{i}"] = float((alpha * np.log(alpha * size)).sum(axis=1).mean())
             start += size
     summary["stage_one.likelihood." + params.likelihood] = 1.0
+    summary["stage_one.precision." + resolve_precision(precision, device)] = 1.0
     atomic_write_json(CURVES, [{k: v for k, v in r.items() if not k.startswith("kl_unit")} for r in result.history])
     atomic_write_json(METRICS, summary)
     if tracker is not None:
@@ -295,10 +302,11 @@ def main(params_file: str | Path = PARAMS_FILE) -> dict:
     params = load_params(params_file)
     runtime = load_runtime(params_file)
     device = setup_runtime(runtime, params.seed)
-    with stage_run("stage_one", params.used() | {"device": str(device)}) as tracker:
+    precision = resolve_precision(runtime.precision, device)
+    with stage_run("stage_one", params.used() | {"device": str(device), "precision": precision}) as tracker:
         tracker.set_tags({"device": str(device), "stage_one.model": params.model,
-                          "stage_one.likelihood": params.likelihood})
-        summary = run(params, device, tracker=tracker)
+                          "stage_one.likelihood": params.likelihood, "stage_one.precision": precision})
+        summary = run(params, device, tracker=tracker, precision=precision)
     print(f"stage one ({params.model}): {params.steps} steps, {summary['stage_one.images_per_second']:.0f} "
           f"images/s, final loss {summary.get('stage_one.loss', float('nan')):.2f}")
     return summary

@@ -227,8 +227,9 @@ def test_factor_classifier_learns_easy_factors_and_features():
     features_float = extract_features(classifier, images[:50].astype(np.float64) / 255.0, batch_size=7)
     features_tensor = extract_features(classifier, torch.from_numpy(images[:50]).float() / 255.0, batch_size=50)
     assert features_uint8.shape == (50, 128) and features_uint8.dtype == np.float64
-    np.testing.assert_allclose(features_float, features_uint8, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(features_tensor, features_uint8, rtol=1e-5, atol=1e-6)
+    # float32 convolutions sum in a batch-size-dependent order (oneDNN picks kernels by shape): ~6e-6 apart
+    np.testing.assert_allclose(features_float, features_uint8, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(features_tensor, features_uint8, rtol=1e-4, atol=1e-4)
 
 
 def test_factor_classifier_is_deterministic_from_seed():

@@ -1,0 +1,226 @@
+"""Training speed of the stage-one step (issue 7): images/s before and after, data share, arithmetic limit.
+
+The step measured is the embedded default's: beta-TCVAE (stratified estimator) with the conv 64x64 encoder and
+decoder of Burgess et al. / Locatello et al. (``multistage.nn.conv``), batch 64, on the prepared data of
+params.yaml's ``prepare`` section (cached under ``bench/work/`` as in ``bench.mig_per_minute``). One step is what
+the training loop does: read the batch from the memory-mapped uint8 images (sorted fancy index, one numpy call,
+no per-sample Python), convert to float, objective, backward, Adam.
+
+Variants, measured side by side in one process, interleaved round by round (each round runs every variant for
+``--steps`` steps; the median over rounds is reported, so drifting machine load hits every variant alike):
+
+* ``before``: the layout the code had before issue 4's change, contiguous NCHW;
+* ``channels_last``: the model in channels_last (what ``stages.train_stage_one.build_model`` does on CPU);
+* ``channels_last+compile``: as above with encoder and decoder through ``torch.compile`` (inductor, C++ codegen),
+  when ``--compile`` is given (the first rounds include compilation; they are the warm-up);
+* ``channels_last+bf16``: as ``channels_last`` with encoder and decoder under bf16 autocast while training
+  (``runtime.precision: bf16``, ``multistage.nn.precision``), where the device computes bf16 natively.
+
+Also reported:
+
+* the data share: the seconds spent reading and converting batches over the seconds of whole steps;
+* the arithmetic count: FLOPs of one step per image, counted by ``torch.utils.flop_counter.FlopCounterMode``
+  over forward and backward (multiply-add = 2 FLOPs), and the fraction of the machine's measured matmul
+  throughput (a 1024x1024 @ 1024x1024 product with the same threads, in float32, and in bf16 for the bf16
+  variant) the step reaches.
+
+On a CUDA device (``--device cuda`` or auto) the same step runs there and the figures are the GPU's.
+
+    .venv/bin/python -m bench.train_speed [--threads 2] [--batch-size 64] [--rounds 6] [--steps 8] [--compile]
+
+Writes ``bench/results/train_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parent.parent
+OUTPUT = PROJECT / "bench" / "results" / "train_speed.json"
+
+
+def build(variant: str, stage_one, dataset, device):
+    import torch
+
+    from multistage.nn.precision import train_networks_in_bf16
+    from stages.train_stage_one import build_model
+
+    torch.manual_seed(0)
+    model = build_model(stage_one, dataset, device)
+    if variant == "before":
+        model = model.to(memory_format=torch.contiguous_format)
+    if variant.endswith("+bf16"):
+        train_networks_in_bf16(device, model.encoder, model.decoder)
+    if variant.endswith("+compile"):
+        model.encoder = torch.compile(model.encoder)
+        model.decoder = torch.compile(model.decoder)
+    optimizer = torch.optim.Adam(model.optimised_parameters(), lr=stage_one.learning_rate)
+    return model, optimizer
+
+
+def synchronise(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_steps(model, optimizer, dataset, batch_size: int, steps: int, start: int, device) -> tuple[float, float]:
+    """``steps`` training steps from ``start``; returns (seconds in all, seconds reading and converting data)."""
+    from multistage.data.base import to_float
+    from multistage.train import batch_indices
+
+    train_indices, images = dataset.train_indices, dataset.images
+    data_seconds = 0.0
+    synchronise(device)
+    began = time.perf_counter()
+    for step in range(start, start + steps):
+        t0 = time.perf_counter()
+        indices = batch_indices(len(train_indices), batch_size, 0, step)
+        x = to_float(images[np.sort(train_indices[indices])]).to(device, non_blocking=True)
+        data_seconds += time.perf_counter() - t0
+        loss, _ = model.objective(x, step + 10_000)  # past the warm-up: the full objective
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    synchronise(device)
+    return time.perf_counter() - began, data_seconds
+
+
+def step_flops(model, dataset, batch_size: int, device) -> float:
+    """FLOPs of one training step's forward and backward, per image (FlopCounterMode; multiply-add = 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from multistage.data.base import to_float
+
+    x = to_float(dataset.images[np.sort(dataset.train_indices[:batch_size])]).to(device)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = model.objective(x, 10_000)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch_size
+
+
+def matmul_throughput(device, dtype=None, size: int = 1024, repeats: int = 20) -> float:
+    """FLOP/s of a dense ``size`` x ``size`` matrix product in ``dtype`` (float32 by default) with the current
+    threads: the practical arithmetic ceiling of this machine for this process in that precision."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(3):
+        a @ b
+    synchronise(device)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronise(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - began)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    from multistage.nn.precision import bf16_is_native
+    from multistage.train import select_device
+    from stages.common import read_params_file, validate_section
+    from stages.prepare import PrepareParams
+    from stages.train_stage_one import StageOneParams, check_model_options, load_data
+
+    from bench.mig_per_minute import prepared_data
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8, help="steps per variant per round")
+    parser.add_argument("--warmup-rounds", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile of encoder and decoder")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--params", default=str(PROJECT / "params.yaml"))
+    parser.add_argument("--output", default=str(OUTPUT))
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    device = select_device(args.device)
+    params = read_params_file(args.params)
+    prepare = validate_section(PrepareParams, params.get("prepare"), "prepare", args.params)
+    stage_one = validate_section(StageOneParams, params.get("stage_one"), "stage_one", args.params)
+    stage_one = stage_one.model_copy(update={"batch_size": args.batch_size})
+    check_model_options(stage_one, source=args.params)
+    dataset = load_data(prepared_data(prepare))
+    # the pages of the images are read once beforehand, as they are after the first epoch of a real run
+    np.asarray(dataset.images[: len(dataset.images)]).sum()
+
+    variants = ["before", "channels_last"] + (["channels_last+compile"] if args.compile else [])
+    if bf16_is_native(device):
+        variants.append("channels_last+bf16")
+    if device.type == "cuda":
+        variants = [v for v in variants if v != "before"] + ["before"]
+    built = {variant: build(variant, stage_one, dataset, device) for variant in variants}
+    flops = step_flops(built["before"][0], dataset, args.batch_size, device)
+    samples: dict[str, list[float]] = {v: [] for v in variants}
+    data_share: dict[str, list[float]] = {v: [] for v in variants}
+    step = 0
+    for round_index in range(args.warmup_rounds + args.rounds):
+        for variant in variants:
+            model, optimizer = built[variant]
+            seconds, data_seconds = run_steps(model, optimizer, dataset, args.batch_size, args.steps, step, device)
+            step += args.steps
+            if round_index >= args.warmup_rounds:
+                samples[variant].append(args.steps * args.batch_size / seconds)
+                data_share[variant].append(data_seconds / seconds)
+        print(f"round {round_index + 1}/{args.warmup_rounds + args.rounds}: " + ", ".join(
+            f"{v} {samples[v][-1]:.0f} img/s" for v in variants if samples[v]), flush=True)
+    peak = matmul_throughput(device)
+    peak_bf16 = matmul_throughput(device, torch.bfloat16) if bf16_is_native(device) else None
+
+    report = {
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "input_shape": list(dataset.images.shape[1:]),
+        "model": stage_one.model,
+        "estimator": stage_one.betatcvae.estimator,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "flops_per_image": flops,
+        "matmul_flops_per_second": peak,
+        "matmul_bf16_flops_per_second": peak_bf16,
+        "variants": {},
+    }
+    base = statistics.median(samples["before"])
+    for variant in variants:
+        images_per_second = statistics.median(samples[variant])
+        report["variants"][variant] = {
+            "images_per_second": images_per_second,
+            "images_per_second_range": [min(samples[variant]), max(samples[variant])],
+            "ratio_to_before": images_per_second / base,
+            "data_share": statistics.median(data_share[variant]),
+            # against the peak of the precision the convolutions ran in
+            "fraction_of_matmul_peak": images_per_second * flops / (peak_bf16 if variant.endswith("+bf16")
+                                                                      else peak),
+        }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{report['device']}, {report['threads']} threads, batch {args.batch_size}, input "
+          f"{tuple(report['input_shape'])}: {flops / 1e6:.1f} MFLOP per image per step (forward + backward), "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s" + (f" (bf16: {peak_bf16 / 1e9:.1f})" if peak_bf16 else ""))
+    for variant, row in report["variants"].items():
+        print(f"  {variant:24s} {row['images_per_second']:7.0f} img/s (x{row['ratio_to_before']:.2f}), data "
+              f"{100 * row['data_share']:.1f}% of the step, {100 * row['fraction_of_matmul_peak']:.1f}% of the "
+              "matmul peak")
+    return report
+
+
+if __name__ == "__main__":
+    main()

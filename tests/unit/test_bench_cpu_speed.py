@@ -1,0 +1,109 @@
+"""The issue-7 benches on tiny sizes: the MIG-per-minute study (one attempt, MLflow run, table and plot) and the
+training-speed bench (variants, data share, the FLOP count checked against a count from the layer shapes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bench import mig_per_minute, train_speed
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def bench_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(mig_per_minute, "WORK", tmp_path / "work")
+    monkeypatch.setattr(mig_per_minute, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(mig_per_minute, "TABLE", tmp_path / "mig_study.md")
+    monkeypatch.setattr(mig_per_minute, "PLOT", tmp_path / "mig_vs_minutes.png")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"]["n_images"] = 400
+    params["runtime"]["precision"] = "fp32"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return tmp_path, path
+
+
+def test_mig_per_minute_attempt_and_summary(bench_folders):
+    import mlflow
+
+    tmp_path, params = bench_folders
+    for seed in (0, 1):
+        mig_per_minute.main(["--name", f"tiny-s{seed}", "--minutes", "0.06", "--eval-every", "0.02", "--threads",
+                             "1", "--log-every", "2", "--params", str(params), "--set", f"stage_one.seed={seed}",
+                             "--set", "stage_one.batch_size=16"])
+    result = json.loads((tmp_path / "results" / "tiny-s0.json").read_text())
+    rows = result["rows"]
+    assert len(rows) >= 2 and rows[-1]["minutes"] >= 0.06 and rows[-1]["steps"] > rows[0]["steps"]
+    for key in ("mig", "mig.no_shape", "mig.shape", "mig.posX", "active_units", "train.loss"):
+        assert key in rows[-1], key
+    assert 0.0 <= rows[-1]["mig"] <= 1.0
+    assert result["config"]["stage_one"]["batch_size"] == 16 and result["config"]["threads"] == 1
+
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.tags["attempt"] == "tiny-s0"
+    history = mlflow.MlflowClient().get_metric_history(result["run_id"], "mig")
+    assert len(history) == len(rows)
+
+    table = mig_per_minute.summarise()
+    assert "| tiny | batch_size=16 | 2 | 1 |" in table  # the two seeds form one configuration
+    assert (tmp_path / "mig_vs_minutes.png").stat().st_size > 1000
+
+    with pytest.raises(SystemExit, match="2"):
+        mig_per_minute.main(["--name", "bad", "--params", str(params), "--set", "stage_one.batch_size=-1"])
+
+
+def forward_multiply_adds(model, x) -> tuple[int, int]:
+    """Multiply-adds of one forward pass from the layer shapes (conv: output positions x Cout x Cin x k x k;
+    transposed conv: input positions x Cin x Cout x k x k; linear: in x out), and those of the first layer."""
+    counts: list[int] = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            counts.append(output[0].numel() * module.in_channels * k)
+        elif isinstance(module, torch.nn.ConvTranspose2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            counts.append(inputs[0][0].numel() * module.out_channels * k)
+        elif isinstance(module, torch.nn.Linear):
+            counts.append(module.in_features * module.out_features)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model.decode(model.encode(x)[0])
+    for handle in handles:
+        handle.remove()
+    return sum(counts), counts[0]
+
+
+def test_train_speed_bench(bench_folders):
+    from multistage.data.base import to_float
+    from stages.common import read_params_file, validate_section
+    from stages.prepare import PrepareParams
+    from stages.train_stage_one import StageOneParams, build_model, load_data
+
+    tmp_path, params = bench_folders
+    out = tmp_path / "speed.json"
+    report = train_speed.main(["--rounds", "1", "--steps", "1", "--warmup-rounds", "0", "--batch-size", "8",
+                               "--threads", "1", "--params", str(params), "--output", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert {"before", "channels_last"} <= set(report["variants"])
+    for row in report["variants"].values():
+        assert row["images_per_second"] > 0 and 0 <= row["data_share"] < 1 and row["fraction_of_matmul_peak"] > 0
+
+    # the counter's figure = forward + backward from the layer shapes: backward = 2x forward (input and weight
+    # gradients), less the input gradient of the first layer (the images need none)
+    raw = read_params_file(params)
+    dataset = load_data(mig_per_minute.prepared_data(validate_section(PrepareParams, raw["prepare"], "prepare")))
+    model = build_model(validate_section(StageOneParams, raw["stage_one"], "stage_one"), dataset, torch.device("cpu"))
+    forward, first = forward_multiply_adds(model, to_float(dataset.images[:1]))
+    expected = 2 * (3 * forward - first)
+    assert abs(report["flops_per_image"] - expected) / expected < 0.01, (report["flops_per_image"], expected)
+    assert 100e6 < report["flops_per_image"] < 115e6  # the conv 64x64 network on 3 x 64 x 64 images
