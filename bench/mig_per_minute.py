@@ -209,15 +209,17 @@ def summarise(limit_minutes: float = 30.0) -> str:
         groups.setdefault(_group(result["name"]), []).append(result)
 
     lines = ["| configuration | what changes | seeds | threads | minutes | steps | images/s | MIG (median, range) "
-             "| MIG without shape (median, range) | first minute MIG >= 0.2 |", "| --- " * 10 + "|"]
+             "| MIG without shape (median, range) | first minute MIG >= 0.2 | best MIG (minute) |", "| --- " * 11 + "|"]
     for group, members in groups.items():
         finals = [m["rows"][-1] for m in members if m["rows"]]
         if not finals:
             continue
         mig = np.array([f["mig"] for f in finals])
         no_shape = np.array([f.get("mig.no_shape", np.nan) for f in finals])
-        reached = []
+        reached, best = [], []
         for m in members:
+            top = max(m["rows"], key=lambda r: r["mig"])
+            best.append(f"{top['mig']:.3f} ({top['minutes']:.1f})")
             hit = [r["minutes"] for r in m["rows"] if r["mig"] >= 0.2]
             reached.append(f"{hit[0]:.1f}" if hit else "-")
 
@@ -235,7 +237,7 @@ def summarise(limit_minutes: float = 30.0) -> str:
             f"| {group} | {change} | {len(finals)} | {members[0]['config']['threads']} | "
             f"{np.median([f['minutes'] for f in finals]):.1f} | {int(np.median([f['steps'] for f in finals]))} | "
             f"{np.median([f['images_per_second'] for f in finals]):.0f} | {spread(mig)} | {spread(no_shape)} | "
-            f"{', '.join(reached)} |")
+            f"{', '.join(reached)} | {', '.join(best)} |")
     table = "\n".join(lines) + "\n"
     TABLE.write_text(table)
 
