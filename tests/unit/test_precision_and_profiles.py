@@ -12,7 +12,7 @@ import yaml
 
 from multistage.models.registry import STAGE_ONE
 from multistage.nn.precision import bf16_is_native, resolve_precision, train_networks_in_bf16
-from pipeline import profile
+from pipeline import profiles as profile
 from stages.common import ParamsError, RuntimeParams, read_params_file, validate_section
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,3 +147,13 @@ def test_a_bad_profile_is_one_error_and_writes_nothing(tmp_path, monkeypatch, ca
     assert profile.main(["unknown", "--params", str(target), "--apply"]) == 2
     assert "stage_one.betatcvae.bta" in capsys.readouterr().err
     assert target.read_text() == before
+
+
+def test_no_script_folder_module_shadows_the_standard_library():
+    """Prefect runs pipeline/flow.py (and DVC runs stages) with that folder on sys.path: a module named like a
+    standard-library one there (pipeline/profile.py once did) breaks imports such as torch's ``cProfile``."""
+    import sys
+
+    for folder in ("pipeline", "stages", "bench"):
+        names = {path.stem for path in (ROOT / folder).glob("*.py")} - {"__init__"}
+        assert not names & set(sys.stdlib_module_names), (folder, names & set(sys.stdlib_module_names))

@@ -1,15 +1,18 @@
-"""``python -m pipeline.profile NAME``: named sets of params (``profiles/NAME.yaml``), e.g. ``paper`` and ``cpu``.
+"""``python -m pipeline.profiles NAME``: named sets of params (``profiles/NAME.yaml``), e.g. ``paper`` and ``cpu``.
 
 A profile is a partial params tree: the leaves it lists replace params.yaml's, everything else is kept. Three ways
 to use one, each validated first by the stages' own validators (an unknown key or a bad value is one error naming
 it, and nothing is written):
 
-    python -m pipeline.profile paper                  # prints the `dvc exp run -S ...` command that runs it
-    python -m pipeline.profile paper --json           # the overrides as JSON, for the Prefect deployment:
-        prefect deployment run multistage-pipeline/pipeline -p overrides="$(python -m pipeline.profile paper --json)"
-    python -m pipeline.profile paper --apply          # writes the leaves into params.yaml (comments kept)
+    python -m pipeline.profiles paper                  # prints the `dvc exp run -S ...` command that runs it
+    python -m pipeline.profiles paper --json           # the overrides as JSON, for the Prefect deployment:
+        prefect deployment run multistage-pipeline/pipeline -p overrides="$(python -m pipeline.profiles paper --json)"
+    python -m pipeline.profiles paper --apply          # writes the leaves into params.yaml (comments kept)
 
 ``cpu`` holds the embedded default's values of the same keys, so ``--apply cpu`` returns to the default.
+
+(Named ``profiles``, not ``profile``: Prefect runs ``pipeline/flow.py`` with ``pipeline/`` on ``sys.path``, where a
+``profile.py`` would shadow the standard library's ``profile`` module, which torch imports through ``cProfile``.)
 """
 
 from __future__ import annotations
