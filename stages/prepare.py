@@ -14,7 +14,7 @@ optional and validated; unknown keys and bad values are errors naming the key):
   ``cars3d``, ``mpi3d_npz``, ``mnist_idx`` (``images`` and optional ``labels``), ``image_folder``.
 
 Images reach stage one square, 32 or 64 px (``prepare.image_size``, ``prepare.resize_mode``; see
-``multistage.data.sources``).
+``multistage.data.sources``); dSprites is rendered at 64 and ``image_size: 32`` resamples it.
 """
 
 from __future__ import annotations
@@ -158,9 +158,6 @@ def check_selection(params: PrepareParams) -> None:
                               f"dataset in its published format (see multistage/data/ondisk.py)")
     if name in ("dsprites", "pendulum") and params.resize_mode != "auto":
         raise ParamsError(f"prepare.resize_mode applies to stored images; {name} is generated at its own size")
-    if name == "dsprites" and params.image_size not in (None, 64):
-        raise ParamsError(f"bad value for 'prepare.image_size': {params.image_size!r}; dSprites is rendered at "
-                          "64 x 64, so it must be null or 64")
     if name == "pendulum":
         if params.image_size is not None:
             raise ParamsError("bad value for 'prepare.image_size': the pendulum is a time series (N x 1 x T), not "
@@ -207,7 +204,8 @@ def _make(params: PrepareParams, out_dir: Path, progress):
         options = params.dsprites.texture.model_dump() if params.dsprites.variant == "textured" else {}
         n_images = None if params.n_images is None else min(params.n_images, dsprites.GRID_SIZE)
         return dsprites.make_dsprites(out_dir, n_images=n_images, seed=params.seed, variant=params.dsprites.variant,
-                                      test_fraction=params.test_fraction, progress=progress, **options)
+                                      test_fraction=params.test_fraction, image_size=params.image_size or 64,
+                                      progress=progress, **options)
     if params.dataset == "pendulum":
         options = pendulum_options(params)
         total = math.prod(len(values) for values in options.factor_grid().values())

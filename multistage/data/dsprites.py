@@ -82,7 +82,8 @@ FACTOR_NAMES: tuple[str, ...] = ("shape", "scale", "orientation", "posX", "posY"
 FACTOR_SIZES: tuple[int, ...] = (3, 6, 40, 32, 32)
 SHAPE_NAMES: tuple[str, ...] = ("square", "ellipse", "heart")
 GRID_SIZE = math.prod(FACTOR_SIZES)  # 737,280
-IMAGE_SIZE = 64
+IMAGE_SIZE = 64  # the rendering size; make_dsprites(image_size=32) resamples from it
+IMAGE_SIZES = (32, 64)
 VARIANTS: tuple[str, ...] = ("binary", "textured", "color", "noisy", "scream")
 COLOUR_NAMES: tuple[str, ...] = ("colour_r", "colour_g", "colour_b")
 #: Nuisance of the textured variant.
@@ -540,31 +541,47 @@ class DSpritesRenderer:
     generated dataset was drawn from.
     """
 
-    def __init__(self, variant: str = "binary", options: TextureOptions | None = None) -> None:
+    def __init__(self, variant: str = "binary", options: TextureOptions | None = None, image_size: int = 64) -> None:
         _check_variant(variant)
+        _check_image_size(image_size)
         self.variant = variant
         self.options = options if options is not None else TextureOptions()
+        self.image_size = image_size
 
     def __call__(self, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         classes = _check_classes(classes)
         n = len(classes)
         if self.variant == "noisy":
-            return render_noisy(classes, rng.integers(0, 256, size=(n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
+            noise = rng.integers(0, 256, size=(n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+            return _downsample(render_noisy(classes, noise), self.image_size)
         background = None
         if self.variant == "textured" and self.options.background_noise > 0:
             shape = (n, 3, IMAGE_SIZE, IMAGE_SIZE)
             background = rng.random(shape, dtype=np.float32) * np.float32(self.options.background_noise)
         nuisance = draw_nuisance(n, rng, self.options, self.variant)
-        return _render_variant(self.variant, classes, nuisance, self.options, background, noise=None)
+        images = _render_variant(self.variant, classes, nuisance, self.options, background, noise=None)
+        return _downsample(images, self.image_size)
 
     def __repr__(self) -> str:
-        return f"DSpritesRenderer(variant={self.variant!r}, options={self.options!r})"
+        return f"DSpritesRenderer(variant={self.variant!r}, options={self.options!r}, image_size={self.image_size})"
 
 
 def renderer_from_meta(meta: dict) -> DSpritesRenderer:
     """The renderer of a saved dSprites dataset, from its meta.json contents."""
-    texture = meta.get("params", {}).get("texture") or {}
-    return DSpritesRenderer(meta.get("variant", "binary"), TextureOptions(**texture))
+    params = meta.get("params", {})
+    texture = params.get("texture") or {}
+    return DSpritesRenderer(meta.get("variant", "binary"), TextureOptions(**texture), params.get("image_size", 64))
+
+
+def _check_image_size(image_size) -> None:
+    if isinstance(image_size, bool) or image_size not in IMAGE_SIZES:
+        raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size!r}")
+
+
+def _downsample(images: np.ndarray, image_size: int) -> np.ndarray:
+    """The 64 x 64 rendering brought to ``image_size`` with the antialiased resampling every stored dataset gets
+    (`sources.fit_images`), so a 32 x 32 dSprites is what a user downsampling the published file would have."""
+    return images if image_size == IMAGE_SIZE else sources.fit_images(images, image_size, "resize")
 
 
 base.register_renderer_factory("dsprites", renderer_from_meta)
@@ -627,6 +644,7 @@ def make_dsprites(
     grating_frequency_max: float = 0.2,
     grating_contrast: float = 0.5,
     background_noise: float = 0.0,
+    image_size: int = IMAGE_SIZE,
     num_workers: int | None = None,
     chunk_size: int = 256,
     progress: Progress | None = None,
@@ -644,8 +662,12 @@ def make_dsprites(
     ``variant`` is one of VARIANTS (module docstring): ``"binary"`` (1 channel, the published dataset),
     ``"textured"`` (texture options as in `TextureOptions`; ignored by the other variants), ``"color"``,
     ``"noisy"``, ``"scream"`` (disentanglement_lib's definitions, 3 channels).
+
+    ``image_size`` 32 renders at 64 x 64 and resamples each image to 32 x 32 (antialiased bilinear, as
+    `sources.fit_images` does for stored datasets): the resolution lever of the CPU study (issue 7).
     """
     _check_variant(variant)
+    _check_image_size(image_size)
     options = TextureOptions(
         colour_min=colour_min,
         colour_max=colour_max,
@@ -672,16 +694,16 @@ def make_dsprites(
 
     out_dir = Path(out_dir)
     base.begin_dataset_folder(out_dir)
-    shape = (n, _channels(variant), IMAGE_SIZE, IMAGE_SIZE)
+    shape = (n, _channels(variant), image_size, image_size)
     with base.atomic_path(out_dir / base.IMAGES_FILE) as temporary:
         images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
 
         def render(start: int) -> int:
             stop = min(start + chunk_size, n)
             chunk_nuisance = {name: values[start:stop] for name, values in nuisance.items()}
-            images[start:stop] = _render_grid_chunk(
+            images[start:stop] = _downsample(_render_grid_chunk(
                 classes[start:stop], indices[start:stop], chunk_nuisance, variant, seed, options
-            )
+            ), image_size)
             return stop - start
 
         done = 0
@@ -713,6 +735,8 @@ def make_dsprites(
     }
     if variant == "textured":
         params["texture"] = dataclasses.asdict(options)
+    if image_size != IMAGE_SIZE:
+        params["image_size"] = image_size
     meta = {
         "dataset": "dsprites",
         "variant": variant,

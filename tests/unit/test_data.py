@@ -177,6 +177,31 @@ def test_textured_variant(tmp_path):
     assert np.array_equal(fresh, repeat)
 
 
+def test_dsprites_at_32_pixels_is_the_resampled_64_pixel_rendering(tmp_path):
+    """image_size=32 (the resolution lever of issue 7): each image is the antialiased 32 x 32 resampling of the
+    same cell's 64 x 64 image, for stored and freshly rendered observations alike."""
+    from multistage.data.sources import fit_images
+
+    full = make_dsprites(tmp_path / "64", n_images=40, seed=3, variant="textured", num_workers=1)
+    small = make_dsprites(tmp_path / "32", n_images=40, seed=3, variant="textured", num_workers=2, chunk_size=16,
+                          image_size=32)
+    assert small.images.shape == (40, 3, 32, 32) and small.images.dtype == np.uint8
+    assert np.array_equal(small.factor_classes, full.factor_classes)
+    assert np.array_equal(np.asarray(small.images), fit_images(np.asarray(full.images), 32, "resize"))
+    # a 2 x 2 box average of the 64 x 64 image is within a few grey levels (the filter is a wider triangle)
+    box = np.asarray(full.images, dtype=np.float32).reshape(40, 3, 32, 2, 32, 2).mean(axis=(3, 5))
+    assert np.abs(box - small.images).mean() < 12
+    loaded = load_dataset(tmp_path / "32")
+    assert loaded.meta["params"]["image_size"] == 32 and "image_size" not in full.meta["params"]
+    fresh = loaded.observations_from_factors(loaded.factor_classes[:6], np.random.default_rng(0))
+    assert fresh.shape == (6, 3, 32, 32)
+    again = full.observations_from_factors(full.factor_classes[:6], np.random.default_rng(0))
+    assert np.array_equal(fresh, fit_images(again, 32, "resize"))
+    with pytest.raises(ValueError, match=r"image_size must be one of \(32, 64\), got 48"):
+        make_dsprites(tmp_path / "48", n_images=4, image_size=48)
+    assert not (tmp_path / "48").exists()
+
+
 def test_textured_background_noise_and_option_validation(tmp_path):
     dataset = make_dsprites(tmp_path / "n", n_images=16, seed=0, variant="textured", background_noise=0.1,
                             grating_contrast=0.0, num_workers=1)

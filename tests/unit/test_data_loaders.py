@@ -340,8 +340,8 @@ def test_prepare_stage_selects_and_checks_the_dataset(tmp_path, monkeypatch):
         prepare.run(params(dataset="cars3d"), show_progress=False)
     with pytest.raises(ParamsError, match="prepare.image_size.*time series"):
         prepare.run(params(dataset="pendulum", image_size=32), show_progress=False)
-    with pytest.raises(ParamsError, match="dSprites is rendered at 64 x 64"):
-        prepare.run(params(dataset="dsprites", image_size=32), show_progress=False)
+    with pytest.raises(ParamsError, match="prepare.resize_mode applies to stored images"):
+        prepare.run(params(dataset="dsprites", image_size=32, resize_mode="pad"), show_progress=False)
     with pytest.raises(ParamsError, match=r"prepare\.pendulum.*raise substeps"):
         prepare.run(params(dataset="pendulum", pendulum={"substeps": 1, "damping_max": 60.0}), show_progress=False)
     with pytest.raises(ParamsError, match=r"unknown key 'prepare\.shapes3d_h5\.file'; allowed keys: path"):
