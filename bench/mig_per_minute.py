@@ -194,6 +194,15 @@ def _group(name: str) -> str:
     return head if head and tail.isdigit() else name
 
 
+COMMON_MINUTES = 12.5
+
+
+def _score_at(rows: list[dict], minutes: float) -> float:
+    """The MIG of the last score taken by ``minutes`` of training (scores land a few seconds past each mark)."""
+    taken = [row for row in rows if row["minutes"] <= minutes * 1.02]
+    return taken[-1]["mig"] if taken else float("nan")
+
+
 def summarise(limit_minutes: float = 30.0) -> str:
     """The study's table (markdown) and plot from every ``bench/results/mig_study/*.json``."""
     import matplotlib
@@ -208,13 +217,18 @@ def summarise(limit_minutes: float = 30.0) -> str:
     for result in results:
         groups.setdefault(_group(result["name"]), []).append(result)
 
-    lines = ["| configuration | what changes | seeds | threads | minutes | steps | images/s | MIG (median, range) "
-             "| MIG without shape (median, range) | first minute MIG >= 0.2 | best MIG (minute) |", "| --- " * 11 + "|"]
+    lines = ["| configuration | what changes | seeds | threads | minutes | steps | images/s "
+             f"| MIG at {COMMON_MINUTES} min (median, range) | MIG at the end (median, range) "
+             "| MIG without shape at the end (median, range) | first minute MIG >= 0.2 | best MIG (minute) |",
+             "| --- " * 12 + "|"]
     for group, members in groups.items():
         finals = [m["rows"][-1] for m in members if m["rows"]]
         if not finals:
             continue
         mig = np.array([f["mig"] for f in finals])
+        # every attempt ran at least COMMON_MINUTES: the score at that time compares configurations and seeds
+        # whatever their length
+        common = np.array([_score_at(m["rows"], COMMON_MINUTES) for m in members if m["rows"]])
         no_shape = np.array([f.get("mig.no_shape", np.nan) for f in finals])
         reached, best = [], []
         for m in members:
@@ -228,6 +242,7 @@ def summarise(limit_minutes: float = 30.0) -> str:
                 return f"{values[0]:.3f}"
             return f"{np.median(values):.3f} ({values.min():.3f}-{values.max():.3f})"
 
+        lengths = "/".join(sorted({f"{f['minutes']:.1f}" for f in finals}, key=float))
         overrides = members[0]["config"]["overrides"]
         change = ", ".join(f"{k.removeprefix('stage_one.')}={v}" for k, v in overrides.items()
                            if not k.endswith(".seed")) or "params.yaml as is"
@@ -235,14 +250,16 @@ def summarise(limit_minutes: float = 30.0) -> str:
             change += ", contiguous NCHW"
         lines.append(
             f"| {group} | {change} | {len(finals)} | {members[0]['config']['threads']} | "
-            f"{np.median([f['minutes'] for f in finals]):.1f} | {int(np.median([f['steps'] for f in finals]))} | "
-            f"{np.median([f['images_per_second'] for f in finals]):.0f} | {spread(mig)} | {spread(no_shape)} | "
+            f"{lengths} | "
+            f"{int(np.median([f['steps'] for f in finals]))} | "
+            f"{np.median([f['images_per_second'] for f in finals]):.0f} | {spread(common)} | {spread(mig)} | "
+            f"{spread(no_shape)} | "
             f"{', '.join(reached)} | {', '.join(best)} |")
     table = "\n".join(lines) + "\n"
     TABLE.write_text(table)
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = plt.get_cmap("tab20").colors
     for index, (group, members) in enumerate(groups.items()):
         colour = colours[index % len(colours)]
         for number, member in enumerate(members):

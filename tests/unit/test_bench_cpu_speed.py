@@ -4,6 +4,7 @@ training-speed bench (variants, data share, the FLOP count checked against a cou
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,13 @@ def test_mig_per_minute_attempt_and_summary(bench_folders):
 
     with pytest.raises(SystemExit, match="2"):
         mig_per_minute.main(["--name", "bad", "--params", str(params), "--set", "stage_one.batch_size=-1"])
+
+
+def test_score_at_a_common_minute_takes_the_last_score_by_then():
+    rows = [{"minutes": m, "mig": mig} for m, mig in ((2.51, 0.1), (5.02, 0.2), (12.53, 0.3), (15.0, 0.4))]
+    assert mig_per_minute._score_at(rows, 12.5) == 0.3  # a score lands a few seconds past its mark
+    assert mig_per_minute._score_at(rows, 10.0) == 0.2
+    assert math.isnan(mig_per_minute._score_at(rows, 1.0))
 
 
 def forward_multiply_adds(model, x) -> tuple[int, int]:
