@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup-rounds", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of encoder and decoder")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--image-size", type=int, choices=(32, 64), default=64,
+                        help="prepare.image_size of the measured step: 64, the standard conv 64x64 step of issue 7 "
+                             "(the default); 32, the CPU default's conv32 step")
     parser.add_argument("--params", default=str(PROJECT / "params.yaml"))
     parser.add_argument("--output", default=str(OUTPUT))
     args = parser.parse_args(argv)
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = select_device(args.device)
     params = read_params_file(args.params)
     prepare = validate_section(PrepareParams, params.get("prepare"), "prepare", args.params)
+    prepare = prepare.model_copy(update={"image_size": args.image_size})
     stage_one = validate_section(StageOneParams, params.get("stage_one"), "stage_one", args.params)
     stage_one = stage_one.model_copy(update={"batch_size": args.batch_size})
     check_model_options(stage_one, source=args.params)

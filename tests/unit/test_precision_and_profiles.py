@@ -108,6 +108,7 @@ def test_the_cpu_profile_is_the_default_and_the_paper_profile_validates():
     assert set(paper) == set(cpu), "the two profiles set the same keys, so either one can be applied over the other"
     applied, _ = profile.profiled_params("paper", ROOT / "params.yaml")
     assert applied["stage_one"]["steps"] == 300000 and applied["stage_one"]["betatcvae"]["estimator"] == "weighted"
+    assert applied["prepare"]["image_size"] == 64 and params["prepare"]["image_size"] == 32  # the study's lever
 
 
 def test_profile_apply_json_and_errors(tmp_path, capsys):
