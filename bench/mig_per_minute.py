@@ -203,6 +203,13 @@ def _score_at(rows: list[dict], minutes: float) -> float:
     return taken[-1]["mig"] if taken else float("nan")
 
 
+def _pixels(prepare: dict) -> str:
+    """The side of the images an attempt trained on: prepare.image_size, or when unset dSprites' own 64."""
+    if prepare.get("image_size"):
+        return str(prepare["image_size"])
+    return "64" if prepare.get("dataset") == "dsprites" else "the dataset's"
+
+
 def summarise(limit_minutes: float = 30.0) -> str:
     """The study's table (markdown) and plot from every ``bench/results/mig_study/*.json``."""
     import matplotlib
@@ -217,10 +224,10 @@ def summarise(limit_minutes: float = 30.0) -> str:
     for result in results:
         groups.setdefault(_group(result["name"]), []).append(result)
 
-    lines = ["| configuration | what changes | seeds | threads | minutes | steps | images/s "
+    lines = ["| configuration | what changes | px | seeds | threads | minutes | steps | images/s "
              f"| MIG at {COMMON_MINUTES} min (median, range) | MIG at the end (median, range) "
              "| MIG without shape at the end (median, range) | first minute MIG >= 0.2 | best MIG (minute) |",
-             "| --- " * 12 + "|"]
+             "| --- " * 13 + "|"]
     for group, members in groups.items():
         finals = [m["rows"][-1] for m in members if m["rows"]]
         if not finals:
@@ -245,11 +252,12 @@ def summarise(limit_minutes: float = 30.0) -> str:
         lengths = "/".join(sorted({f"{f['minutes']:.1f}" for f in finals}, key=float))
         overrides = members[0]["config"]["overrides"]
         change = ", ".join(f"{k.removeprefix('stage_one.')}={v}" for k, v in overrides.items()
-                           if not k.endswith(".seed")) or "params.yaml as is"
+                           if not k.endswith(".seed") and k != "prepare.image_size") or "params.yaml as is"
         if members[0]["config"].get("contiguous"):
             change += ", contiguous NCHW"
         lines.append(
-            f"| {group} | {change} | {len(finals)} | {members[0]['config']['threads']} | "
+            f"| {group} | {change} | {_pixels(members[0]['config']['prepare'])} | {len(finals)} | "
+            f"{members[0]['config']['threads']} | "
             f"{lengths} | "
             f"{int(np.median([f['steps'] for f in finals]))} | "
             f"{np.median([f['images_per_second'] for f in finals]):.0f} | {spread(common)} | {spread(mig)} | "
@@ -258,7 +266,7 @@ def summarise(limit_minutes: float = 30.0) -> str:
     table = "\n".join(lines) + "\n"
     TABLE.write_text(table)
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
     colours = plt.get_cmap("tab20").colors
     for index, (group, members) in enumerate(groups.items()):
         colour = colours[index % len(colours)]
@@ -266,7 +274,8 @@ def summarise(limit_minutes: float = 30.0) -> str:
             minutes = [r["minutes"] for r in member["rows"]]
             for axis, key in zip(axes, ("mig", "mig.no_shape")):
                 axis.plot(minutes, [r.get(key, np.nan) for r in member["rows"]], marker="o", markersize=3,
-                          color=colour, alpha=0.85, label=group if number == 0 else None)
+                          color=colour, alpha=0.85,
+                          label=f"{group} ({_pixels(members[0]['config']['prepare'])} px)" if number == 0 else None)
     for axis, title in zip(axes, ("MIG, all five factors", "MIG without shape")):
         axis.axhline(0.2, color="grey", linestyle="--", linewidth=1)
         axis.axvline(limit_minutes, color="grey", linestyle=":", linewidth=1)
@@ -274,7 +283,7 @@ def summarise(limit_minutes: float = 30.0) -> str:
         axis.set_title(title)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("histogram MIG (20 bins), held-out images")
-    axes[1].legend(fontsize=8, loc="upper left")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(PLOT, dpi=110)

@@ -53,7 +53,7 @@ def test_mig_per_minute_attempt_and_summary(bench_folders):
     assert len(history) == len(rows)
 
     table = mig_per_minute.summarise()
-    assert "| tiny | batch_size=16 | 2 | 1 |" in table  # the two seeds form one configuration
+    assert "| tiny | batch_size=16 | 32 | 2 | 1 |" in table  # the two seeds form one configuration, at 32 px
     assert (tmp_path / "mig_vs_minutes.png").stat().st_size > 1000
 
     with pytest.raises(SystemExit, match="2"):
