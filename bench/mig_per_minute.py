@@ -228,6 +228,7 @@ def summarise(limit_minutes: float = 30.0) -> str:
              f"| MIG at {COMMON_MINUTES} min (median, range) | MIG at the end (median, range) "
              "| MIG without shape at the end (median, range) | first minute MIG >= 0.2 | best MIG (minute) |",
              "| --- " * 13 + "|"]
+    pixels = {group: _pixels(members[0]["config"]["prepare"]) for group, members in groups.items()}
     for group, members in groups.items():
         finals = [m["rows"][-1] for m in members if m["rows"]]
         if not finals:
@@ -256,7 +257,7 @@ def summarise(limit_minutes: float = 30.0) -> str:
         if members[0]["config"].get("contiguous"):
             change += ", contiguous NCHW"
         lines.append(
-            f"| {group} | {change} | {_pixels(members[0]['config']['prepare'])} | {len(finals)} | "
+            f"| {group} | {change} | {pixels[group]} | {len(finals)} | "
             f"{members[0]['config']['threads']} | "
             f"{lengths} | "
             f"{int(np.median([f['steps'] for f in finals]))} | "
@@ -275,7 +276,7 @@ def summarise(limit_minutes: float = 30.0) -> str:
             for axis, key in zip(axes, ("mig", "mig.no_shape")):
                 axis.plot(minutes, [r.get(key, np.nan) for r in member["rows"]], marker="o", markersize=3,
                           color=colour, alpha=0.85,
-                          label=f"{group} ({_pixels(members[0]['config']['prepare'])} px)" if number == 0 else None)
+                          label=f"{group} ({pixels[group]} px)" if number == 0 else None)
     for axis, title in zip(axes, ("MIG, all five factors", "MIG without shape")):
         axis.axhline(0.2, color="grey", linestyle="--", linewidth=1)
         axis.axvline(limit_minutes, color="grey", linestyle=":", linewidth=1)

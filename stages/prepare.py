@@ -204,8 +204,8 @@ def _make(params: PrepareParams, out_dir: Path, progress):
         options = params.dsprites.texture.model_dump() if params.dsprites.variant == "textured" else {}
         n_images = None if params.n_images is None else min(params.n_images, dsprites.GRID_SIZE)
         return dsprites.make_dsprites(out_dir, n_images=n_images, seed=params.seed, variant=params.dsprites.variant,
-                                      test_fraction=params.test_fraction, image_size=params.image_size or 64,
-                                      progress=progress, **options)
+                                      test_fraction=params.test_fraction,
+                                      image_size=params.image_size or dsprites.IMAGE_SIZE, progress=progress, **options)
     if params.dataset == "pendulum":
         options = pendulum_options(params)
         total = math.prod(len(values) for values in options.factor_grid().values())

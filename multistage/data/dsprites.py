@@ -541,7 +541,9 @@ class DSpritesRenderer:
     generated dataset was drawn from.
     """
 
-    def __init__(self, variant: str = "binary", options: TextureOptions | None = None, image_size: int = 64) -> None:
+    def __init__(
+        self, variant: str = "binary", options: TextureOptions | None = None, image_size: int = IMAGE_SIZE
+    ) -> None:
         _check_variant(variant)
         _check_image_size(image_size)
         self.variant = variant
@@ -552,14 +554,14 @@ class DSpritesRenderer:
         classes = _check_classes(classes)
         n = len(classes)
         if self.variant == "noisy":
-            noise = rng.integers(0, 256, size=(n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-            return _downsample(render_noisy(classes, noise), self.image_size)
-        background = None
-        if self.variant == "textured" and self.options.background_noise > 0:
-            shape = (n, 3, IMAGE_SIZE, IMAGE_SIZE)
-            background = rng.random(shape, dtype=np.float32) * np.float32(self.options.background_noise)
-        nuisance = draw_nuisance(n, rng, self.options, self.variant)
-        images = _render_variant(self.variant, classes, nuisance, self.options, background, noise=None)
+            images = render_noisy(classes, rng.integers(0, 256, size=(n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
+        else:
+            background = None
+            if self.variant == "textured" and self.options.background_noise > 0:
+                shape = (n, 3, IMAGE_SIZE, IMAGE_SIZE)
+                background = rng.random(shape, dtype=np.float32) * np.float32(self.options.background_noise)
+            nuisance = draw_nuisance(n, rng, self.options, self.variant)
+            images = _render_variant(self.variant, classes, nuisance, self.options, background, noise=None)
         return _downsample(images, self.image_size)
 
     def __repr__(self) -> str:
@@ -570,7 +572,8 @@ def renderer_from_meta(meta: dict) -> DSpritesRenderer:
     """The renderer of a saved dSprites dataset, from its meta.json contents."""
     params = meta.get("params", {})
     texture = params.get("texture") or {}
-    return DSpritesRenderer(meta.get("variant", "binary"), TextureOptions(**texture), params.get("image_size", 64))
+    return DSpritesRenderer(meta.get("variant", "binary"), TextureOptions(**texture),
+                            params.get("image_size", IMAGE_SIZE))
 
 
 def _check_image_size(image_size) -> None:
