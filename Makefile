@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make run` and `make test`. Both create .venv when missing and install.
+# `make test-fast` (unit tests), `make lint` (ruff), `make docs` (the documentation site into site/).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,12 +9,12 @@ export PATH := $(BIN):$(PATH)
 # the pipeline's stages must never resume an MLflow run by accident (see stages/tracking.py)
 unexport MLFLOW_RUN_ID
 
-.PHONY: install run test ui browser clean-outputs
+.PHONY: install run test test-fast lint docs ui browser clean-outputs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,docs,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,6 +28,18 @@ run: install
 TEST_WORKERS ?= 2
 test: install browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
+
+# the unit tests alone (the library on known answers): no browser, no DVC/Prefect/MLflow end-to-end runs
+test-fast: install
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/unit
+
+# ruff's lint rules and its formatter, both configured in pyproject.toml (the pre-commit hooks run the same)
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# the documentation site (mkdocs.yml): every warning is an error; the HTML goes to site/ (not tracked)
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # The report is checked in headless Chromium (tests/integration/test_report_browser.py): Debian's chromium and
 # chromium-driver, installed when missing (as root, or through sudo).
@@ -50,7 +63,7 @@ ui: install
 	  --artifacts-destination $(abspath $(UI_STORE))/mlartifacts \
 	  --host 127.0.0.1 --port $(UI_PORT) --workers $(UI_WORKERS)
 
-# Fashion-MNIST for `prepare.dataset: fashion_mnist` (issue 3): the Debian package dataset-fashion-mnist puts the
+# Fashion-MNIST for `prepare.dataset: fashion_mnist`: the Debian package dataset-fashion-mnist puts the
 # four IDX .gz files in /usr/share/datasets/fashion-mnist (~30 MB, from the Debian archive; nothing else is fetched).
 .PHONY: fashion-mnist
 fashion-mnist:
