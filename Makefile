@@ -39,7 +39,7 @@ lint: install
 
 # the documentation site (mkdocs.yml): every warning is an error; the HTML goes to site/ (not tracked)
 docs: install
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The report is checked in headless Chromium (tests/integration/test_report_browser.py): Debian's chromium and
 # chromium-driver, installed when missing (as root, or through sudo).

@@ -13,7 +13,7 @@ first one and cached). After each run the trained stage-one model is scored on h
   (``multistage.metrics.mig``), and without shape.
 
 Writes ``plots/beta_sweep_<model>.json`` (rows: beta, reconstruction, mig, mig_no_shape, kl, seconds) for the DVC
-plot ``stage_one_beta_sweep`` (dvc.yaml), ``plots/beta_sweep.csv`` and ``plots/beta_sweep.png``.
+plot ``stage_one_beta_sweep`` (dvc.yaml), ``plots/beta_sweep.csv`` and ``docs/beta_sweep.png`` (the figure of the documentation).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.beta_sweep [--steps 500] [--betas 1 4 16] [--workdir DIR]
 """
@@ -152,7 +152,7 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    draw(rows, PLOTS / "beta_sweep.png")
+    draw(rows, PROJECT / "docs" / "beta_sweep.png")
     print(f"{len(rows)} runs of {args.steps} steps (batch {args.batch_size}, 64x64 binary dSprites, "
           f"{args.n_images} images, 1 thread) in {time.perf_counter() - started:.0f} s; "
           f"`dvc exp show` in {args.workdir} lists them")

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python -m bench.stage_two_comparison /tmp/comparison main        # MS-VAE vs the baselines
     OMP_NUM_THREADS=1 python -m bench.stage_two_comparison /tmp/comparison ablations   # + the four ablations
 
-Makes ``WORKDIR`` a git + DVC copy of the project (code, dvc.yaml) with ``docs/stage_two/acceptance_params.yaml``'s
+Makes ``WORKDIR`` a git + DVC copy of the project (code, dvc.yaml) with ``docs/stage_two/comparison_params.yaml``'s
 settings (10,000 textured dSprites images, 64 x 64 x 3; beta-TCVAE stage one 600 steps; MS-VAE 400 stage-two steps;
 beta-TCVAE-L and Big-VAE 1000 steps = MS-VAE's 600 + 400; batch 64; one thread), then runs ``dvc repro report``:
 ``main`` trains msvae, betatcvae_l, bigvae and evaluates them (factor classifier 800 steps); ``ablations`` adds
@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
-PARAMS = PROJECT / "docs" / "stage_two" / "acceptance_params.yaml"
+PARAMS = PROJECT / "docs" / "stage_two" / "comparison_params.yaml"
 MAIN = ["msvae", "betatcvae_l", "bigvae"]
 ABLATIONS = ["c_input", "concat", "end_to_end", "z_first"]
 
