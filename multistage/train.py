@@ -2,20 +2,12 @@
 
 It knows nothing of params.yaml or MLflow: a stage hands it a model, an optimiser, a ``step_fn`` that turns a
 batch of dataset indices into ``(loss, logs)``, and an optional ``callback(step, logs)`` through which the stage
-logs wherever it likes. The loop gives:
-
-* progress: a bar with the step, the main loss terms, images/s and the ETA (tqdm);
-* checkpoints written atomically (temporary name, then ``os.replace``) every ``checkpoint_every`` steps and at the
-  end, holding model, optimiser, RNG state, the data position and the logged history;
-* resume: rerun after a kill and training continues from the last checkpoint, provided the checkpoint was made
-  for the same ``fingerprint`` (params and data); a checkpoint made for other params is set aside, not reused;
-* a NaN guard: a non-finite loss or gradient stops training with :class:`NonFiniteLossError` before the optimiser
-  touches the weights, and the last good checkpoint is kept as it is.
-
-Schedules: :func:`linear_warmup` gives the weight of a regulariser that rises linearly from 0 to 1.
-
-Batches come from :func:`batch_indices`, a deterministic function of (seed, step), so a resumed run sees exactly
-the data order an uninterrupted one would have seen.
+logs wherever it likes. The loop gives a progress bar (step, main loss terms, images/s, ETA); checkpoints written
+atomically every ``checkpoint_every`` steps and at the end; resume from the last checkpoint made for the same
+``fingerprint`` (a checkpoint made for other params is set aside as ``*.stale``); and a NaN guard that stops
+training with `NonFiniteLossError` before the optimiser touches the weights. Batches come from
+`batch_indices`, a deterministic function of (seed, step), so a resumed run sees the same data order;
+`linear_warmup` is the schedule of a regulariser rising from 0 to 1.
 """
 
 from __future__ import annotations

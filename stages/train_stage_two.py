@@ -3,21 +3,12 @@ ablations of appendix L; the variants are ``multistage.models.registry.STAGE_TWO
 
     python -m stages.train_stage_two --variant msvae
 
-``dvc.yaml`` runs one such stage per name in ``stage_two.variants`` (a ``matrix`` stage). What a variant trains on
-is its ``conditioning``: "y" — the paired set's (x, y) rows (``pairs.samples_per_x`` = k rows per x), "c" — the
-same rows' stage-one codes c, "none" — the training images x alone (once each).
-
-Options: the shared keys of ``stage_two`` (residual_dim, steps, batch_size, learning_rate, seed, checkpoint_every,
-log_every) and the variant's sub-section ``stage_two.<variant>`` (its config dataclass's fields; residual_dim,
-steps, batch_size and learning_rate there override the shared ones). The data fixes image_channels / image_size;
-``dataset_size`` is the number of training images; the fields a variant copies from stage one
-(``stage_one_options``: code_dim = the stage-one code size, and the beta-TCVAE weights for the variants with a code
-of their own) are taken from ``models/stage_one/model.pt`` unless the sub-section sets them; Big-VAE's
-``target_parameters`` is MS-VAE's parameter count (stage one + ``stage_two.msvae``'s network) unless set.
-
-Outputs: ``models/stage_two/<variant>/model.pt`` and ``curves.png``, ``plots/stage_two_curves_<variant>.json``,
-``metrics/stage_two_<variant>.json`` (keys ``stage_two.<variant>.<term>``, ``.parameters``); checkpoint in
-``checkpoints/stage_two_<variant>.pt`` (resumed after a kill, as for stage one).
+A variant trains on what its ``conditioning`` says: the paired set's (x, y) rows, their stage-one codes c, or
+the training images alone. Options: the shared keys of ``stage_two`` and the variant's sub-section
+``stage_two.<variant>`` (its config's fields; residual_dim, steps, batch_size and learning_rate there override
+the shared ones); fields a variant shares with stage one are copied from ``models/stage_one/model.pt`` unless set.
+Outputs: ``models/stage_two/<variant>/`` (model.pt, curves.png), ``plots/stage_two_curves_<variant>.json``,
+``metrics/stage_two_<variant>.json``; the checkpoint resumes after a kill. More: docs/stage-two.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,15 @@
 """The pendulum experiment of MS-VAE appendix C as a chain: its data, its measured checks and its figures.
 
-Data (:func:`simulate_table`): n pendulums with length L, damping b and mass m drawn uniformly from their ranges
-(appendix C / Figure 15: L in [1, 3], b and m in [0.1, 2]), simulated by ``multistage.data.pendulum.simulate``
-(RK4) into three series in radians, T = 100 samples over 10 s:
+Data (`simulate_table`): n pendulums with length L, damping b and mass m drawn uniformly from their ranges,
+simulated by ``multistage.data.pendulum.simulate`` into three series in radians: ``theta`` (the observation),
+``y0`` (undamped, a function of L alone) and ``y1`` (unit mass, a function of L and b), with the factors as
+(n, 1) variables. The appendix's paired sets {L, y0}, {b, y0, y1} and {y1, theta} are columns of this one table;
+the mass is in it for the checks only.
 
-* ``theta``: the observation, theta'' = -(b / m) theta' - (g / L) sin theta;
-* ``y0``: the undamped pendulum (b = 0), a function of L alone;
-* ``y1``: the damped pendulum with unit mass (m = 1), a function of L and b;
-
-with the factors ``length``, ``damping``, ``mass`` and ``initial_angle`` (the release angle, pi / 4 throughout
-by default, as in the paper) as (n, 1) variables. The appendix's paired sets {L, y0}, {b, y0, y1} and
-{y1, theta} are columns of this one table; the mass is in the table for the checks only (no node of the declared
-chain reads it).
-
-Checks (:func:`evaluate_pendulum`):
-
-* the |Pearson r| (and Spearman's rho) between the posterior mean of z and the true mass over held-out sequences
-  (Figure 16: 500 of them); with several z units the unit with the largest |r| is reported, and which one;
-* traversals with z fixed (Figure 15): the period and the decay rate of the generated theta are measured
-  (:func:`oscillation_period`, :func:`decay_rate`) at each traversed value of L and of b, and their change from
-  the first value to the last, relative to their mean (:func:`relative_change`), is reported beside the
-  simulator's own (the ground truth): traversing L should change the period and leave the decay nearly
-  unchanged, traversing b the reverse. The z traversal (masses, and the z matching each) is reported likewise.
+Checks (`evaluate_pendulum`): the |Pearson r| (and Spearman's rho) between the posterior mean of z and the true
+mass on held-out sequences (Figure 16), and traversals with z fixed (Figure 15) whose period and decay rate
+(`oscillation_period`, `decay_rate`, `relative_change`) are reported beside the simulator's own. What each check
+measures: docs/chains.md, "The pendulum (MS-VAE appendix C)".
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
 """Train a declared chain node by node, in topological order, and use the trained chain.
 
-:func:`train_chain` takes a :class:`~multistage.chains.dag.ChainSpec` and a :class:`VariableTable` (the data's
-variables, one row per example, with a train/test split), validates the declaration against the table
-(:func:`multistage.chains.dag.validate_chain`), and for each node in order:
-
-1. builds it for the variables' shapes and fits its standardisation on the training rows (``prepare``);
-2. trains it with the one training loop (``multistage.train.train``: progress bar, atomic checkpoints in
-   ``checkpoint_dir/<node>.pt``, resume after a kill, NaN guard) on its training variables, batches drawn from the
-   training rows; the checkpoint's fingerprint covers the node's declaration, the data and the fingerprints of the
-   nodes whose derived variables it reads, so changing an upstream node retrains the downstream ones;
-3. scores it on the test rows (the objective's terms, no gradient) and adds its derived variables (a stage-one
-   node's code and reconstruction) to the table for the nodes after it.
-
-The result is a :class:`TrainedChain`: the nodes in order, able to generate (ancestral sampling: every node's
-output mean from its inputs and, for nodes with a latent, a given or prior-sampled latent) and to infer latents.
-:func:`save_chain` / :func:`load_chain` write and read it as one self-describing file per node plus
-``chain.json``. Nothing here prints: ``callback(node, step, record)`` receives the logged values.
+`train_chain` takes a `ChainSpec` and a `VariableTable` (the data's variables, one row per example, with a
+train/test split), validates the declaration against the table, and for each node in order: builds it and fits
+its standardisation on the training rows; trains it with the one training loop (``multistage.train.train``,
+checkpoints in ``checkpoint_dir/<node>.pt``, fingerprinted by the node's declaration, the data and the upstream
+nodes it reads); scores it on the test rows and adds its derived variables to the table for the nodes after it.
+The result is a `TrainedChain` that generates (ancestral sampling) and infers latents; `save_chain` /
+`load_chain` write and read it as one file per node plus ``chain.json``. Nothing here prints:
+``callback(node, step, record)`` receives the logged values. More: docs/chains.md.
 """
 
 from __future__ import annotations

@@ -1,34 +1,15 @@
 """A ground-truth dataset: images, the factors that generated them, and a way to render more.
 
-The disentanglement metrics (MIG, conditioning terms of MS-VAE sec. 4) need images together with the class of
-each generating factor, and some of them (Z-diff, FactorVAE score) need fresh observations for chosen factors.
-`GroundTruthDataset` holds exactly that:
+`GroundTruthDataset` holds what the disentanglement metrics need: ``images`` (uint8 ``(N, C, H, W)``, memory-mapped
+when loaded; float32 ``(N, C, T)`` series in [0, 1] for the pendulum), ``factor_names`` / ``factor_sizes``
+(empty for data without ground truth: then `NoGroundTruthError` is raised by what needs factors),
+``factor_classes`` / ``factor_values``, ``nuisance`` (per-image values the factors do not describe), ``extra``
+(named per-image arrays) and ``split`` (0 = train, 1 = test).
 
-* ``images``: uint8 ``(N, C, H, W)`` in 0..255, a read-only ``np.memmap`` when loaded from disk. One exception:
-  a dataset of time series (the pendulum of MS-VAE appendix C, `multistage.data.pendulum`) stores float32
-  ``(N, C, T)`` series already scaled to [0, 1] (its meta.json says how to undo the scaling);
-* ``factor_names`` / ``factor_sizes``: possibly EMPTY, for data without ground truth (a folder of user images,
-  or labels left out); then ``has_ground_truth`` is False and `sample_factors` / `observations_from_factors`
-  raise `NoGroundTruthError`, which the metrics that need factors report instead of failing obscurely;
-* ``factor_classes`` / ``factor_values``: the class index and the value of every factor of every image;
-* ``nuisance``: per-image values the factors do not describe (colour, texture, crop), possibly empty;
-* ``extra``: named per-image arrays beside the images (the pendulum's intermediate series Y0, Y1), possibly empty;
-* ``split``: 0 = train, 1 = test.
-
-On disk a dataset is a folder with these files, each written to a temporary name in the same folder and then
-renamed (``os.replace``), so a reader never sees half a file:
-
-* ``images.npy``: a numpy ``.npy`` array, memory-mappable;
-* ``factors.parquet``: columns ``index``, ``split``, ``<factor>_class``, ``<factor>_value``,
-  ``nuisance.<name>``;
-* ``extra.<name>.npy`` for each extra array (memory-mapped on load);
-* ``meta.json``: dataset name, variant, factor names and sizes, params, image shape; written last.
-
-New observations for given factors come from a renderer (procedural datasets register a factory that rebuilds
-it from meta.json) or, for stored data whose meta.json says ``"observations": "lookup"``, by drawing a stored
-image with exactly those factor classes (what disentanglement_lib does for its stored datasets).
-
-`load_dataset` checks that the files agree and names the file at fault when they do not.
+On disk a dataset is a folder: ``images.npy``, ``factors.parquet``, ``extra.<name>.npy`` and ``meta.json``
+(written last), each written under a temporary name and renamed. New observations for given factors come from
+a renderer (procedural datasets) or a lookup of stored images. `load_dataset` checks that the files agree and
+names the file at fault. The folder format in full: docs/datasets.md, "The dataset folder".
 """
 
 from __future__ import annotations

@@ -1,67 +1,15 @@
 """Procedural dSprites, regenerated to its published specification, and its colour / noise / texture variants.
 
-dSprites (Matthey, Higgins, Hassabis and Lerchner 2017, "dSprites: Disentanglement testing Sprites dataset",
-https://github.com/deepmind/dsprites-dataset; the specification quoted in issue 2) is the full product of five
-independent factors, 64 x 64 binary images:
+dSprites (Matthey, Higgins, Hassabis and Lerchner 2017) is the full product of five independent factors, 64 x 64
+binary images: shape (3), scale (6), orientation (40), posX (32), posY (32), 737,280 images in the original's
+index order (``np.ravel_multi_index(classes.T, FACTOR_SIZES)``). Variants (``variant=``): ``binary`` (the
+published set), ``color``, ``noisy`` and ``scream`` (disentanglement_lib's definitions), and ``textured`` (this
+project's: a per-image colour and a sinusoidal grating inside the sprite), each with nuisance detail that the
+factors do not describe. The per-image draws are a fixed function of (seed, grid index), stored as
+``nuisance.<name>`` columns; `DSpritesRenderer` draws fresh ones for ``observations_from_factors``.
 
-=============  ====  ===========================================================
-factor         size  values (`factor_values`)
-=============  ====  ===========================================================
-shape          3     square, ellipse, heart (class 0, 1, 2; value 1, 2, 3 as in the
-                     published ``latents_values``)
-scale          6     linspace(0.5, 1, 6)
-orientation    40    linspace(0, 2 pi, 40) radians: 0 and 2 pi are both present and
-                     render the same image, as in the original
-posX           32    linspace(0, 1, 32)
-posY           32    linspace(0, 1, 32)
-=============  ====  ===========================================================
-
-737,280 images, indexed as in the original: shape slowest, then scale, orientation, posX, posY fastest
-(``np.ravel_multi_index(classes.T, FACTOR_SIZES)``).
-
-Geometry (our choices, measured from the published images):
-
-* Screen coordinates: x to the right, y down, in pixels; pixel (row i, column j) has its centre at
-  (j + 0.5, i + 0.5). A pixel is on when its centre lies inside the shape.
-* The shape's centre is at (16 + 32 posX, 16 + 32 posY) px.
-* Square: side 19.2 scale px (so 19 or 20 pixels across, depending on the sub-pixel position).
-* Ellipse: semi-axes 12.75 scale x 7.25 scale px, the major axis horizontal at orientation 0.
-* Heart: the implicit curve (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0 (lobes up), scaled to 20 scale px wide and
-  17 scale px tall; its centre is the area centroid of the curve, so for every shape the position factor is
-  the centre of mass of the sprite, whatever the orientation.
-* Orientation rotates the shape counter-clockwise as seen on screen about its centre.
-
-Every shape fits inside a 32 x 32 window around its centre, so only that window is computed.
-
-Variants (``variant=``). In all but ``binary`` the images have three channels and nuisance the factors do not
-describe, so a disentangled first stage that sees only the factors blurs and a second stage has residual
-detail to learn. ``color``, ``noisy`` and ``scream`` follow the definitions of disentanglement_lib (Locatello
-et al. 2019, "Challenging common assumptions in the unsupervised learning of disentangled representations",
-sec. 5 and ``data/ground_truth/dsprites.py``); ``textured`` is this project's own:
-
-* ``binary``: the published dataset, one channel, 0 / 255.
-* ``color``: the sprite multiplied by a per-image colour drawn from U(0.5, 1)^3, black background.
-* ``noisy``: the background replaced by U(0, 1) noise per pixel and channel, the sprite white
-  (min(sprite + noise, 1)). Stored as uint8, the noise is drawn as a uniform byte b, value b / 255.
-* ``scream``: the scream-dSprites stand-in. The background is (a random 64 x 64 crop of a photo + a per-image
-  shift drawn from U(0, 1)^3) / 2 and the sprite's pixels are 1 - background. disentanglement_lib crops
-  Munch's *The Scream*, thumbnailed to fit 350 x 274; here the photo is one of the two bundled with
-  scikit-learn (``sklearn.datasets.load_sample_images``: china.jpg, flower.jpg), thumbnailed the same way
-  (to 350 x 234), chosen uniformly per image, so nothing is downloaded.
-* ``textured``: inside the sprite the intensity is a sinusoidal grating
-
-    1 - contrast * (0.5 + 0.5 sin(2 pi f (x cos a + y sin a) + phase))
-
-  (x, y in px relative to the sprite centre, x right, y down), multiplied by a per-image colour; the
-  background is black plus optional uniform noise in [0, background_noise]. Per image the colour is drawn
-  from U(colour_min, colour_max)^3, a ~ U(0, pi), f ~ U(grating_frequency_min, grating_frequency_max)
-  cycles/px, phase ~ U(0, 2 pi).
-
-For a generated dataset the per-image draws (colour, texture, crop, noise) are a fixed function of
-(seed, grid index) (a counter-based splitmix64 hash, Steele, Lea and Flood 2014), so a grid cell has the same
-nuisance whatever subset it is drawn in; they are stored in the factor table as ``nuisance.<name>`` columns
-(except the noisy variant's per-pixel noise). `DSpritesRenderer` draws fresh ones with a numpy Generator from
-the same distribution (what ``observations_from_factors`` needs).
+The geometry of each shape, the factor values and the formula of every variant: docs/datasets.md,
+"Procedural dSprites".
 """
 
 from __future__ import annotations
@@ -667,7 +615,7 @@ def make_dsprites(
     ``"noisy"``, ``"scream"`` (disentanglement_lib's definitions, 3 channels).
 
     ``image_size`` 32 renders at 64 x 64 and resamples each image to 32 x 32 (antialiased bilinear, as
-    `sources.fit_images` does for stored datasets): the resolution lever of the CPU study (issue 7).
+    `sources.fit_images` does for stored datasets): the resolution lever of the CPU-minute study.
     """
     _check_variant(variant)
     _check_image_size(image_size)

@@ -1,41 +1,13 @@
 """Loaders for the published formats of the datasets a user has on disk; each returns an `ImageSource`.
 
+Formats: ``dsprites_npz`` (deepmind's npz), ``shapes3d_h5`` (3dshapes.h5), ``smallnorb`` (NYU binary matrices),
+``cars3d`` (one MATLAB v5 .mat per car), ``mpi3d_npz``, ``mnist_idx`` (MNIST / Fashion-MNIST IDX) and
+``image_folder`` (no ground truth). What each loader reads, array by array: docs/datasets.md, "On-disk formats".
+
 Every loader checks the file against its published format before a byte is written and raises one error that
 names the path and the expected format: `FileNotFoundError` for a missing path, `DatasetFormatError` for a file
 that is truncated, malformed or of the wrong kind. Images are read in chunks (memory maps, HDF5 slices, or a
 front-to-back stream for compressed members), so files of several gigabytes never sit in memory.
-
-=================  ==============================================================================================
-loader             published format (what the loader reads)
-=================  ==============================================================================================
-`dsprites_npz`     ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz`` (deepmind/dsprites-dataset): ``imgs``
-                   uint8 (N, 64, 64) in {0, 1}, ``latents_classes`` int (N, 6) and ``latents_values`` (N, 6)
-                   over (color, shape, scale, orientation, posX, posY), ``metadata`` (a pickled dict, which is
-                   never unpickled here). The constant ``color`` factor is dropped.
-`shapes3d_h5`      ``3dshapes.h5`` (deepmind/3d-shapes): ``images`` uint8 (N, 64, 64, 3), ``labels`` float64
-                   (N, 6): floor_hue, wall_hue, object_hue (10 values in [0, 0.9]), scale (8 in [0.75, 1.25]),
-                   shape (4: 0..3), orientation (15 in [-30, 30]); a label's class is its place on that grid.
-`smallnorb`        the NYU ``smallnorb-5x46789x9x18x6x2x96x96-training-{dat,cat,info}.mat`` and
-                   ``smallnorb-5x01235x9x18x6x2x96x96-testing-...`` files (``.mat`` or ``.mat.gz``): the "binary
-                   matrix" format (int32 magic, int32 ndim, max(3, ndim) int32 dims, then the data, little
-                   endian). dat: uint8 (N, 2, 96, 96) stereo pairs, the left camera is used; cat: int32 (N,)
-                   category 0..4; info: int32 (N, 4) instance 0..9, elevation 0..8, azimuth 0, 2, .., 34,
-                   lighting 0..5. Factors: category, elevation, azimuth (/ 2), lighting, as in disentanglement_lib;
-                   the instance is a nuisance column.
-`cars3d`           a folder of MATLAB v5 ``.mat`` files, one per car (``car_001_mesh.mat`` ...), each with ``im``
-                   uint8 (128, 128, 3, 24, 4) = (H, W, RGB, azimuth, elevation). Factors: elevation (4),
-                   azimuth (24), object (one class per file, files in name order), as in disentanglement_lib.
-`mpi3d_npz`        ``mpi3d_toy.npz`` / ``mpi3d_realistic.npz`` / ``mpi3d_real.npz``: ``images`` uint8
-                   (N, 64, 64, 3), rows in the order of the factor grid object_color (6), object_shape (6),
-                   object_size (2), camera_height (3), background_color (3), horizontal_axis (40),
-                   vertical_axis (40) — 1,036,800 rows; the earlier 4 x 4 colour / shape release (460,800 rows)
-                   is recognised too, and ``factor_sizes`` names any other grid.
-`mnist_idx`        MNIST / Fashion-MNIST ``*-images-idx3-ubyte`` and ``*-labels-idx1-ubyte`` (optionally
-                   ``.gz``): the IDX format (two zero bytes, a type byte 0x08 = uint8, a dimension count, the
-                   big-endian int32 sizes, then the data). Factor: the label (10 classes).
-`image_folder`     a folder of image files (png, jpg, jpeg, bmp, webp, gif; searched recursively, in path
-                   order), e.g. CelebA crops: no ground truth.
-=================  ==============================================================================================
 """
 
 from __future__ import annotations

@@ -1,28 +1,14 @@
 """The simple pendulum of MS-VAE appendix C: a noiseless simulator of the angular displacement theta(t).
 
-A bob of mass m on a string of length L, damped by air resistance (MS-VAE appendix C):
+theta'' = -(b / m) theta' - (g / L) sin(theta), released at rest from theta_0, sampled at T = 100 times over
+``duration`` seconds and integrated by fixed-step fourth-order Runge-Kutta (``substeps`` per sample, every
+pendulum of a batch at once). The factors form a grid: ``length``, ``damping``, ``mass`` (and ``initial_angle``
+when it varies). The two intermediate observations of the paper's figure 17 are stored beside it:
+Y0 = ``extra["undamped"]`` (b = 0) and Y1 = ``extra["damped_unit_mass"]`` (m = 1).
 
-    theta'' = -(b / m) theta' - (g / L) sin(theta),   theta(0) = theta_0,  theta'(0) = 0,
-
-sampled at T = 100 times t_k = k * duration / T (k = 0 .. T - 1). The paper's simulator S : (L, M, B) -> theta
-gives theta in [-pi, pi]; the initial displacement is constant there and may be varied here as a fourth factor.
-The two intermediate observations of the paper's hierarchy (its figure 17) are stored beside it:
-
-* Y0, ``extra["undamped"]``: the same pendulum without damping (b = 0), which depends on L only (and theta_0);
-* Y1, ``extra["damped_unit_mass"]``: the damped pendulum with the mass fixed to m = 1 (depends on L and b).
-
-Integration: the classical fixed-step fourth-order Runge-Kutta method, ``substeps`` steps per sample, every
-pendulum of a batch at once (numpy). With the defaults (duration 10 s, 10 substeps: h = 0.01 s) the global error
-is below 1e-6 rad against scipy's adaptive ``solve_ivp`` (tests/unit/test_data_pendulum.py); RK4 stays stable
-while h * max(b / m) < 2.78, which the option check enforces.
-
-Factors form a grid like dSprites': ``length`` linspace(length_min, length_max, length_steps), ``damping`` and
-``mass`` likewise, ``initial_angle`` only when ``initial_angle_steps > 1``. Defaults follow the ranges the
-paper's figure 15 traverses: L in [1, 3], b in [0.1, 2], m in [0.1, 2] (our grid: 20 values each, 8,000 series).
-
-Storage: the dataset's ``images`` are float32 series ``(N, 1, T)`` (a documented exception to uint8 images,
-see `multistage.data.base`), scaled to [0, 1] like every other dataset: x = (theta / pi + 1) / 2, so
-theta = pi (2 x - 1); the extras use the same scaling. meta.json records the scaling, g, the times and the grid.
+The dataset's ``images`` are float32 series ``(N, 1, T)`` scaled to [0, 1] by x = (theta / pi + 1) / 2; meta.json
+records the scaling, g, the times and the grid. Accuracy, stability bound and defaults: docs/datasets.md,
+"The pendulum simulator".
 """
 
 from __future__ import annotations

@@ -1,25 +1,12 @@
 """Turn images read from somewhere (a bundled set, a file in a published format) into a dataset folder.
 
-A loader (`multistage.data.bundled`, `multistage.data.ondisk`) describes what it found as an `ImageSource`:
-how many images, their stored shape, the factor table (possibly empty: no ground truth) and a function that
-reads chosen rows in order, chunk by chunk, so that a multi-gigabyte file is never held in memory.
-`write_image_source` then picks the rows (all, or a random subset), assigns the train / test split, fits every
-image to a square side the stage-one networks accept (`fit_images`: 32 or 64) and streams them into the
-memory-mapped ``images.npy`` of a dataset folder (`multistage.data.base`), with the factor table and meta.json.
-
-Fitting (``image_size``, ``resize_mode``):
-
-* a non-square image is centre-cropped to a square first (e.g. CelebA's 178 x 218 -> 178 x 178);
-* ``image_size=None`` keeps a 32 or 64 side and otherwise picks 32 for sides up to 32 (digits 8, MNIST 28)
-  and 64 above (SmallNORB 96, Cars3D 128);
-* ``resize_mode="pad"`` pads with zeros around the centre (MNIST 28 -> 32, as LeNet did), ``"resize"``
-  resamples (bilinear, antialiased when shrinking: ``torch.nn.functional.interpolate``), ``"auto"`` pads when
-  the side is short of the
-  target by at most an eighth of it and resamples otherwise (so 28 -> 32 pads, 8 -> 32 and 96 -> 64 resample).
-
-Stored data can only show stored images, so the meta.json of a source with factors says
-``"observations": "lookup"``: `GroundTruthDataset.observations_from_factors` draws stored images with the asked
-classes.
+A loader (`multistage.data.bundled`, `multistage.data.ondisk`) describes what it found as an `ImageSource`: how
+many images, their stored shape, the factor table (possibly empty: no ground truth) and a function that reads
+chosen rows in order, chunk by chunk. `write_image_source` picks the rows, assigns the train / test split, fits
+every image to a square side the networks accept (`fit_images`: 32 or 64; crop, pad or resample) and streams
+them into the memory-mapped ``images.npy`` of a dataset folder, with the factor table and meta.json. A source
+with factors records ``"observations": "lookup"``, so `GroundTruthDataset.observations_from_factors` draws stored
+images with the asked classes. The fitting rules: docs/datasets.md, "Fitting stored images".
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """Conditional normalising-flow layers for MS-FLOW (MS-VAE appendix D): RealNVP affine coupling layers (Dinh,
-Sohl-Dickstein and Bengio 2017, "Density estimation using Real NVP", sec. 3.2-3.4) conditioned on an external
-input, an elementwise conditional affine layer, and the logit pre-processing of RealNVP sec. 4.1.
+Sohl-Dickstein and Bengio 2017) conditioned on an external input, an elementwise conditional affine layer, and
+the logit pre-processing of RealNVP sec. 4.1.
 
 Every layer maps a batch w (N, D) (and a condition) to (u, log|det du/dw|) with ``forward`` and back with
-``inverse``; the log-determinant is per row, (N,).
-
-* :class:`ConditionalAffineCoupling` (RealNVP eqs. 7-8, with a condition h added to the conditioner's input):
-  the D dimensions are split into a kept half A and a changed half B (a fixed split, stored as index buffers),
-
-      u_A = w_A,    u_B = w_B * exp(s(w_A, h)) + t(w_A, h),    log|det| = sum_B s(w_A, h),
-
-  where (s, t) come from one MLP of (w_A, h). The raw scale is soft-clamped, s = bound * tanh(raw / bound), so a
-  step can never blow a scale up (RealNVP sec. 4.1 uses a tanh scale for the same reason). The MLP's last layer
-  starts at zero, so a fresh layer is the identity (s = t = 0, log|det| = 0).
-* :class:`ConditionalCouplingFlow`: ``layers`` couplings; layer 2i uses a split drawn from ``seed`` and layer
-  2i + 1 its complement (the changed and kept halves swap, RealNVP sec. 3.4), so every dimension is changed.
-* :class:`ConditionalElementwiseAffine`: u = (w - m) * exp(-l) with m = a * t + b and l = c * t + d per
-  dimension, t (N, D) a per-dimension condition (MS-FLOW: the logit of y, which has x's shape), log|det| =
-  -sum l. Zero parameters are the identity; ``initialise_from`` sets (a, b, d) from a batch by least squares
-  (the data-dependent initialisation of Glow's ActNorm, Kingma and Dhariwal 2018, extended to the condition).
-* :func:`logit_transform`: v in [0, 1] -> w = logit(alpha + (1 - 2 alpha) v), with its log-determinant
-  (RealNVP sec. 4.1, alpha = 0.05), and :func:`inverse_logit_transform`.
+``inverse``; the log-determinant is per row, (N,). `ConditionalAffineCoupling` (soft-clamped scales, identity at
+initialisation), `ConditionalCouplingFlow` (alternating complementary splits), `ConditionalElementwiseAffine`
+(data-dependent initialisation) and `logit_transform`: their equations are in docs/stage-two.md, "Coupling layers".
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
-"""Decoder likelihoods p(x|z) of the stage-one models (noise-modelling paper, sec. 7.1: p(x|Z) = N(x | G(Z),
-sigma^2 I) "where sigma^2 is either manually enumerated or adaptive learned"; and the Bernoulli of the
-disentanglement literature).
+"""Decoder likelihoods p(x|z) of the stage-one models: the Bernoulli of the disentanglement literature and the
+Gaussians of the noise-modelling paper (sec. 7.1), with a fixed or learned variance.
 
-Every likelihood turns the decoder's raw output into
-
-* ``negative_log_likelihood(output, x)``: -log p(x|z) summed over the elements of each item, batch mean (nats);
-* ``mean(output)``: E[p(x|z)] (sigmoid for the Bernoulli, the output itself for a Gaussian);
-* ``logs()``: what to log (the decoder variance of the Gaussians).
-
-| name                          | p(x|z)                                  | parameters                           |
-| ----------------------------- | --------------------------------------- | ------------------------------------ |
-| ``bernoulli``                 | Bernoulli(sigmoid(output)), x in [0, 1]  | none                                 |
-| ``gaussian``                  | N(output, sigma^2), sigma^2 fixed        | none (``variance`` given)            |
-| ``gaussian_learned``          | N(output, sigma^2), one sigma^2 learned  | log sigma^2, a scalar                |
-| ``gaussian_learned_per_pixel``| N(output, diag(sigma_i^2)), learned      | log sigma_i^2, one per element       |
-
-With a fixed variance, -log p = ||x - G(z)||^2 / (2 sigma^2) + const, so (sec. 7.2.1) scaling sigma^2 is scaling
-beta: a Gaussian VAE with variance sigma^2 and weight beta on the KL has the optimum of one with variance
-beta sigma^2 and beta = 1 (the "normalized variance"). A learned variance is bounded below by ``MIN_VARIANCE``
-(1e-4, a standard deviation of 1% of the [0, 1] range): on data a decoder can fit exactly (binary dSprites'
-background) the likelihood is otherwise unbounded.
+Every likelihood turns the decoder's raw output into ``negative_log_likelihood(output, x)`` (summed over the
+elements of each item, batch mean, nats), ``mean(output)`` (E[p(x|z)]) and ``logs()`` (the decoder variance).
+Names: ``bernoulli``, ``gaussian`` (fixed variance), ``gaussian_learned`` (one learned variance),
+``gaussian_learned_per_pixel``. A learned variance is bounded below by ``MIN_VARIANCE``. Why a fixed variance is
+a beta: docs/stage-one.md, "Decoder likelihoods".
 """
 
 from __future__ import annotations

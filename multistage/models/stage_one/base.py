@@ -2,32 +2,13 @@
 built on.
 
 A stage-one model learns codes C from data X and a decoder whose mean E[p(x|c)] is the blurry reconstruction Y
-that stage two starts from (MS-VAE sec. 3.2). The pipeline only ever talks to a stage-one model through this
-interface (:class:`StageOneModel`):
-
-* ``objective(x, step) -> (loss, logs)``: the training loss on a batch and a flat dict of floats (its named terms).
-  Every schedule (KL warm-up, capacity annealing) is a function of ``step`` inside the model, so the one training
-  loop (``multistage.train.train``) serves every model. ``step=None`` means "after every schedule has finished"
-  (the objective as the paper writes it).
-* ``encode(x) -> (mu, logvar)``: the Gaussian part of q(c|x).
-* ``representation(x) -> (N, code_dim)``: the deterministic code the metrics score (the Gaussian means; for
-  JointVAE the means followed by the one-hot argmax of each discrete code).
-* ``sample_code(x, generator=None) -> (N, code_dim)``: c ~ q(c|x) in the same layout.
-* ``decode_mean(c) -> Tensor``: E[p(x|c)] in data space — this is Y. For images that is [0, 1] (sigmoid of the
-  Bernoulli logits, or the Gaussian mean clamped to [0, 1]); a series keeps its own range. ``decode(c)`` gives
-  the decoder's raw output (Bernoulli logits, or the Gaussian mean before clamping).
-* ``code_dim`` and ``code_names`` ("z0".."z9"; "c0=3" for value 3 of discrete code 0).
-
-Sampling is split in two so that callers can fix the noise themselves (the paired set draws it from a table that
-depends only on a seed and the row, never on the batch size): ``posterior(x)`` gives the parameters of q(c|x) as
-a dict of (N, .) tensors, ``code_from_uniforms(posterior, u)`` turns ``noise_width`` uniforms per row in (0, 1)
-into a code c ~ q(c|x) (inverse CDF for the Gaussian units, Gumbel-max for discrete ones), and ``sample_code``
-draws the uniforms from ``generator``. The objectives draw their reparameterisation noise the same way: one
-``torch.rand(N, noise_width)`` per batch, so a test can reproduce a training step's code exactly.
-
-Models with state outside their parameters that must survive a resume (FactorVAE's discriminator optimiser)
-return it from ``auxiliary_state()``; the stage passes it to the training loop's ``extra_modules``. The loop's
-optimiser is built over ``optimised_parameters()`` (FactorVAE's discriminator has its own optimiser).
+that stage two starts from (MS-VAE sec. 3.2). The pipeline talks to it only through `StageOneModel`:
+``objective(x, step) -> (loss, logs)`` (every schedule is a function of ``step`` inside the model, so one training
+loop serves every model), ``encode``, ``representation`` (the code the metrics score), ``sample_code``,
+``decode_mean`` (Y), ``code_dim`` and ``code_names``. Sampling is split into ``posterior(x)`` and
+``code_from_uniforms(posterior, u)`` so that callers can fix the noise themselves. State outside the parameters
+that must survive a resume comes from ``auxiliary_state()``; the optimiser is built over
+``optimised_parameters()``. The contract in full: docs/stage-one.md, "The stage-one interface".
 """
 
 from __future__ import annotations

@@ -1,50 +1,13 @@
-"""beta-TCVAE: Chen et al. (2018), "Isolating Sources of Disentanglement in VAEs" — the stage-one model of MS-VAE
+"""beta-TCVAE: Chen et al. (2018), "Isolating Sources of Disentanglement in VAEs", the stage-one model of MS-VAE
 (sec. 3.2, "Stage one").
 
-Objective (beta-TCVAE eq. 3-5), minimised per minibatch of M images drawn from a training set of N:
-
-    loss = recon + alpha * index_code_mi + beta * tc + gamma * dim_kl
-
-    recon          = -E_q(z|n)[log p(x_n|z)]      by the configured likelihood (Bernoulli: BCE summed), batch mean
-    index_code_mi  =  E_q(z,n)[log q(z|n) - log q(z)]                (eq. 3 term i)
-    tc             =  E_q(z)[log q(z) - log prod_j q(z_j)]          (eq. 3 term ii, total correlation)
-    dim_kl         =  E_q(z)[log prod_j q(z_j) - log p(z)]          (eq. 3 term iii, dimension-wise KL)
-
-with one reparameterised sample z_i ~ q(z|n_i) per image. The aggregate posterior q(z) = 1/N sum_n q(z|n) and its
-marginals q(z_j) are estimated from the minibatch itself (appendix B.2.1: "we use the same minibatch that was used
-to sample z"), by one of two estimators:
-
-* ``"weighted"`` — minibatch weighted sampling, MWS (sec. 3.2 and appendix B.1, eq. S4):
-      log q(z_i) ~= logsumexp_j log q(z_i|n_j) - log(N M)
-* ``"stratified"`` — minibatch stratified sampling, MSS (appendix B.2, eq. S5-S7). Conditioned on n_i being in the
-  batch, the other M - 1 indices are a uniform sample without replacement of the N - 1 others, so
-      q(z_i) ~= 1/N q(z_i|n_i) + (N - 1) / (N (M - 1)) sum_{j != i} q(z_i|n_j)
-  is unbiased for q(z_i) = 1/N q(z_i|n_i) + (N-1)/N E_{n != n_i}[q(z_i|n)] (eq. S5). Eq. S6 gives one of the
-  "other" elements the weight (N - M)/(N M) and the rest 1/M; it has the same expectation, but with equal weights
-  the estimate is *exact* when the batch is the whole data set (M = N: every weight is 1/N), which is the
-  statement the paper makes for MSS ("exact if M = N", "the equality holds if M = N"). As a log it is a lower
-  bound in expectation (Jensen, eq. S8-S9) whose bias shrinks as M grows.
-  The product of marginals uses the same weights one dimension at a time.
-
-Why stratified is the default — the weighted estimator saturates. Because the sum over the batch contains the
-own component, MWS gives log q(z_i) >= log q(z_i|n_i) - log(N M), so its index-code-MI estimate
-mean_i[log q(z_i|n_i) - log q(z_i)] is at most log(N M) = log N + log M, reached as soon as the posteriors of the
-M batch elements stop overlapping (off-diagonal densities -> 0), which for small M happens early in training.
-The true index-code MI is at most H(n) = log N, so MWS saturates log M nats *above* anything attainable; once
-saturated its log q(z) is just log q(z|n) - log(N M): it no longer sees how the codes of different images are
-arranged, the alpha term reduces to an entropy bonus and log q(z) in the TC term carries no signal. More
-generally, for a batch of distinct indices MWS's log q(z_i) is at least log M below the exact value (the batch
-sum is at most the full sum), and at M = N exactly log N below it (log prod_j q(z_j): exactly L log N below,
-L = latent_dim), so there it over-estimates the index-code MI by log N and the TC by (L - 1) log N and
-under-estimates the dimension-wise KL by L log N: the bias never vanishes as M -> N. MSS gives
-log q(z_i) >= log q(z_i|n_i) - log N, so its index-code MI is at most log N, the true ceiling, and it is exact at
-M = N. With a small batch MSS still misses the near neighbours a large data set provides and under-estimates
-q(z), so use batch >= 256 on dSprites (N = 737,280).
-Whatever the estimator, index_code_mi + tc + dim_kl = E[log q(z|n) - log p(z)] exactly (the Monte Carlo KL), so
-with alpha = beta = gamma = 1 the objective is the ordinary ELBO.
-
-The batch is assumed to hold distinct training indices (the stratified weights rely on it);
-``config.dataset_size`` must be the number of training images N.
+loss = recon + w(step) (alpha index_code_mi + beta tc + gamma dim_kl) (beta-TCVAE eq. 3-5), with one
+reparameterised sample per image and the aggregate posterior q(z) and its marginals estimated on the minibatch
+itself by one of two estimators: ``"weighted"`` (minibatch weighted sampling, appendix B.1) or ``"stratified"``
+(minibatch stratified sampling, appendix B.2; the default, because the weighted estimator saturates).
+Whatever the estimator, the three terms add up to the Monte Carlo KL exactly, so alpha = beta = gamma = 1 is the
+ELBO. The batch must hold distinct training indices and ``config.dataset_size`` must be N, the number of training
+images. The estimators and why the weighted one saturates: docs/stage-one.md, "beta-TCVAE".
 """
 
 from __future__ import annotations

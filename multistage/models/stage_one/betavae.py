@@ -1,20 +1,8 @@
 """beta-VAE and the annealed-capacity beta-VAE, on the shared Gaussian VAE (``base.GaussianVAE``).
 
-beta-VAE (Higgins et al. 2017; JointVAE paper eq. 1; DIP-VAE paper eq. 8):
-
-    loss = recon + w(step) * beta * KL(q(z|x) || p(z))
-
-with w rising linearly from 0 to 1 over ``warmup_steps`` (a KL warm-up; 1 throughout when 0).
-Neutral point: beta = 1, no warm-up — the plain ELBO (analytic KL).
-
-Annealed capacity (Burgess et al. 2018, "Understanding disentangling in beta-VAE"; JointVAE paper eq. 3):
-
-    loss = recon + gamma * |KL(q(z|x) || p(z)) - C(step)|,   C rising linearly from C_min to C_max over
-                                                             ``capacity_steps`` steps, C_max from then on.
-
-Neutral point: gamma = 1, C_min = C_max = 0 — then |KL - 0| = KL (the analytic KL is >= 0), the plain ELBO.
-The KL is the batch mean of the per-item KL (as in Burgess et al.'s and JointVAE's code), so the absolute value
-acts on the batch average, not per item.
+beta-VAE (Higgins et al. 2017): loss = recon + w(step) beta KL, w a linear warm-up; neutral point beta = 1.
+Annealed capacity (Burgess et al. 2018): loss = recon + gamma |KL - C(step)|, C rising linearly from C_min to
+C_max; neutral point gamma = 1, C_min = C_max = 0. Details: docs/stage-one.md, "beta-VAE and annealed capacity".
 """
 
 from __future__ import annotations

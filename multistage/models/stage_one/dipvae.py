@@ -1,22 +1,9 @@
 """DIP-VAE-I and DIP-VAE-II: Kumar et al. (2018), "Variational inference of disentangled latent concepts from
 unlabeled observations" (the DIP-VAE paper, sec. 3), on the shared Gaussian VAE.
 
-Both add to the ELBO a penalty pulling a covariance matrix Cov towards the identity, estimated on the minibatch:
-
-    loss = recon + KL + w(step) [ lambda_od sum_{i != j} Cov_ij^2 + lambda_d sum_i (Cov_ii - 1)^2
-                                  + lambda_third sum_{i,j,k} M3_ijk^2 ]
-
-* DIP-VAE-I (eq. 6): Cov = Cov_p(x)[mu(x)], the covariance of the encoder means over the batch.
-* DIP-VAE-II (eq. 7): Cov = Cov_q(z)[z] = E_p(x)[Sigma(x)] + Cov_p(x)[mu(x)] (law of total covariance, eq. 5),
-  with Sigma(x) = diag(exp(logvar(x))).
-* The optional third-moment penalty (end of sec. 3; the paper uses lambda_3 = 200 with DIP-VAE-II on 2D Shapes):
-  the squared l2 norm of the third central moments M3_ijk = E[(z_i - m_i)(z_j - m_j)(z_k - m_k)] of the same
-  variable (the means mu(x) for I, the samples z ~ q(z|x) for II), all zero for the N(0, I) prior.
-
-The covariance of the batch is the biased one (divide by M), as in disentanglement_lib. w rises from 0 to 1 over
-``warmup_steps`` (it scales the DIP penalty only; the KL keeps weight 1 as in eq. 6-7).
-Neutral point: lambda_od = lambda_d = lambda_third = 0 — the plain ELBO.
-Defaults follow the paper's 2D Shapes settings for DIP-VAE-II: lambda_od = lambda_d (here 10), no third moment.
+Both add to the ELBO a penalty pulling a minibatch covariance towards the identity (off-diagonal weight
+lambda_od, diagonal lambda_d, optional third moments lambda_third): of the encoder means for DIP-VAE-I (eq. 6),
+of q(z) for DIP-VAE-II (eq. 7). Neutral point: all three lambdas 0. Details: docs/stage-one.md, "DIP-VAE".
 """
 
 from __future__ import annotations

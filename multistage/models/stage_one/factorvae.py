@@ -1,22 +1,9 @@
-"""FactorVAE: Kim & Mnih (2018), "Disentangling by factorising" — the standard peer of beta-TCVAE (not among the
-papers in ../shared/papers; the TC it penalises is the total correlation of beta-TCVAE eq. 3 term ii).
+"""FactorVAE: Kim & Mnih (2018), "Disentangling by factorising", the standard peer of beta-TCVAE.
 
-    loss = recon + KL(q(z|x) || p(z)) + w(step) * gamma * TC_D,     TC_D = E_q(z)[log D(z) / (1 - D(z))]
-
-TC(z) = KL(q(z) || prod_j q(z_j)) is estimated by the density-ratio trick: a discriminator D tells codes
-z ~ q(z) (class 0) from codes of prod_j q(z_j) (class 1), and with two logits (l0, l1),
-log D(z)/(1 - D(z)) = l0 - l1 ~ log q(z) / prod_j q(z_j). Samples of prod_j q(z_j) are made by permuting each
-dimension of a batch of codes independently across the batch (Kim & Mnih, Algorithm 2). The discriminator is an
-MLP (by default 6 layers of 1000 units, LeakyReLU 0.2, as in the paper) trained with Adam (lr 1e-4, betas
-(0.5, 0.9)) to minimise 1/2 [CE(D(z), 0) + CE(D(perm(z)), 1)].
-
-One training loop serves this model too: the discriminator's update happens *inside* ``objective`` (only in
-training mode, with gradients enabled), first, on the detached codes of the current batch; the VAE's TC term is
-then computed with the updated discriminator whose parameters are detached (the VAE loss moves the encoder
-only). The discriminator's parameters are part of the model (saved in the model file); its optimiser is returned
-by ``auxiliary_state()`` so checkpoints and resume keep it; ``optimised_parameters()`` leaves the discriminator
-out of the VAE's optimiser. In eval mode ``objective`` is a pure function of the weights.
-Neutral point: gamma = 0 — the plain ELBO (analytic KL).
+loss = recon + KL + w(step) gamma TC_D, the total correlation estimated by a discriminator (the density-ratio
+trick on dimension-wise permuted codes). The discriminator is updated inside ``objective`` (training mode only)
+with its own Adam, returned by ``auxiliary_state()`` so that checkpoints keep it; ``optimised_parameters()``
+leaves it out of the VAE's optimiser. Neutral point: gamma = 0. Details: docs/stage-one.md, "FactorVAE".
 """
 
 from __future__ import annotations

@@ -1,27 +1,11 @@
-"""JointVAE: Dupont (2018), "Learning disentangled joint continuous and discrete representations" (the JointVAE
-paper), on the shared Gaussian VAE.
+"""JointVAE: Dupont (2018), "Learning disentangled joint continuous and discrete representations", on the shared
+Gaussian VAE.
 
-The code is a continuous part z (``latent_dim`` Gaussian units, prior N(0, I), sec. 3.1) and one or more
-discrete parts c_i with K_i values each (``discrete_dims``, prior uniform, sec. 3.2), conditionally independent
-given x, so the KL splits (eq. 5, appendix A.2). The objective is eq. 7 with separately annealed capacities:
-
-    loss = recon + gamma_z |KL(q(z|x) || p(z)) - C_z(step)| + gamma_c |KL(q(c|x) || p(c)) - C_c(step)|
-
-* C_z rises linearly from 0 to ``capacity_z_max`` over ``capacity_z_steps`` steps, C_c from 0 to
-  ``capacity_c_max`` over ``capacity_c_steps`` (appendix C); C_c is capped at sum_i log K_i, the most a set of
-  discrete codes can carry (a larger target could never be met).
-* KL(q(c|x) || p(c)) = sum_i [ sum_k alpha_ik log alpha_ik + log K_i ]: analytic, of the categorical q(c_i|x)
-  with probabilities alpha_i against the uniform prior (as in the paper's code; the relaxed sample below is only
-  the reparameterisation used to feed the decoder).
-* Training feeds the decoder a Gumbel-softmax (Concrete) sample of each c_i (eq. 8), temperature ``temperature``
-  (0.67 by default, the value of the paper's code), concatenated after z (sec. 3.3, Fig. 2).
-* ``sample_code`` gives an exact sample: z ~ q(z|x) and the one-hot of a Gumbel-max draw of each c_i;
-  ``representation`` gives mu followed by the one-hot argmax of each alpha_i.
-
-Neutral point: gamma_z = gamma_c = 1 and zero capacities (C_z = C_c = 0) — then the loss is recon + KL_z + KL_c,
-the ELBO of eq. 4 with beta = 1 (with the relaxed sample in the reconstruction term).
-Defaults: the paper's MNIST settings (appendix C.1): 10 continuous units, one 10-valued discrete code,
-gamma_z = gamma_c = 30, C_z and C_c 0 -> 5 nats over 25,000 iterations (Adam 5e-4, batch 64 there).
+The code is a continuous part z (``latent_dim`` Gaussian units) and discrete parts c_i with K_i values each
+(``discrete_dims``). loss = recon + gamma_z |KL_z - C_z(step)| + gamma_c |KL_c - C_c(step)| (eq. 7), the
+capacities rising linearly (C_c capped at sum log K_i), KL_c analytic against the uniform prior, and the decoder
+fed a Gumbel-softmax sample at ``temperature``. Neutral point: gamma_z = gamma_c = 1, zero capacities. Defaults:
+the paper's MNIST settings (appendix C.1). Details: docs/stage-one.md, "JointVAE".
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """The ablations of MS-VAE appendix L, each a stage-two variant (the paper's model names in brackets).
 
-* ``c_input`` (:class:`CInputVAE`, MSVAE-C-IN, "M3", L.2): the stage-one code C instead of Y as the second stage's
-  input, Z still through AdaIN. G(c, z) is a :class:`CodeDecoder`: the disentanglement_lib decoder over c, each
-  hidden transposed convolution followed by AdaIN(h, z) (``multistage.nn.adain``).
-* ``concat`` (:class:`ConcatVAE`, MSVAE-C, "M2", L.2): "we concatenate the inferred C with Z and use that as input to
-  a DGM": the same :class:`CodeDecoder` with [c, z] as its input and plain (affine) instance normalisation in place
-  of AdaIN — the two differ only in the path by which z enters, so c_input vs concat isolates AdaIN, and msvae vs
-  c_input isolates Y vs C.
-  Both are conditional VAEs with q(z|x, c) (a convolutional encoder of x whose features are joined with c) trained
-  on  recon + beta * KL(q(z|x,c) || N(0, I))  (eq. 2 term b with C in place of Y); conditioning "c".
-* ``end_to_end`` (:class:`EndToEndVAE`, "M1", L.1): "both the C and Z factors are learned together in an end-to-end
-  manner (by penalizing only C) and Z is incorporated using AdaIN": one encoder q(c, z|x), the stage-one decoder
-  renders an unobserved Y from c, the MS-VAE AdaIN decoder renders X from (Y, z); loss = recon(x) + the beta-TCVAE
-  penalty on c (``code_penalty``) + KL(q(z|x) || N(0, I)); conditioning "none".
-* ``z_first`` (:class:`ZFirstVAE`, MSVAE-ZC, "M5", L.3): "in the first stage, Z is learned using a standard VAE. In the
-  second stage DGM, the disentangled factors C are learned by enforcing a KL-penalty and then concatenated with the
-  learned Z from the first stage to reconstruct X". The first ``z_steps`` training steps fit the Z-VAE
-  (recon + KL); after them its encoder is frozen (its mean is used, without gradient) and a C encoder and a
-  decoder of [c, z] are trained on recon + the beta-TCVAE penalty on c (warm-up from ``z_steps``);
-  conditioning "none".
+``c_input`` (`CInputVAE`, MSVAE-C-IN, M3, L.2): the stage-one code C instead of Y as input, Z through AdaIN.
+``concat`` (`ConcatVAE`, MSVAE-C, M2, L.2): [C, Z] concatenated at the input of the same decoder, no AdaIN.
+``end_to_end`` (`EndToEndVAE`, M1, L.1): C and Z learned together, the beta-TCVAE penalty on C only.
+``z_first`` (`ZFirstVAE`, MSVAE-ZC, M5, L.3): a plain VAE learns Z first, then C beside the frozen Z.
+What each isolates and how it is trained: docs/stage-two.md, "The ablations".
 """
 
 from __future__ import annotations

@@ -1,41 +1,12 @@
 """The interface every stage-two model implements (MS-VAE, MS-GAN, MS-FLOW, the baselines and the ablations).
 
-How a variant joins the pipeline (one line, one params sub-section):
-
-* write ``class MyModel(StageTwoModel)`` with a config dataclass extending :class:`StageTwoConfig` (its
-  ``validate()`` calls ``super().validate()`` and raises :class:`ConfigError` ``(field, message)``);
-* add ``"myvariant": (MyModel, MyConfig)`` to ``STAGE_TWO`` in ``multistage/models/registry.py``;
-* give its options a sub-section ``stage_two.myvariant:`` in params.yaml (the keys are the config's fields, except
-  ``image_channels``/``image_size``, which the data fixes). The stage ``stages/train_stage_two.py`` builds the
-  model with ``registry.build("stage_two", name, image_channels=..., image_size=..., **params.stage_two.<name>)``,
-  so an unknown key is rejected with its name. The shared training options (residual_dim, steps, batch_size,
-  learning_rate, seed, ...) live in ``stage_two:`` itself; a sub-section may override ``residual_dim``, ``steps``,
-  ``batch_size`` and ``learning_rate`` for its variant (e.g. ``stage_two.msgan.learning_rate``). The model's own
-  learning rates (a discriminator's) are config fields. ``stage_two.variants`` lists which variants ``dvc repro``
-  trains (``stage_two@<variant>`` writes ``models/stage_two/<variant>/`` and ``metrics/stage_two_<variant>.json``).
-
-The contract (MS-VAE sec. 3.2: stage two models the sub-graph (Y, Z) -> X, Z injected only through AdaIN/FiLM):
-
-* ``conditioning: ClassVar[str]`` — what the model is trained on besides x: ``"y"`` (the stage-one mean
-  reconstruction y = E[p(y|c)], the paired set), ``"c"`` (the stage-one code c of the same pair) or ``"none"``
-  (learns from x alone: Big-VAE, beta-TCVAE-L, the end-to-end ablation). The stage hands ``cond`` accordingly
-  (``None`` for "none"); with ``pairs.samples_per_x = k`` each x appears with k different y (or c).
-* ``objective(x, cond, step=None) -> (loss, logs)``: x float in [0, 1] (uint8 accepted), (N, C, H, W); logs a flat
-  dict of floats, always ``loss``, and ``recon``/``kl`` where they exist. A model with its own adversary (MS-GAN)
-  updates it inside ``objective`` (in training mode with gradients on), as FactorVAE does, and exposes
-  ``optimised_parameters()`` (what the loop's optimiser moves) and ``auxiliary_state()`` (extra optimisers a
-  checkpoint keeps). ``step`` drives schedules; ``None`` means "every schedule finished".
-* ``residual_dim`` (|Z|) and ``latent_dim``, the width of the z that ``generate`` takes: |Z| for the conditioned
-  variants, the whole latent (C, Z) for the "none" ones; ``sample_residual(n, generator=None) -> (n, latent_dim)``
-  from the prior (N(0, I) unless a model says otherwise);
-* ``infer_residual(x, cond) -> z``: the posterior mean (or an encoder's output). A model without an encoder raises
-  ``NotImplementedError``; the evaluate stage then reports "n/a" for reconstruction-based keys and scores samples.
-* ``generate(cond, z) -> x`` in [0, 1] (probabilities / means); ``reconstruct(x, cond)`` is
-  ``generate(cond, infer_residual(x, cond))``; ``sample(cond, generator=None)`` uses the prior.
-* optional ``log_likelihood(x, cond) -> (N,)`` nats (MS-FLOW exact; a VAE may give its ELBO).
-* ``code(x)`` (optional): for the "none" variants that own a disentangled code (beta-TCVAE-L's first |C| units,
-  the end-to-end model's C), the (N, code_dim) representation the metrics score; conditioned variants use the
-  stage-one encoder and raise ``NotImplementedError`` here.
+Stage two models the sub-graph (Y, Z) -> X of MS-VAE sec. 3.2, Z injected only through AdaIN/FiLM. A
+`StageTwoModel` declares ``conditioning`` (``"y"``, ``"c"`` or ``"none"``: what it is trained on besides x) and
+implements ``objective(x, cond, step) -> (loss, logs)``, ``infer_residual(x, cond)`` (``NotImplementedError``
+without an encoder), ``generate(cond, z)``, ``sample_residual(n)``, and optionally ``log_likelihood(x, cond)`` and
+``code(x)``. A variant joins the pipeline with one line in ``STAGE_TWO`` (``multistage/models/registry.py``) and a
+``stage_two.<name>:`` sub-section in params.yaml whose keys are its config's fields (`StageTwoConfig`).
+The contract in full: docs/stage-two.md, "The stage-two interface"; a worked example: docs/contributing.md.
 """
 
 from __future__ import annotations

@@ -1,49 +1,12 @@
-"""MS-FLOW: MS-VAE appendix D. Stage one C -> Y is a Gaussian mixture (C the component, Y | C ~ N(mu_C, Sigma_C),
-y = E[Y | C] = mu_C, "the means") and stage two (Y, Z) -> X a conditional affine coupling flow (RealNVP, Dinh et
-al. 2017) that models x given y exactly; Z is the flow's latent, one unit per pixel.
+"""MS-FLOW: MS-VAE appendix D. Stage one C -> Y is a Gaussian mixture (y = mu_C, "the means") and stage two
+(Y, Z) -> X a conditional affine coupling flow (RealNVP) that models x given y exactly; Z is the flow's latent.
 
-Data-space convention (every number this module returns is in it):
-
-* an image x is 8-bit data: x in [0, 1] is read as the integers k = round(255 x) in {0..255}^D, D = C H W;
-* uniform dequantisation (Theis, van den Oord and Bethge 2016; RealNVP sec. 4.1): v = (k + u) / 256 with
-  u ~ U[0, 1)^D, so v lies in [0, 1)^D and every model here is a density p(v) on it;
-* ``log_likelihood`` is log p(v | y) - D log 256 in nats per image: the dequantisation correction -D log 256
-  turns the density of v into the 8-bit scale, and E_u[log p(v)] - D log 256 <= log P(k), the log-probability the
-  model gives the discrete image (Jensen), so the numbers are lower bounds on discrete log-likelihoods and
-  bits/dim = -log_likelihood / (D log 2). (The density of v itself, ``log_density``, is D log 256 ~ 4347 nats
-  higher for 28 x 28 images.) One draw of u per image; ``noise`` fixes it.
-
-Flow (``multistage.nn.coupling``), from data to latent, all conditioned on y (flattened, same shape as x):
-
-    v --logit (alpha)--> w --elementwise affine on t = logit-transform(y)--> w' --K couplings on (w'_A, 2y - 1)--> z
-
-    log p(v | y) = log N(z; 0, I) + log|det dw/dv| + log|det dw'/dw| + sum_k log|det coupling_k|
-
-The elementwise layer is the conditional base: per pixel, w' = (w - (a t + b)) exp(-(c t + d)), i.e. the logit of
-x is modelled around a line in the logit of y; with ``data_init`` it is initialised from the first training batch
-by least squares (Glow's ActNorm data-dependent initialisation, extended to the condition), so training starts
-from "x is y plus per-pixel noise". Fresh couplings are the identity. With every parameter at zero (no data
-init) the model is exactly the standard normal density in logit space (a unit-test case).
-
-The mixture (``mixture_components`` > 0, appendix D uses 10): ``GaussianMixtureStageOne``, fitted with scikit-learn
-``GaussianMixture`` on dequantised pixels v (the same space and convention as the flow, so "mixture alone" and
-"mixture + flow" are densities of the same thing), ``covariance_type='diag'``: the component means are images y
-(appendix D, Figure 18) and the fit takes seconds at D = 784, whereas a full covariance has D(D+1)/2 = 307k
-parameters per component for 4,000 training images: it needs a large ``reg_covar`` to stay well conditioned on
-dequantised pixels, costs ~20 s per fit, and held out it did worse than the diagonal mixture in an exploratory
-probe on MNIST-5k. ``reg_covar`` (added to every variance) matters: dequantised background pixels have variance
-1/(12 * 256^2) ~ 1.3e-6, so with sklearn's default 1e-6 a pixel that is always black in a component's training
-images ruins held-out images where it is not; ``bench/msflow_mnist.py`` chooses it on a validation split.
-
-Models:
-
-* mixture alone: p(v) = sum_k pi_k N(v; mu_k, diag(sigma_k^2))  (``mixture_log_likelihood(x, flow=False)``);
-* mixture + flow: p(v) = sum_k pi_k p_flow(v | y = mu_k)  (``mixture_log_likelihood(x)``), exact: K flow passes.
-The flow is trained on pairs (x, y) with the component k ~ q(k | x) (the mixture's responsibilities) and y = mu_k
-("means") or y ~ N(mu_k, diag(sigma_k^2)) ("samples"), appendix D.1 (``mixture_condition``).
-
-In the pipeline MS-FLOW is a "y" variant like MS-VAE: ``objective(x, y)`` learns p(x | y) for whatever y the
-paired set holds (the stage-one reconstruction); the mixture then stays empty (``mixture_components: 0``).
+Every number is in one data-space convention: 8-bit images, uniform dequantisation v = (k + u) / 256, and
+``log_likelihood`` = log p(v | y) - D log 256 nats per image (a lower bound on the discrete log-likelihood). The
+flow maps v through a logit, a conditional elementwise affine layer (data-initialised) and K conditional
+couplings to z ~ N(0, I). ``GaussianMixtureStageOne`` is the diagonal mixture of appendix D; mixture + flow is
+p(v) = sum_k pi_k p_flow(v | y = mu_k), exact. In the pipeline MS-FLOW is a "y" variant on the paired set and
+the mixture stays empty. The convention, the flow and the mixture's choices: docs/stage-two.md, "The MS-FLOW model in detail".
 """
 
 from __future__ import annotations

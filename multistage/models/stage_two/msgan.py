@@ -1,33 +1,11 @@
-"""MS-GAN: MS-VAE appendix E. Stage two (Y, Z) -> X as a conditional GAN (Mirza and Osindero 2014) whose
-conditioning variable is an image, as in pix2pix (Isola et al. 2017; appendix E.3): the discriminator sees the
-image concatenated with y, [x, y] (real) or [G(y, z), y] (generated), so it judges the pair, not the image alone.
+"""MS-GAN: MS-VAE appendix E. Stage two (Y, Z) -> X as a conditional GAN whose conditioning variable is an image,
+as in pix2pix: the discriminator judges the pair [x, y] or [G(y, z), y].
 
-Generator G(y, z) (appendix E.3: "We replace all instances of BatchNorm in the generator with Adaptive
-InstanceNorm", gamma(z), beta(z) a feed-forward network per layer): the AdaIN encoder-decoder of MS-VAE
-(``multistage.models.stage_two.msvae.AdaINDecoder``) — y is the only input of the convolutions, z enters only
-through the AdaIN layers after every convolution (``multistage.nn.adain``: per-instance statistics, so no batch
-statistics add noise that would let G ignore z), and the output sigmoid(logit(y) + head) starts at y.
-
-Discriminator D([x, y]) (DCGAN, Radford et al. 2015: strided 4 x 4 convolutions, LeakyReLU 0.2, no pooling, no
-fully connected hidden layer): 2C -> b -> 2b -> 4b (-> 8b for 64 x 64) channels, each halving the resolution down
-to 4 x 4, then a 4 x 4 convolution to one logit. DCGAN's BatchNorm is replaced by spectral normalisation of every
-convolution (Miyato et al. 2018; ``discriminator_norm``), which keeps D 1-Lipschitz per layer and trains stably at
-the small CPU batch sizes here.
-
-Losses (``loss``), with D's logit l = D([x, y]):
-* ``nonsaturating`` (default; Goodfellow et al. 2014, sec. 3): D minimises softplus(-l_real) + softplus(l_fake),
-  G minimises softplus(-l_fake) = -log sigmoid(l_fake);
-* ``hinge`` (Lim and Ye 2017; Miyato et al. 2018): D minimises relu(1 - l_real) + relu(1 + l_fake), G -l_fake.
-
-One training loop serves the GAN (as FactorVAE's discriminator): in training mode with gradients on, ``objective``
-first takes one Adam step of D (its own optimiser, lr ``discriminator_learning_rate``, betas (0.5, 0.999) as in
-DCGAN) on the batch's real pairs and the detached generated pairs, then returns G's loss computed through D with
-D's parameters frozen, which the loop's optimiser (over ``optimised_parameters()``: the generator only) minimises.
-``auxiliary_state()`` hands D's optimiser to the checkpoint, so a resumed run continues exactly. In eval mode
-``objective`` changes nothing.
-
-A GAN has no encoder: ``infer_residual`` raises NotImplementedError (the evaluate stage scores samples), and the
-residual prior is p(z) = N(0, I).
+The generator is MS-VAE's AdaIN encoder-decoder (``msvae.AdaINDecoder``: z only through AdaIN, output starting at
+y); the discriminator is a DCGAN with spectral normalisation; the loss is ``nonsaturating`` (default) or
+``hinge``. ``objective`` first takes one Adam step of the discriminator (its own optimiser, returned by
+``auxiliary_state()``), then returns the generator's loss; ``optimised_parameters()`` is the generator. No
+encoder: ``infer_residual`` raises NotImplementedError. Details: docs/stage-two.md, "The MS-GAN model in detail".
 """
 
 from __future__ import annotations

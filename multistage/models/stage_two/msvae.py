@@ -1,35 +1,13 @@
-"""MS-VAE stage two: Nie et al., "Multi-stage modelling for disentangled representation learning" (MS-VAE).
+"""MS-VAE stage two: Srivastava et al., "Improving the Reconstruction of Disentangled Representation Learners via
+Multi-Stage Modelling" (MS-VAE).
 
-Given pairs (x, y) where y = E[p(y|c)] is the stage-one reconstruction (appendix I), stage two learns the
-sub-graph (Y, Z) -> X of MS-VAE eq. 2 by maximising its term (b):
-
-    E_q(z|x,y)[log p(x|z, y)] - beta * KL[q(z|x,y) || p(z)],     p(z) = N(0, I),
-
-i.e. it minimises  loss = recon + beta * kl  with a Bernoulli observation model (BCE with logits summed over
-pixels, batch mean) and the analytic Gaussian KL (beta = 1 is the paper's bound; other values are an option).
-
-Networks (MS-VAE sec. 3.2 "Stage two", Fig. 2d):
-
-* ``residual_encoder`` R(x, y) -> (mu, logvar) of q(z|x,y): the disentanglement_lib ConvEncoder over the residual
-  x - y (in [-1, 1]). Sec. 3.2 makes the posterior "a function of the residual of X and Y", so by default the
-  encoder sees x - y only: whatever is already in y (and so in c) cannot enter z through the encoder's input,
-  which keeps z to the residual. ``residual_encoder_sees_y=True`` concatenates y as extra channels (2 C inputs),
-  for data whose residual is only interpretable next to y.
-* ``adain_decoder`` G(y, z) -> logits: a small convolutional encoder-decoder over y alone; z enters only through
-  AdaIN (``multistage.nn.adain``, sec. 3.2 "FiLM and AdaIN") after every convolution, in place of normalisation.
-  For base_channels b and a 64x64 input (32x32 runs the same layers at half the resolution):
-      down:  conv 4x4/2  C -> b   (32x32), AdaIN, ReLU            d1
-             conv 4x4/2  b -> b   (16x16), AdaIN, ReLU            d2
-             conv 4x4/2  b -> 2b  (8x8),   AdaIN, ReLU            d3
-      up:    convT 4x4/2 2b -> b  (16x16), + d2, AdaIN, ReLU
-             convT 4x4/2 b -> b   (32x32), + d1, AdaIN, ReLU
-      head:  convT 4x4/2 b -> C   (64x64), weights and bias zero at initialisation
-      logits = logit(clamp(y, 1e-4, 1 - 1e-4)) + head
-  The skips are *additive* (U-Net without concatenation): y's layout reaches the upper layers at no extra cost,
-  and nothing runs at full resolution except the head, which keeps a training step on CPU fast (64x64x3, batch
-  64, 2 threads: ~350 images/s, against ~30-55 with concatenated skips plus a 3x3 AdaIN block at full
-  resolution). The zero head makes the output equal y at initialisation, so training starts from the stage-one
-  reconstruction and only learns the residual.
+Given pairs (x, y), y = E[p(y|c)] the stage-one reconstruction, stage two learns the sub-graph (Y, Z) -> X of
+MS-VAE eq. 2 by maximising its term (b): loss = recon + beta kl, with a Bernoulli observation model and the
+analytic Gaussian KL (beta = 1 is the paper's bound). The ``residual_encoder`` R(x, y) gives q(z|x, y) from the
+residual x - y (``residual_encoder_sees_y`` adds y as channels); the ``adain_decoder`` G(y, z) is a small
+convolutional encoder-decoder over y alone with additive skips, z entering only through AdaIN after every
+convolution, and a zero-initialised head so that the output starts at y. The layer table and the design
+choices: docs/stage-two.md, "MS-VAE networks".
 """
 
 from __future__ import annotations
