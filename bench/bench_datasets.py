@@ -1,18 +1,16 @@
 """Throughput of making each procedural and bundled dataset at full size (images/s), as ``prepare`` makes it.
 
-Full size: every dSprites variant is the whole 737,280-image grid (binary 1 x 64 x 64 = 2.8 GiB, the others
-3 x 64 x 64 = 8.4 GiB on disk), the pendulum its default 20 x 20 x 20 grid (8,000 series of 100 samples, plus
-Y0 and Y1), the bundled sets all their images (digits 1,797, mnist5k 5,000, Fashion-MNIST 70,000 when its Debian
-package is installed) fitted to 32 x 32. Each is written into a temporary folder (images.npy memory-mapped,
-factors.parquet, meta.json: end to end, including the final load) and removed; the line printed per dataset
-gives the count, the seconds and images/s. Imports (torch, scikit-learn, pandas) and the scream photos are loaded
-before the clocks start.
+Full size: every dSprites variant is the whole 737,280-image grid, the pendulum its default 20 x 20 x 20 grid,
+the bundled sets all their images (Fashion-MNIST when its Debian package is installed) fitted to 32 x 32. Each is
+written into a temporary folder end to end (memory-mapped images.npy, factors.parquet, meta.json, the final
+load) and removed; one line per dataset gives the count, the seconds and images/s. Imports and the scream
+photos are loaded before the clocks start.
 
     .venv/bin/python -m bench.bench_datasets [--datasets dsprites-binary pendulum ...] [--n-images N]
         [--workers W] [--out-dir DIR]
 
-``--n-images`` times a random subset instead of the full size (the rate is per image either way, but a subset
-of dSprites is scattered over the grid, while the full grid is rendered in order).
+``--n-images`` times a random subset instead (a subset of dSprites is scattered over the grid, while the full
+grid is rendered in order). Measured figures: docs/datasets.md, "Generation speed".
 """
 
 from __future__ import annotations

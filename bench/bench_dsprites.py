@@ -2,8 +2,7 @@
 
 Renders the full grid (737,280 binary 64 x 64 images, the published dSprites specification of
 Matthey et al. 2017) into a memory-mapped images.npy in a temporary folder and prints images/s and the total
-seconds, end to end (factor table, meta.json and the final load included). Acceptance: the full binary grid
-in at most 60 s on 2 cores.
+seconds, end to end (factor table, meta.json and the final load included).
 
     .venv/bin/python -m bench.bench_dsprites [--n-images N] [--variant binary|textured|color|noisy|scream] [--workers W]
 """

@@ -1,19 +1,13 @@
 """A short beta sweep of beta-VAE and beta-TCVAE on binary dSprites with `dvc exp run`: reconstruction against MIG,
-the trade-off of the beta-TCVAE paper's Figure 2 (there: 2048-image batches, hundreds of thousands of steps; here:
-what two shared CPU cores allow, stated in the output).
+the trade-off of the beta-TCVAE paper's Figure 2 at what two CPU cores allow (stated in the output).
 
-The sweep runs in its own scratch DVC repository (a copy of the project's code, dvc.yaml and params.yaml, so the
-project's workspace and its experiments are left alone): one `dvc exp run -n <model>-beta<beta>
--S stage_one.model=<model> -S stage_one.<model>.beta=<beta> stage_one` per point (the data is prepared by the
-first one and cached). After each run the trained stage-one model is scored on held-out images:
+The sweep runs in its own scratch DVC repository (a copy of the project's code, dvc.yaml and params.yaml): one
+`dvc exp run -n <model>-beta<beta> -S stage_one.model=<model> -S stage_one.<model>.beta=<beta> stage_one` per
+point. Each trained model is scored on held-out images: reconstruction = binary cross-entropy of
+Y = decode_mean(representation(x)) in nats per image; MIG = the histogram estimator (20 bins), and without shape.
 
-* reconstruction: binary cross-entropy of Y = decode_mean(representation(x)) against x, nats per image (summed over
-  pixels), the beta-TCVAE paper's "reconstruction error" axis;
-* MIG: the disentanglement_lib histogram estimator (20 bins) of the representation against the five factors
-  (``multistage.metrics.mig``), and without shape.
-
-Writes ``plots/beta_sweep_<model>.json`` (rows: beta, reconstruction, mig, mig_no_shape, kl, seconds) for the DVC
-plot ``stage_one_beta_sweep`` (dvc.yaml), ``plots/beta_sweep.csv`` and ``docs/beta_sweep.png`` (the figure of the documentation).
+Writes ``plots/beta_sweep_<model>.json`` (for the DVC plot ``stage_one_beta_sweep`` of dvc.yaml),
+``plots/beta_sweep.csv`` and ``docs/beta_sweep.png`` (the figure of docs/studies/beta-sweep.md).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.beta_sweep [--steps 500] [--betas 1 4 16] [--workdir DIR]
 """

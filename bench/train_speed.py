@@ -1,34 +1,16 @@
-"""Training speed of the stage-one step (issue 7): images/s before and after, data share, arithmetic limit.
+"""Training speed of the stage-one step: images/s of each variant, the data share, and the arithmetic limit.
 
-The step measured is the embedded default's: beta-TCVAE (stratified estimator) with the conv 64x64 encoder and
-decoder of Burgess et al. / Locatello et al. (``multistage.nn.conv``), batch 64, on the prepared data of
-params.yaml's ``prepare`` section (cached under ``bench/work/`` as in ``bench.mig_per_minute``). One step is what
-the training loop does: read the batch from the memory-mapped uint8 images (sorted fancy index, one numpy call,
-no per-sample Python), convert to float, objective, backward, Adam.
-
-Variants, measured side by side in one process, interleaved round by round (each round runs every variant for
-``--steps`` steps; the median over rounds is reported, so drifting machine load hits every variant alike):
-
-* ``before``: the layout the code had before issue 4's change, contiguous NCHW;
-* ``channels_last``: the model in channels_last (what ``stages.train_stage_one.build_model`` does on CPU);
-* ``channels_last+compile``: as above with encoder and decoder through ``torch.compile`` (inductor, C++ codegen),
-  when ``--compile`` is given (the first rounds include compilation; they are the warm-up);
-* ``channels_last+bf16``: as ``channels_last`` with encoder and decoder under bf16 autocast while training
-  (``runtime.precision: bf16``, ``multistage.nn.precision``), where the device computes bf16 natively.
-
-Also reported:
-
-* the data share: the seconds spent reading and converting batches over the seconds of whole steps;
-* the arithmetic count: FLOPs of one step per image, counted by ``torch.utils.flop_counter.FlopCounterMode``
-  over forward and backward (multiply-add = 2 FLOPs), and the fraction of the machine's measured matmul
-  throughput (a 1024x1024 @ 1024x1024 product with the same threads, in float32, and in bf16 for the bf16
-  variant) the step reaches.
-
-On a CUDA device (``--device cuda`` or auto) the same step runs there and the figures are the GPU's.
+The step is the embedded default's beta-TCVAE step (stratified estimator, batch 64) on the prepared data of
+params.yaml's ``prepare`` section, as the training loop does it: batch read from the memory-mapped images,
+conversion, objective, backward, Adam. Variants, interleaved round by round in one process (medians over
+rounds): ``before`` (contiguous NCHW), ``channels_last`` (what the stage does on CPU), ``channels_last+compile``
+(with ``--compile``) and ``channels_last+bf16`` (bf16 autocast, where the device has it natively). Also
+reported: the data share of a step, the FLOPs per image (``torch.utils.flop_counter``) and the fraction of the
+machine's measured matmul throughput. On a CUDA device the figures are the GPU's.
 
     .venv/bin/python -m bench.train_speed [--threads 2] [--batch-size 64] [--rounds 6] [--steps 8] [--compile]
 
-Writes ``bench/results/train_speed.json``.
+Writes ``bench/results/train_speed.json``. Results: docs/studies/training-speed.md.
 """
 
 from __future__ import annotations
@@ -145,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of encoder and decoder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--image-size", type=int, choices=(32, 64), default=64,
-                        help="prepare.image_size of the measured step: 64, the standard conv 64x64 step of issue 7 "
+                        help="prepare.image_size of the measured step: 64, the reference conv 64x64 step "
                              "(the default); 32, the CPU default's conv32 step")
     parser.add_argument("--params", default=str(PROJECT / "params.yaml"))
     parser.add_argument("--output", default=str(OUTPUT))
