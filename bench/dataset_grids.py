@@ -1,4 +1,4 @@
-"""Draw one small picture per procedural and bundled dataset into docs/datasets/ (the README's dataset grids).
+"""Draw one small picture per procedural and bundled dataset into docs/datasets/ (the grids of docs/datasets.md).
 
 Each dataset is made exactly as ``prepare`` makes it (same generators, seed 0, images fitted to what stage one
 sees), 16 random images in a grid of 8 x 2 (torchvision ``make_grid`` / ``save_image``); the pendulum, a time

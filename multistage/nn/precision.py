@@ -3,16 +3,12 @@
 ``runtime.precision`` (params.yaml) picks it: ``fp32``, ``bf16``, or ``auto`` (bf16 where the hardware computes it
 natively — a CUDA device with bf16 support, or a CPU with AVX512-BF16 / AMX that oneDNN uses — else fp32).
 
-What runs in bf16: only the forward (and so the backward) of the networks handed to :func:`train_networks_in_bf16`,
+What runs in bf16: only the forward (and so the backward) of the networks handed to `train_networks_in_bf16`,
 and only while they are in training mode; their outputs are cast back to float32 at the boundary. So the weights,
-Adam's state, the likelihood, the KL terms and the minibatch estimators (beta-TCVAE's log-density matrix, DIP-VAE's
-covariances) stay float32, and evaluation (``model.eval()``: codes, reconstructions, metrics) is computed in float32
-as before. This is the standard autocast recipe (PyTorch AMP); bf16 keeps float32's exponent range, so no loss
-scaling is needed.
-
-Why: on this project's 2-core CPU (Xeon with AMX), the conv 64x64 beta-TCVAE training step ran 1.45x faster at
-batch 64 and 1.7x faster at batch 256 in bf16 (``bench/train_speed.py``), while float32 reached about 30% of the
-machine's matmul throughput.
+Adam's state, the likelihood, the KL terms and the minibatch estimators stay float32, and evaluation
+(``model.eval()``: codes, reconstructions, metrics) is computed in float32. This is the standard autocast recipe
+(PyTorch AMP); bf16 keeps float32's exponent range, so no loss scaling is needed. What it gains on this project's
+CPU, measured: docs/studies/training-speed.md.
 """
 
 from __future__ import annotations
