@@ -3,11 +3,12 @@
 It knows nothing of params.yaml or MLflow: a stage hands it a model, an optimiser, a ``step_fn`` that turns a
 batch of dataset indices into ``(loss, logs)``, and an optional ``callback(step, logs)`` through which the stage
 logs wherever it likes. The loop gives a progress bar (step, main loss terms, images/s, ETA); checkpoints written
-atomically every ``checkpoint_every`` steps and at the end; resume from the last checkpoint made for the same
-``fingerprint`` (a checkpoint made for other params is set aside as ``*.stale``); and a NaN guard that stops
-training with `NonFiniteLossError` before the optimiser touches the weights. Batches come from
-`batch_indices`, a deterministic function of (seed, step), so a resumed run sees the same data order;
-`linear_warmup` is the schedule of a regulariser rising from 0 to 1.
+atomically every ``checkpoint_every`` steps and at the end, read back with ``weights_only=True`` (a damaged,
+foreign or misfitting file is a `CheckpointError` naming it); resume from the last checkpoint made for the same
+``fingerprint`` (one made for anything else is set aside as ``<name>.stale``, ``.stale.1``, ..., never
+overwritten); and a NaN guard that stops training with `NonFiniteLossError` before the optimiser touches the
+weights. Batches come from `batch_indices`, a deterministic function of (seed, step), so a resumed run sees the
+same data order; `linear_warmup` is the schedule of a regulariser rising from 0 to 1.
 """
 
 from __future__ import annotations

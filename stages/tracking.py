@@ -4,9 +4,11 @@ DVC runs every stage in its own process, so the parent's id travels in ``MULTIST
 ``MLFLOW_RUN_ID`` would make the child resume the parent instead of nesting under it, so it is removed from the
 child's environment). `pipeline_run` opens the parent; a stage started on its own logs a top-level run. The
 default store is a SQLite file at the repository root, by absolute path (``dvc exp run`` workspaces log to it
-too); ``MLFLOW_TRACKING_URI`` overrides it. Every stage run is tagged with its device (`record_device`) and
-``CUDA_VISIBLE_DEVICES``. The registry: `register_model_version` files a stage-two model and moves the alias
-``newest``; `refresh_best_alias` points ``best`` at the version with the best metric. More: docs/operating.md.
+too), its schema created under a file lock; ``MLFLOW_TRACKING_URI`` overrides it. Every stage run is tagged with
+its device (`record_device`), ``CUDA_VISIBLE_DEVICES``, host and process id; an error ends it FAILED, SIGTERM and
+Ctrl-C KILLED, and runs of processes that died are marked KILLED by the next run of the stage. The registry:
+`register_model_version` files a stage-two model and moves the alias ``newest``; `refresh_best_alias` points
+``best`` at the version with the best metric. More: docs/operating.md, "MLflow: UI, tracking server, registry".
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ the training images alone. Options: the shared keys of ``stage_two`` and the var
 ``stage_two.<variant>`` (its config's fields; residual_dim, steps, batch_size and learning_rate there override
 the shared ones); fields a variant shares with stage one are copied from ``models/stage_one/model.pt`` unless set.
 Outputs: ``models/stage_two/<variant>/`` (model.pt, curves.png), ``plots/stage_two_curves_<variant>.json``,
-``metrics/stage_two_<variant>.json``; the checkpoint resumes after a kill. More: docs/stage-two.md.
+``metrics/stage_two_<variant>.json``; the checkpoint resumes after a kill when params, data, paired set and code
+are the same. More: docs/stage-two.md.
 """
 
 from __future__ import annotations
