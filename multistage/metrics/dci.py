@@ -28,6 +28,10 @@ evenly over uninformative units, so D ~ 0 there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,9 +39,9 @@ from scipy.stats import entropy
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import Lasso
 
-from multistage.metrics.checks import check_codes, check_factors, varying_factors
+from multistage.metrics.checks import check_codes, check_factors, seeded_subset, varying_factors
 
-__all__ = ["REGRESSORS", "importance_matrix", "disentanglement", "completeness", "dci"]
+__all__ = ["REGRESSORS", "importance_matrix", "disentanglement", "completeness", "dci", "DciConfig", "dci_metric"]
 
 REGRESSORS = ("gbt", "lasso")
 
@@ -136,3 +140,25 @@ def dci(
     }
     result |= {f"{key}.informativeness.{name}": float(v) for name, v in zip(factor_names, informativeness)}
     return result
+
+
+@dataclass(frozen=True)
+class DciConfig:
+    """``regressor``: lasso or gbt (gradient-boosted trees); disjoint seeded train / test rows of the factor set."""
+
+    regressor: Literal["lasso", "gbt"] = "lasso"
+    train_images: Annotated[int, Ge(4)] = 10000
+    test_images: Annotated[int, Ge(2)] = 5000
+    lasso_alpha: Annotated[float, Gt(0)] = 0.001
+    gbt_estimators: Annotated[int, Ge(1)] = 20
+
+
+def dci_metric(inputs, config: DciConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: DCI of the representation, keys ``x.dci.<regressor>...``."""
+    representation, factor_classes = inputs.representation, inputs.factor_classes
+    order = seeded_subset(len(representation), config.train_images + config.test_images, seed + 1)
+    split = max(2, min(config.train_images, len(order) - 2))
+    train, test = order[:split], order[split : split + config.test_images]
+    scores = dci(representation[train], factor_classes[train], representation[test], factor_classes[test],
+                 inputs.factor_names, config.regressor, config.lasso_alpha, config.gbt_estimators, seed)
+    return {f"x.{key}": value for key, value in scores.items()}

@@ -26,6 +26,10 @@ computed; with more categories than classes the unmatched categories count as er
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +37,7 @@ from scipy.optimize import linear_sum_assignment
 
 from multistage.metrics.checks import check_codes
 
-__all__ = ["gaussian_kl_per_image", "noise_modelling_indicators", "kl_per_unit", "discrete_code_accuracy"]
+__all__ = ["gaussian_kl_per_image", "noise_modelling_indicators", "kl_per_unit", "discrete_code_accuracy", "IndicatorsConfig", "KlPerUnitConfig", "indicators_metric", "kl_per_unit_metric"]
 
 
 def gaussian_kl_per_image(mu: np.ndarray, logvar: np.ndarray, mean: np.ndarray | float = 0.0,
@@ -100,3 +104,26 @@ def discrete_code_accuracy(categories: np.ndarray, classes: np.ndarray) -> float
     np.add.at(table, (category_index, class_index), 1.0)
     rows, columns = linear_sum_assignment(table, maximize=True)
     return float(table[rows, columns].sum() / categories.size)
+
+
+@dataclass(frozen=True)
+class IndicatorsConfig:
+    """``used_threshold``: nats of I_encoder(x; z_h) for a dimension to count as used."""
+
+    used_threshold: Annotated[float, Ge(0)] = 0.1
+
+
+@dataclass(frozen=True)
+class KlPerUnitConfig:
+    """The KL per unit has no settings."""
+
+
+def indicators_metric(inputs, config: IndicatorsConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: the noise-modelling indicators of the factor set's posteriors (no draws: ``seed`` unused)."""
+    return noise_modelling_indicators(inputs.mu, inputs.logvar, inputs.code_names[: inputs.mu.shape[1]],
+                                      config.used_threshold)
+
+
+def kl_per_unit_metric(inputs, config: KlPerUnitConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: ``kl_per_unit.<unit>`` of the posteriors (no draws: ``seed`` unused)."""
+    return kl_per_unit(inputs.mu, inputs.logvar, inputs.code_names[: inputs.mu.shape[1]])[0]

@@ -18,15 +18,19 @@ continuous (its class index is an ordinal value, as dSprites' scale, orientation
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.tree import DecisionTreeClassifier
 
-from multistage.metrics.checks import check_codes, check_factors, varying_factors
+from multistage.metrics.checks import check_codes, check_factors, seeded_subset, varying_factors
 
-__all__ = ["sap_score_matrix", "sap_score"]
+__all__ = ["sap_score_matrix", "sap_score", "SapConfig", "sap_metric"]
 
 
 def _threshold_balanced_accuracy(latent: np.ndarray, classes: np.ndarray) -> float:
@@ -83,3 +87,21 @@ def sap_score(
     result = {"sap": float(finite.mean()) if finite.size else float("nan")}
     result |= {f"sap.{name}": float(gap) for name, gap in zip(factor_names, gaps)}
     return result
+
+
+@dataclass(frozen=True)
+class SapConfig:
+    """``images``: rows of the factor set scored (a seeded subset); latents of variance below
+    ``inactive_variance`` are left out."""
+
+    images: Annotated[int, Ge(10)] = 10000
+    inactive_variance: Annotated[float, Ge(0)] = 0.01
+
+
+def sap_metric(inputs, config: SapConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: SAP of the representation, balanced threshold accuracy for the categorical factors."""
+    chosen = seeded_subset(len(inputs.representation), config.images, seed)
+    categorical = tuple(name for name in inputs.categorical_factors if name in inputs.factor_names)
+    scores = sap_score(inputs.representation[chosen], inputs.factor_classes[chosen], inputs.factor_names,
+                       categorical, config.inactive_variance)
+    return {f"x.{key}": value for key, value in scores.items()}

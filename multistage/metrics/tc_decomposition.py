@@ -22,6 +22,10 @@ error of S samples (and the grid estimator's ~1e-4 nats per unit).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge, Gt, Le
 import math
 
 import numpy as np
@@ -29,7 +33,7 @@ import numpy as np
 from multistage.metrics.aggregate_posterior import GridSettings, grid_log_density, joint_log_density
 from multistage.metrics.checks import check_codes
 
-__all__ = ["tc_decomposition"]
+__all__ = ["tc_decomposition", "TcDecompositionConfig", "tc_decomposition_metric"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -84,3 +88,18 @@ def tc_decomposition(
         f"{prefix}.average_kl": float(analytic.mean()),
         f"{prefix}.samples": float(chosen.size),
     }
+
+
+@dataclass(frozen=True)
+class TcDecompositionConfig:
+    """``samples`` of q(z, n), the log q(z) of each a sum over all N images; the grid estimator's accuracy."""
+
+    samples: Annotated[int, Ge(2)] = 2000
+    points_per_sigma: Annotated[float, Ge(2)] = 8.0
+    level_ratio: Annotated[float, Gt(1), Le(2)] = 1.01
+
+
+def tc_decomposition_metric(inputs, config: TcDecompositionConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: the TC decomposition of the factor set's posteriors."""
+    return tc_decomposition(inputs.mu, inputs.logvar, config.samples, seed,
+                            GridSettings(config.points_per_sigma, config.level_ratio))
