@@ -94,6 +94,9 @@ def register(metric: Metric) -> Metric:
 
 GROUND_TRUTH = frozenset({"ground_truth"})
 # one line per metric; the order is the order the stage runs them in and the default of evaluate.metrics
+register(Metric("tc_decomposition", tc_decomposition.tc_decomposition_metric,
+                tc_decomposition.TcDecompositionConfig, "factor_set"))
+register(Metric("indicators", indicators.indicators_metric, indicators.IndicatorsConfig, "factor_set"))
 register(Metric("mig_sampling", mig_sampling.mig_sampling_metric, mig_sampling.MigSamplingConfig, "factor_set",
                 GROUND_TRUTH))
 register(Metric("sap", sap.sap_metric, sap.SapConfig, "factor_set", GROUND_TRUTH))
@@ -102,9 +105,6 @@ register(Metric("zdiff", zdiff.zdiff_metric, zdiff.ZdiffConfig, "factor_set",
 register(Metric("factorvae_score", factorvae_score.factorvae_score_metric, factorvae_score.FactorVaeScoreConfig,
                 "factor_set", GROUND_TRUTH | {"two_varying_factors"}))
 register(Metric("dci", dci.dci_metric, dci.DciConfig, "factor_set", GROUND_TRUTH))
-register(Metric("tc_decomposition", tc_decomposition.tc_decomposition_metric,
-                tc_decomposition.TcDecompositionConfig, "factor_set"))
-register(Metric("indicators", indicators.indicators_metric, indicators.IndicatorsConfig, "factor_set"))
 register(Metric("kl_per_unit", indicators.kl_per_unit_metric, indicators.KlPerUnitConfig, "held_out"))
 register(Metric("kid", kid.kid_metric, kid.KidConfig, "held_out", GROUND_TRUTH | {"features"}))
 register(Metric("downstream", downstream.downstream_metric, downstream.DownstreamConfig, "held_out", GROUND_TRUTH))
