@@ -29,55 +29,12 @@ whenever it is already a valid one.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from multistage.chains.nodes import NODE_KINDS, kind_class
+from multistage.chains.spec import ChainError, ChainSpec, NodeSpec
 
-class ChainError(ValueError):
-    """A chain declaration is invalid; ``key`` names the entry (``nodes.<node>.inputs``), ``message`` says why."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One node of a chain: ``kind`` models ``output`` given ``inputs``; ``options`` configure the kind;
-    ``training`` holds the training-loop settings the runner reads (steps, batch_size, learning_rate, ...)."""
-
-    name: str
-    kind: str
-    output: str
-    inputs: tuple[str, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
-    training: Mapping[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "output": self.output, "inputs": list(self.inputs),
-                "options": dict(self.options), "training": dict(self.training)}
-
-
-@dataclass(frozen=True)
-class ChainSpec:
-    """A named chain: its nodes in declaration order."""
-
-    name: str
-    nodes: tuple[NodeSpec, ...]
-
-    def node(self, name: str) -> NodeSpec:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(f"chain {self.name!r} has no node {name!r}; its nodes: {', '.join(self.node_names)}")
-
-    @property
-    def node_names(self) -> list[str]:
-        return [node.name for node in self.nodes]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "nodes": [node.as_dict() for node in self.nodes]}
+__all__ = ["ChainError", "ChainSpec", "NodeSpec", "chain_from_mapping", "validate_chain", "with_training"]
 
 
 def chain_from_mapping(name: str, nodes: Mapping[str, Mapping[str, Any]]) -> ChainSpec:
@@ -124,8 +81,6 @@ def _find_cycle(remaining: list[str], consumers: Mapping[str, list[str]]) -> lis
 def validate_chain(spec: ChainSpec, data_variables: Iterable[str]) -> list[NodeSpec]:
     """Check ``spec`` against the data's variable names (module docstring) and return its nodes in training
     order; a problem raises :class:`ChainError` naming the entry."""
-    from multistage.chains.nodes import NODE_KINDS, kind_class
-
     data = list(data_variables)
     data_set = set(data)
     if not spec.nodes:

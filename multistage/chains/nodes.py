@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from multistage.chains.dag import ChainError, NodeSpec
+from multistage.chains.spec import ChainError, NodeSpec
 from multistage.models.stage_one.base import ConfigError, as_unit_float, gaussian_kl_per_unit
 from multistage.nn.mlp import ACTIVATIONS, MLPEncoder
 
