@@ -1,21 +1,15 @@
 """The pipeline as a Prefect flow: the same stage ``run`` functions DVC calls, as tasks.
 
 ``python -m pipeline.flow [--params params.yaml] [--set stage_one.betatcvae.beta=4 ...]`` runs it locally;
-``prefect.yaml`` deploys it. Each task
+``prefect.yaml`` deploys it as ``multistage-pipeline/pipeline`` on the ``gpu`` work pool. The stages, the code
+each one runs (its deps under multistage/, stages/, pipeline/), what it writes (outs, metrics, plots) and the
+params keys of each stage-two variant are read from ``dvc.yaml`` (:mod:`stages.dvc_graph`). Each task retries
+once (training resumes from its checkpoint); caches on its params section, its upstream outputs' digests and its
+code's digest (``INPUTS + TASK_SOURCE``), but only while its outputs on disk are what it left there
+(``.multistage/prefect/<stage>.digest``); and logs to MLflow as a child of one parent run per flow run.
 
-* retries on failure (a training task resumes from its checkpoint on the retry);
-* caches on its inputs and source (Prefect's ``INPUTS + TASK_SOURCE`` policy), where the inputs are its params
-  section, the digests of its upstream outputs and of the library code it runs (the same files DVC lists as deps);
-* is skipped from the cache only while its outputs on disk are still what it left there (a digest recorded in
-  ``.multistage/prefect/<stage>.digest``); deleted or edited outputs refresh the cache, as ``dvc repro`` would;
-* logs to MLflow as a child of one parent run for the whole flow run (tagged with the Prefect flow run's id,
-  its deployment and, for a sweep point, the sweep's name).
-
-``workdir`` runs the stages in another folder (created when missing, relative to the project root): a sweep gives
-each grid point its own, so that points running at once never share an output. Params are still read from the
-project root, the effective params are written into the workdir, and MLflow keeps logging to the project's store.
-
-``prefect.yaml`` deploys this flow as ``multistage-pipeline/pipeline`` on the ``gpu`` work pool.
+``workdir`` runs the stages in another folder (a sweep gives each point its own); params are read from the
+project root, written into the workdir, and MLflow keeps logging to the project's store.
 """
 
 from __future__ import annotations

@@ -95,8 +95,7 @@ class ReadAndRelease:
     """Rows of memory-mapped images read as copies; after each read this process's pages of the mapping are dropped
     (``MADV_DONTNEED``; they stay in the page cache for the next read). Without it the kernel maps up to 16
     neighbouring pages on each page fault (fault-around), and the stage's scattered reads (classifier batches,
-    held-out and reference images) left most of the file counted in its resident memory: 3.3 GB of the 3 GB binary
-    full grid, measured."""
+    held-out and reference images) would leave most of the file counted in its resident memory."""
 
     def __init__(self, images: np.ndarray) -> None:
         import mmap
@@ -123,8 +122,8 @@ class ReadAndRelease:
 
 def return_free_memory() -> None:
     """Give the heap memory freed by the held-out phase (network activations) back to the system before the factor
-    set's metrics allocate theirs: glibc keeps freed heap pages otherwise (measured: +0.7 GB resident after the
-    held-out loop on 64 x 64 images). A no-op where the C library has no ``malloc_trim``."""
+    set's metrics allocate theirs (glibc keeps freed heap pages otherwise). A no-op where the C library has no
+    ``malloc_trim``."""
     import ctypes
     import gc
 

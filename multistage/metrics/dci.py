@@ -1,29 +1,15 @@
-"""DCI: disentanglement, completeness and informativeness (Eastwood & Williams 2018, "A Framework for the
-Quantitative Evaluation of Disentangled Representations", section 3), as in disentanglement_lib
-(``evaluation/metrics/dci.py``).
+"""DCI: disentanglement, completeness and informativeness (Eastwood & Williams 2018, section 3), as in
+disentanglement_lib (``evaluation/metrics/dci.py``).
 
-For each factor k a regressor predicts v_k from the code c (training split); its importance of each code unit
-gives the (D, K) matrix R (non-negative). Then
+A regressor per factor k predicts v_k from the code; its importances give the (D, K) matrix R. Disentanglement of
+unit i is 1 - H_K(R_i. / sum_k R_ik), weighted by the unit's share of the importance; completeness of factor k is
+1 - H_D(R_.k / sum_i R_ik), weighted by the factor's share; informativeness is how well the regressors predict the
+factors on the test split.
 
-* disentanglement of unit i: D_i = 1 - H_K(P_i.), P_ij = R_ij / sum_k R_ik (entropy in base K); the score is
-  sum_i rho_i D_i with rho_i = sum_k R_ik / sum R (units that matter for nothing weigh nothing);
-* completeness of factor k: C_k = 1 - H_D(P~_.k), P~_ik = R_ik / sum_i R_ik (base D); the score weighs C_k by the
-  factor's share of the total importance (disentanglement_lib's convention);
-* informativeness: how well the regressors predict the factors on the test split.
-
-Regressors (``regressor``):
-* ``"gbt"``: scikit-learn ``GradientBoostingClassifier`` per factor (disentanglement_lib's choice), R = its
-  ``feature_importances_``, informativeness = mean test accuracy;
-* ``"lasso"``: scikit-learn ``Lasso`` per factor (Eastwood & Williams' linear choice) on standardised codes and the
-  standardised class index, R = |coefficients|, informativeness = mean test R^2 (1 - normalised squared error;
-  higher is better, as for the accuracy).
-
-A factor with a single value is left out (NaN per-factor informativeness). A constant unit has importance 0.
-With one factor (or one unit) the entropy base is degenerate and D (or C) is 1.
-
-Read D and C together with I: where nothing is predicted (I ~ 0), the lasso's importances are a few random small
-coefficients and D, C are not meaningful (they can read anywhere in [0, 1]); the trees spread their importances
-evenly over uninformative units, so D ~ 0 there.
+``regressor``: ``"gbt"`` (gradient-boosted trees, disentanglement_lib's choice; feature importances; test
+accuracy) or ``"lasso"`` (Eastwood & Williams' linear choice on standardised codes; |coefficients|; test R^2).
+A factor with a single value is left out; a constant unit has importance 0. Read D and C together with I: where
+nothing is predicted (I ~ 0) the lasso's D and C are not meaningful.
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
 """The ELBO TC-decomposition over the whole data set (beta-TCVAE paper, eq. 3 and appendix B).
 
-    E_p(n)[KL(q(z|n) || p(z))] = KL(q(z, n) || q(z) p(n))          (i)   index-code mutual information
-                               + KL(q(z) || prod_j q(z_j))          (ii)  total correlation
-                               + sum_j KL(q(z_j) || p(z_j))         (iii) dimension-wise KL
+    E_p(n)[KL(q(z|n) || p(z))] = index-code MI + total correlation + dimension-wise KL
 
-with q(z) = 1/N sum_n q(z|n) the aggregate posterior of the *whole* data set (not a minibatch, unlike the
-training estimators of appendix B.1-B.2). Each term is an expectation under q(z, n), estimated with S samples
-z_s ~ q(z|n_s) at S distinct indices n_s drawn without replacement (all N when S >= N):
-
-    index_code_mi      = mean_s [log q(z_s|n_s) - log q(z_s)]
-    total_correlation  = mean_s [log q(z_s) - sum_j log q(z_sj)]
-    dimension_wise_kl  = mean_s [sum_j log q(z_sj) - log p(z_s)]
-
-log q(z_s) is the logsumexp over all N components (``aggregate_posterior.joint_log_density``, which skips only
-blocks of components that provably change it by less than 1e-13 relative); the
-marginals log q(z_sj) use the one-dimensional grid estimator (``aggregate_posterior.grid_log_density``) over all N
-components. The three terms add up to mean_s [log q(z_s|n_s) - log p(z_s)], a Monte Carlo estimate of the average
-KL whose analytic value over all N images is reported beside them (``average_kl``): they differ by the Monte Carlo
-error of S samples (and the grid estimator's ~1e-4 nats per unit).
+with q(z) the aggregate posterior of the whole data set (not a minibatch, unlike the training estimators of
+appendix B.1-B.2). Each term is estimated with S samples z_s ~ q(z|n_s) at distinct indices: log q(z_s) over all
+N components (``aggregate_posterior.joint_log_density``), the marginals log q(z_sj) with the grid estimator. The
+three terms add up to a Monte Carlo estimate of the average KL, whose analytic value is reported beside them
+(``average_kl``).
 """
 
 from __future__ import annotations
