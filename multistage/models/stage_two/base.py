@@ -29,7 +29,7 @@ The contract (MS-VAE sec. 3.2: stage two models the sub-graph (Y, Z) -> X, Z inj
   variants, the whole latent (C, Z) for the "none" ones; ``sample_residual(n, generator=None) -> (n, latent_dim)``
   from the prior (N(0, I) unless a model says otherwise);
 * ``infer_residual(x, cond) -> z``: the posterior mean (or an encoder's output). A model without an encoder raises
-  ``NotImplementedError``; the evaluate stage then reports "n/a" for reconstruction-based keys and scores samples.
+  ``NotImplementedError``; the evaluate stage then reports null for reconstruction-based keys and scores samples.
 * ``generate(cond, z) -> x`` in [0, 1] (probabilities / means); ``reconstruct(x, cond)`` is
   ``generate(cond, infer_residual(x, cond))``; ``sample(cond, generator=None)`` uses the prior.
 * optional ``log_likelihood(x, cond) -> (N,)`` nats (MS-FLOW exact; a VAE may give its ELBO).
