@@ -37,3 +37,19 @@ def test_a_reference_to_nothing_is_one_clear_error(tmp_path):
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
     with pytest.raises(ParamsError, match=r"stage 'chain'.*\$\{chains\}"):
         read_stages(tmp_path / "dvc.yaml", {k: v for k, v in PARAMS.items() if k != "chains"})
+
+
+def test_the_prefect_flow_reads_its_stages_from_the_projects_dvc_yaml():
+    from pipeline.flow import PACKAGE_ROOT, pipeline_graph, variant_section
+    from stages.common import read_params_file
+
+    params = read_params_file(PACKAGE_ROOT / "params.yaml")
+    params["stage_two"]["variants"] = ["msvae", "msgan"]
+    graph = pipeline_graph(params)
+    assert list(graph) == ["prepare", "stage_one", "pairs", "stage_two@msvae", "stage_two@msgan", "evaluate", "report"]
+    assert {"metrics/evaluate.json", "metrics/headline.json", "figures"} == set(graph["evaluate"].written)
+    assert "multistage/evaluation" in graph["evaluate"].code and "data/prepared" not in graph["evaluate"].code
+    section = variant_section(graph["stage_two@msgan"], params)
+    assert section["variants"] == ["msgan"] and section["msgan"] == params["stage_two"]["msgan"]
+    assert set(section["msvae"]) == {"base_channels", "adain_hidden", "residual_encoder_sees_y"}  # Big-VAE's sizing
+    assert "msflow" not in section  # another variant's sub-section leaves this task's cache alone
