@@ -154,3 +154,23 @@ def test_params_are_derived_from_the_config_dataclasses():
     assert config.config_of("downstream").hidden_units == (4, 4) and config.exclude_factors == ("shape",)
     with pytest.raises(ParamsError, match=r"bad value for 'evaluate\.sap\.images'"):
         small_params(sap={"images": 3})
+
+
+def test_the_registry_holds_one_signature_and_refuses_bad_entries():
+    import inspect
+
+    from multistage.evaluation.registry import Metric, MetricInputs, register
+
+    for metric in METRICS.values():
+        assert list(inspect.signature(metric.function).parameters) == ["inputs", "config", "seed"], metric.name
+        metric.config()  # every setting has a default
+    with pytest.raises(ValueError, match="registered twice"):
+        register(METRICS["sap"])
+    with pytest.raises(TypeError, match="must be a dataclass"):
+        Metric("bad", METRICS["sap"].function, dict, "factor_set")
+    with pytest.raises(ValueError, match="unknown needs"):
+        Metric("bad", METRICS["sap"].function, METRICS["sap"].config, "factor_set", frozenset({"gpu"}))
+    features = np.random.default_rng(0).normal(size=(40, 3))
+    scores = METRICS["kid"](MetricInputs(features=features, other_features=features + 1.0, label="y"), seed=0)
+    assert set(scores) == {"kid.factor_classifier.y", "kid.factor_classifier.y.std"}
+    assert scores["kid.factor_classifier.y"] > 0.1
