@@ -12,7 +12,7 @@ five active latents, each a noisy monotone function of one factor (shape, scale,
 posterior sigmas log-uniform in [0.02, 0.2] (a decade), and five collapsed latents (means ~ N(0, 0.05^2), sigmas
 uniform in [0.85, 1]). The estimators' cost depends on N, the latents and the sigma range, not on the model.
 
-``suite`` runs the evaluate stage's own code path (``stages.evaluate.factor_set_scores``) with the default
+``suite`` runs the evaluate stage's own code path (``multistage.evaluation.factor_set.factor_set_scores``) with the default
 ``evaluate`` params on the full grid: the sampling MIG, SAP, Z-diff, the FactorVAE score and DCI (lasso; ``--gbt``
 adds DCI with gradient-boosted trees), plus the histogram MIG on 5000 held-out codes as the stage computes it.
 
@@ -148,7 +148,13 @@ def bench_suite(args) -> None:
     import torch
 
     from multistage.metrics.mig import mutual_information_gap
-    from stages.evaluate import EvaluateParams, factor_set_scores, representation_from_codes, timer
+    from multistage.evaluation.factor_set import factor_set_scores
+    from multistage.evaluation.representation import representation_from_codes, timer
+    from stages.evaluate import EvaluateParams, evaluation_config
+    from stages.train_stage_one import encode_all
+
+    def encode(model, rows, batch_size):
+        return encode_all(model, rows, torch.device("cpu"), batch_size)
 
     factors = grid_factors()
     mu, logvar, source = load_codes(args.codes, factors)
@@ -161,8 +167,9 @@ def bench_suite(args) -> None:
         os.chdir(work)
         scores: dict = {}
         started, cpu = time.perf_counter(), cpu_seconds()
-        scores |= factor_set_scores(params, FullGrid(), CodesOnly(mu.shape[1]), torch.device("cpu"), NAMES, True,
-                                    set(params.metrics), ("shape",), timer(scores), show_progress=False)
+        codes_file = work / "models" / "stage_one" / "codes.parquet"
+        scores |= factor_set_scores(evaluation_config(params), FullGrid(), CodesOnly(mu.shape[1]), encode, True,
+                                    timer(scores), codes_file)
         held_out = np.random.default_rng(0).choice(GRID, params.eval_images, replace=False)
         with timer(scores)("mig_histogram"):
             scores |= mutual_information_gap(representation_from_codes(mu[held_out], None, ()), factors[held_out],
@@ -171,8 +178,8 @@ def bench_suite(args) -> None:
             gbt = params.model_copy(update={"metrics": ["dci"], "dci": params.dci.model_copy(
                 update={"regressor": "gbt"})})
             gbt_scores: dict = {}
-            scores |= factor_set_scores(gbt, FullGrid(), CodesOnly(mu.shape[1]), torch.device("cpu"), NAMES, True,
-                                        {"dci"}, ("shape",), timer(gbt_scores), show_progress=False)
+            scores |= factor_set_scores(evaluation_config(gbt), FullGrid(), CodesOnly(mu.shape[1]), encode, True,
+                                        timer(gbt_scores), codes_file)
             scores["evaluate.seconds.dci_gbt"] = gbt_scores["evaluate.seconds.dci"]
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     finally:
@@ -215,6 +222,7 @@ def prepare_project(work: Path, data: str | None, mu: np.ndarray, logvar: np.nda
 
 CHILD = """
 import contextlib, json, resource, sys, threading, time, torch
+import multistage.evaluation.scoring as scoring
 import stages.evaluate as evaluate
 torch.set_num_threads({threads})
 state = {{"group": "setup", "peak": 0.0, "peak_group": ""}}
@@ -231,7 +239,7 @@ def sample():  # which metric group the process was in when its resident memory 
             state["peak"], state["peak_group"] = current, state["group"]
         time.sleep(0.02)
 
-def labelled_timer(scores, timer=evaluate.timer):
+def labelled_timer(scores, timer=scoring.timer):
     timed = timer(scores)
     @contextlib.contextmanager
     def labelled(group):
@@ -243,7 +251,7 @@ def labelled_timer(scores, timer=evaluate.timer):
         state["group"] = "between groups"
     return labelled
 
-evaluate.timer = labelled_timer
+scoring.timer = labelled_timer
 threading.Thread(target=sample, daemon=True).start()
 params = evaluate.EvaluateParams.model_validate({params})
 started = time.perf_counter()

@@ -1,21 +1,15 @@
 """The pipeline as a Prefect flow: the same stage ``run`` functions DVC calls, as tasks.
 
 ``python -m pipeline.flow [--params params.yaml] [--set stage_one.betatcvae.beta=4 ...]`` runs it locally;
-``prefect.yaml`` deploys it. Each task
+``prefect.yaml`` deploys it as ``multistage-pipeline/pipeline`` on the ``gpu`` work pool. The stages, the code
+each one runs (its deps under multistage/, stages/, pipeline/), what it writes (outs, metrics, plots) and the
+params keys of each stage-two variant are read from ``dvc.yaml`` (:mod:`stages.dvc_graph`). Each task retries
+once (training resumes from its checkpoint); caches on its params section, its upstream outputs' digests and its
+code's digest (``INPUTS + TASK_SOURCE``), but only while its outputs on disk are what it left there
+(``.multistage/prefect/<stage>.digest``); and logs to MLflow as a child of one parent run per flow run.
 
-* retries on failure (a training task resumes from its checkpoint on the retry);
-* caches on its inputs and source (Prefect's ``INPUTS + TASK_SOURCE`` policy), where the inputs are its params
-  section, the digests of its upstream outputs and of the library code it runs (the same files DVC lists as deps);
-* is skipped from the cache only while its outputs on disk are still what it left there (a digest recorded in
-  ``.multistage/prefect/<stage>.digest``); deleted or edited outputs refresh the cache, as ``dvc repro`` would;
-* logs to MLflow as a child of one parent run for the whole flow run (tagged with the Prefect flow run's id,
-  its deployment and, for a sweep point, the sweep's name).
-
-``workdir`` runs the stages in another folder (created when missing, relative to the project root): a sweep gives
-each grid point its own, so that points running at once never share an output. Params are still read from the
-project root, the effective params are written into the workdir, and MLflow keeps logging to the project's store.
-
-``prefect.yaml`` deploys this flow as ``multistage-pipeline/pipeline`` on the ``gpu`` work pool.
+``workdir`` runs the stages in another folder (a sweep gives each point its own); params are read from the
+project root, written into the workdir, and MLflow keeps logging to the project's store.
 """
 
 from __future__ import annotations
@@ -31,9 +25,10 @@ import yaml
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from stages import evaluate, make_pairs, prepare, report, stage_two_files, train_stage_one, train_stage_two
+from stages import evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
 from stages.common import (
     PARAMS_FILE,
+    ParamsError,
     RuntimeParams,
     apply_overrides,
     atomic_write_bytes,
@@ -42,52 +37,28 @@ from stages.common import (
     validate_section,
 )
 from pipeline.summary import read_scores
+from stages.dvc_graph import DVC_FILE, DvcStage, params_used, read_stages
 from stages.tracking import log_run_metrics, pipeline_run, recorded_device, set_run_tags, stage_run, tracking_uri
 
-# what each stage reads (code) and writes, mirroring dvc.yaml
-CODE = {
-    "prepare": ["multistage/data", "stages/prepare.py", "stages/common.py"],
-    "stage_one": ["multistage/models", "multistage/nn", "multistage/train.py", "stages/train_stage_one.py",
-                  "stages/common.py"],
-    "pairs": ["multistage/models/stage_two/pairing.py", "stages/make_pairs.py"],
-    "stage_two": ["multistage/models", "multistage/nn", "multistage/train.py", "stages/train_stage_two.py",
-                  "stages/common.py"],  # every stage_two@<variant>
-    "evaluate": ["multistage/metrics", "multistage/viz.py", "stages/evaluate.py"],
-    "report": ["stages/report.py", "stages/tracking.py"],
-}
-OUTPUTS = {
-    "prepare": ["data/prepared"],
-    "stage_one": ["models/stage_one", "metrics/stage_one.json", "plots/stage_one_curves.json"],
-    "pairs": ["pairs"],
-    "evaluate": ["figures", "metrics/evaluate.json"],
-    "report": ["report"],
-}
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-# the keys of the stage_two section a variant's task reads besides its own sub-section (dvc.yaml's matrix stage)
-STAGE_TWO_SHARED = ("residual_dim", "steps", "batch_size", "learning_rate", "seed", "checkpoint_every", "log_every")
-MSVAE_NETWORK = ("base_channels", "adain_hidden", "residual_encoder_sees_y")  # Big-VAE is sized to MS-VAE
+FLOW_GROUPS = ("prepare", "stage_one", "pairs", "stage_two", "evaluate", "report")  # chain@<name>: stages.chain
 
 
-def outputs_of(stage: str) -> list[str]:
-    """What ``stage`` writes (``stage_two@<variant>``: that variant's folder, metrics and curves)."""
-    if stage.startswith("stage_two@"):
-        variant = stage.partition("@")[2]
-        return [str(stage_two_files.output_folder(variant)), str(stage_two_files.metrics_file(variant)),
-                str(stage_two_files.curves_file(variant))]
-    return OUTPUTS[stage]
+def pipeline_graph(params: dict) -> dict[str, DvcStage]:
+    """The stages the flow runs, as dvc.yaml declares them (deps, outs, params) for these params; a dvc.yaml stage
+    the flow has no task for is an error, so that the two cannot drift apart."""
+    graph = read_stages(PACKAGE_ROOT / DVC_FILE, params)
+    unknown = sorted({stage.group for stage in graph.values()} - set(FLOW_GROUPS) - {"chain"})
+    if unknown:
+        raise ParamsError(f"{DVC_FILE}: the Prefect flow has no task for the stage(s) {', '.join(unknown)}; add one "
+                          f"to pipeline/flow.py")
+    return {name: stage for name, stage in graph.items() if stage.group in FLOW_GROUPS}
 
 
-def variant_section(section: dict | None, variant: str) -> dict:
-    """The part of params' ``stage_two`` that ``stage_two@<variant>`` reads (as dvc.yaml declares it), so that a
-    change to another variant's sub-section leaves this task cached."""
-    section = dict(section or {})
-    used = {key: section[key] for key in STAGE_TWO_SHARED if key in section}
-    used["variants"] = [variant]
-    msvae = section.get("msvae") or {}
-    used["msvae"] = {key: msvae[key] for key in MSVAE_NETWORK if key in msvae}
-    if variant in section:
-        used[variant] = section[variant]
-    return used
+def variant_section(stage: DvcStage, params: dict) -> dict:
+    """The part of params' ``stage_two`` that ``stage_two@<variant>`` declares in dvc.yaml (so that a change to
+    another variant's sub-section leaves this task cached), listing only this variant."""
+    return params_used(stage, params).get("stage_two", {}) | {"variants": [stage.item]}
 
 
 def digest_paths(paths: list[str], root: Path = Path(".")) -> str:
@@ -111,16 +82,16 @@ def digest_paths(paths: list[str], root: Path = Path(".")) -> str:
 RECORDS = Path(".multistage/prefect")
 
 
-def record_outputs(stage: str) -> str:
+def record_outputs(stage: str, outputs: list[str]) -> str:
     """Digest the stage's outputs and remember it, so a later run can tell whether they are intact."""
-    digest = digest_paths(outputs_of(stage))
+    digest = digest_paths(outputs)
     atomic_write_bytes(RECORDS / f"{stage}.digest", digest.encode())
     return digest
 
 
-def outputs_intact(stage: str) -> bool:
+def outputs_intact(stage: str, outputs: list[str]) -> bool:
     record = RECORDS / f"{stage}.digest"
-    return record.exists() and record.read_text() == digest_paths(outputs_of(stage))
+    return record.exists() and record.read_text() == digest_paths(outputs)
 
 
 def _stage_task(stage: str):
@@ -139,59 +110,59 @@ def _device(runtime: dict, seed: int):
 
 
 @_stage_task("prepare")
-def prepare_task(section: dict, code: str) -> str:
+def prepare_task(section: dict, outputs: list[str], code: str) -> str:
     params = validate_section(prepare.PrepareParams, section, "prepare")
     with stage_run("prepare", params.model_dump()) as tracker:
         tracker.log_metrics({f"prepare.{k}": v for k, v in prepare.run(params, show_progress=False).items()})
-    return record_outputs("prepare")
+    return record_outputs("prepare", outputs)
 
 
 @_stage_task("stage_one")
-def stage_one_task(section: dict, runtime: dict, data: str, code: str) -> str:
+def stage_one_task(section: dict, runtime: dict, data: str, outputs: list[str], code: str) -> str:
     params = validate_section(train_stage_one.StageOneParams, section, "stage_one")
     device = _device(runtime, params.seed)
     with stage_run("stage_one", params.model_dump() | {"device": str(device)}) as tracker:
         train_stage_one.run(params, device, tracker=tracker, show_progress=False,
                             precision=validate_section(RuntimeParams, runtime, "runtime").precision)
-    return record_outputs("stage_one")
+    return record_outputs("stage_one", outputs)
 
 
 @_stage_task("pairs")
-def pairs_task(section: dict, runtime: dict, data: str, stage_one: str, code: str) -> str:
+def pairs_task(section: dict, runtime: dict, data: str, stage_one: str, outputs: list[str], code: str) -> str:
     params = validate_section(make_pairs.PairsParams, section, "pairs")
     device = _device(runtime, params.seed)
     with stage_run("pairs", params.model_dump()) as tracker:
         tracker.log_metrics(make_pairs.run(params, device, show_progress=False))
-    return record_outputs("pairs")
+    return record_outputs("pairs", outputs)
 
 
 @_stage_task("stage_two")
 def stage_two_task(section: dict, runtime: dict, data: str, pairs: str, stage_one: str, variant: str,
-                   code: str) -> str:
+                   outputs: list[str], code: str) -> str:
     """``stage_two@<variant>``; ``section`` is :func:`variant_section` of params' stage_two."""
     params = validate_section(train_stage_two.StageTwoParams, section, "stage_two")
     device = _device(runtime, params.seed)
     with stage_run(f"stage_two@{variant}", params.used(variant) | {"device": str(device)}) as tracker:
         tracker.set_tags({"device": str(device), "stage_two.variant": variant})
         train_stage_two.run(params, variant, device, tracker=tracker, show_progress=False)
-    return record_outputs(f"stage_two@{variant}")
+    return record_outputs(f"stage_two@{variant}", outputs)
 
 
 @_stage_task("evaluate")
 def evaluate_task(section: dict, variants: list[str], runtime: dict, data: str, stage_one: str,
-                  stage_two: list[str], code: str) -> str:
+                  stage_two: list[str], outputs: list[str], code: str) -> str:
     params = validate_section(evaluate.EvaluateParams, section, "evaluate")
     device = _device(runtime, params.seed)
     with stage_run("evaluate", params.model_dump() | {"stage_two.variants": ",".join(variants)}) as tracker:
         evaluate.run(params, device, tracker=tracker, show_progress=False, variants=variants)
-    return record_outputs("evaluate")
+    return record_outputs("evaluate", outputs)
 
 
 @_stage_task("report")
-def report_task(params: dict, scores: str, stage_two: list[str], sweep: str, code: str) -> str:
+def report_task(params: dict, scores: str, stage_two: list[str], sweep: str, outputs: list[str], code: str) -> str:
     with stage_run("report") as tracker:
         report.publish(params, tracker)
-    return record_outputs("report")
+    return record_outputs("report", outputs)
 
 
 def _prefect_tags(sweep: str | None) -> dict[str, str]:
@@ -241,16 +212,16 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
     """
     params = apply_overrides(read_params_file(params_file), overrides)
     runtime = params.get("runtime", {})
-
-    def code(stage: str) -> str:
-        return digest_paths(CODE[stage.partition("@")[0]], PACKAGE_ROOT)
-
+    graph = pipeline_graph(params)
     states: dict[str, str] = {}
 
     def call(stage_task, stage: str, *args):
-        """Run from the cache only while the stage's outputs are intact on disk; note Completed or Cached."""
-        state = stage_task.with_options(refresh_cache=not outputs_intact(stage))(*args, code(stage),
-                                                                               return_state=True)
+        """Run from the cache only while the stage's outputs are intact on disk; note Completed or Cached. The
+        task's outputs and code digest come from dvc.yaml (its outs, metrics, plots; its deps that are code)."""
+        outputs = list(graph[stage].written)
+        code = digest_paths(list(graph[stage].code), PACKAGE_ROOT)
+        state = stage_task.with_options(refresh_cache=not outputs_intact(stage, outputs))(*args, outputs, code,
+                                                                                        return_state=True)
         states[stage] = state.name
         return state.result()
 
@@ -262,7 +233,7 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
         pairs = call(pairs_task, "pairs", params.get("pairs"), runtime, data, one)
         variants = list(validate_section(train_stage_two.StageTwoParams, params.get("stage_two"),
                                          "stage_two").variants)
-        two = [call(stage_two_task, f"stage_two@{variant}", variant_section(params.get("stage_two"), variant),
+        two = [call(stage_two_task, f"stage_two@{variant}", variant_section(graph[f"stage_two@{variant}"], params),
                     runtime, data, pairs, one, variant) for variant in variants]
         scores = call(evaluate_task, "evaluate", params.get("evaluate"), variants, runtime, data, one, two)
         call(report_task, "report", params, scores, two, digest_paths([str(report.SWEEP_DIR)]))

@@ -11,7 +11,7 @@ from stages.tracking import repository_root, tracking_uri
 
 
 def score_table(scores: dict[str, float]) -> str:
-    rows = [(label, f"{value:.4g}") for label, _, value in headline(scores)]  # numbers only ("n/a" is left out)
+    rows = [(label, f"{value:.4g}") for label, _, value in headline(scores)]  # numbers only (a missing or null score is left out)
     if not rows:
         return "(no scores yet)"
     width = max(len(label) for label, _ in rows)

@@ -22,6 +22,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from multistage.evaluation.headline import HEADLINE as EVALUATION_HEADLINE
 from stages.common import (
     PARAMS_FILE,
     InputError,
@@ -82,32 +83,8 @@ ROW_LABELS = {"stage_one": "beta-TCVAE, |C| (stage one)", "msvae": "MS-VAE", "ms
               "end_to_end": "ablation: end-to-end (M1)", "c_input": "ablation: C instead of Y (M3)",
               "concat": "ablation: concat, no AdaIN (M2)", "z_first": "ablation: Z first (M5)"}
 
-HEADLINE = [
-    ("MIG (histogram, 20 bins) of stage one on X", "x.mig.histogram20"),
-    ("MIG of stage one on Y", "y.mig.histogram20"),
-    ("MIG of stage one on X-hat", "x_hat.mig.histogram20"),
-    ("MIG on X-hat / MIG on Y", "mig_ratio.x_hat_over_y"),
-    ("MIG of stage one on X, without shape", "x.mig.histogram20.no_shape"),
-    ("Fréchet distance (factor-classifier features), Y", "frechet.factor_classifier.y"),
-    ("Fréchet distance (factor-classifier features), X-hat", "frechet.factor_classifier.x_hat"),
-    ("Fréchet distance, real vs real (floor)", "frechet.factor_classifier.real_reference"),
-    ("Fréchet ratio X-hat / Y", "frechet.factor_classifier.ratio_x_hat_over_y"),
-    ("Factor classifier held-out accuracy (mean)", "classifier.accuracy.mean"),
-    ("L1 per pixel, Y", "reconstruction.y.l1"),
-    ("L1 per pixel, X-hat", "reconstruction.x_hat.l1"),
-    ("L2 per pixel, Y", "reconstruction.y.l2"),
-    ("L2 per pixel, X-hat", "reconstruction.x_hat.l2"),
-    ("M1 = MI[C_R; C_Y]", "conditioning.M1"),
-    ("M2 = MI[C_R; C_X-hat]", "conditioning.M2"),
-    ("M3 = MI[C_R; E(G(Y, eps))]", "conditioning.M3"),
-    ("M4 = MI[C_R; E(G(eps, Z))]", "conditioning.M4"),
-    ("MIG of stage one on X (sampling estimator, beta-TCVAE app. A)", "x.mig.sampling"),
-    ("SAP of stage one on X", "x.sap"),
-    ("FactorVAE score of stage one on X", "x.factorvae_score"),
-    ("DCI disentanglement (lasso) of stage one on X", "x.dci.lasso.disentanglement"),
-    ("Z-diff (beta-VAE metric) of stage one on X", "x.zdiff"),
-    ("Total correlation of q(z) (whole data set)", "tc_decomposition.total_correlation"),
-    ("Used latent dimensions (noise-modelling indicators)", "indicators.used_dimensions"),
+HEADLINE = [  # the headline file's scores, then a few more for the page and the run summary
+    *EVALUATION_HEADLINE,
     ("KID (factor-classifier features), X-hat", "kid.factor_classifier.x_hat"),
     ("Downstream MLP accuracy from C", "downstream.mlp.c.mean"),
     ("Downstream MLP accuracy from Z", "downstream.mlp.z.mean"),
@@ -273,7 +250,7 @@ def _figure(caption: str, path: Path) -> str:
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    return html.escape("" if value is None else str(value))
+    return "n/a" if value is None else html.escape(str(value))  # None: the model has no such output
 
 
 def sweep_section() -> str:

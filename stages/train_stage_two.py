@@ -26,6 +26,7 @@ from pydantic import Field, create_model, field_validator
 
 from multistage.models.registry import STAGE_TWO
 from multistage.models.stage_two.base import ConfigError
+from multistage.models.stage_two.baselines import parameter_count
 from stages.common import (
     PARAMS_FILE,
     InputError,
@@ -122,10 +123,6 @@ def load_params(params_file: str | Path = PARAMS_FILE):
 
 
 # ------------------------------------------------------------------------------------------------- building
-def parameter_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def model_options(params, variant: str, image_shape: tuple[int, ...], stage_one=None,
                   dataset_size: int = 0) -> dict:
     """The keyword options of ``variant``'s config dataclass (see the module docstring for where each comes from)."""

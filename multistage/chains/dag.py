@@ -1,83 +1,27 @@
 """Stage chains declared as data: a small DAG of model nodes over named variables, validated and ordered.
 
-MS-VAE models a hierarchy of observed and latent variables one sub-graph at a time: the image pipeline is
-C -> Y (stage one) then (Y, Z) -> X (stage two, sec. 3.2); the pendulum of appendix C is L -> Y0, (B, Y0) -> Y1,
-(Z, Y1) -> theta, each sub-graph trained on paired data, in order. A *chain* declares such a hierarchy:
+MS-VAE models a hierarchy one sub-graph at a time: C -> Y (stage one) then (Y, Z) -> X (stage two, sec. 3.2); the
+pendulum of appendix C is L -> Y0, (B, Y0) -> Y1, (Z, Y1) -> theta. A *chain* declares such a hierarchy: variables
+are named arrays, one row per example (the data's own, and those a node derives after training); a node of a
+``kind`` (:mod:`multistage.chains.nodes`) models its ``output`` given its ``inputs``; the declaration's types live
+in :mod:`multistage.chains.spec`.
 
-* variables are named arrays, one row per example: the data's own (``length``, ``y0``, ``x``...) and those a node
-  derives after training (a stage-one node's code ``c`` and mean reconstruction ``y``);
-* a node ``name`` of ``kind`` models its ``output`` given its ``inputs`` (``multistage.chains.nodes`` holds the
-  kinds: ``gaussian_mlp``, ``residual_vae``, ``stage_one``, ``stage_two``); its ``options`` go to the kind's config.
-
-The graph's edges run from the node whose output (or derived variable) a node takes as an input to that node: the
-chain is trained in that order and generates in it (ancestral sampling). :func:`validate_chain` checks a
-declaration against the data's variable names and returns the training order, or raises one :class:`ChainError`
-whose ``key`` names the offending entry (``nodes.residual.inputs``), so a stage can say
-``chains.pendulum.nodes.residual.inputs``. What it checks:
-
-* at least one node; every ``kind`` known (:data:`multistage.chains.nodes.NODE_KINDS`); options accepted by the
-  kind's config (unknown keys and bad values name the option);
-* every input is a data variable or the output of a node (not its own); no variable is produced by two nodes;
-* no cycle (the message lists one: ``a -> b -> a``);
-* every node can be trained when its turn comes: the variables it trains on (a conditional model's output, a
-  stage-one model's observed variable) are in the data or derived by a node ordered before it.
-
-The order is Kahn's topological order, ties broken by declaration order, so the declaration's own order is kept
-whenever it is already a valid one.
+:func:`validate_chain` checks a declaration against the data's variable names and returns the training order, or
+raises one :class:`ChainError` whose ``key`` names the entry (``nodes.residual.inputs``): known kinds and options;
+every input a data variable or another node's output; one producer per variable; no cycle (the message lists one);
+every node's training variables available when its turn comes. The order is Kahn's topological order, ties broken
+by declaration order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from multistage.chains.nodes import NODE_KINDS, kind_class
+from multistage.chains.spec import ChainError, ChainSpec, NodeSpec
 
-class ChainError(ValueError):
-    """A chain declaration is invalid; ``key`` names the entry (``nodes.<node>.inputs``), ``message`` says why."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One node of a chain: ``kind`` models ``output`` given ``inputs``; ``options`` configure the kind;
-    ``training`` holds the training-loop settings the runner reads (steps, batch_size, learning_rate, ...)."""
-
-    name: str
-    kind: str
-    output: str
-    inputs: tuple[str, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
-    training: Mapping[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "output": self.output, "inputs": list(self.inputs),
-                "options": dict(self.options), "training": dict(self.training)}
-
-
-@dataclass(frozen=True)
-class ChainSpec:
-    """A named chain: its nodes in declaration order."""
-
-    name: str
-    nodes: tuple[NodeSpec, ...]
-
-    def node(self, name: str) -> NodeSpec:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(f"chain {self.name!r} has no node {name!r}; its nodes: {', '.join(self.node_names)}")
-
-    @property
-    def node_names(self) -> list[str]:
-        return [node.name for node in self.nodes]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "nodes": [node.as_dict() for node in self.nodes]}
+__all__ = ["ChainError", "ChainSpec", "NodeSpec", "chain_from_mapping", "validate_chain", "with_training"]
 
 
 def chain_from_mapping(name: str, nodes: Mapping[str, Mapping[str, Any]]) -> ChainSpec:
@@ -124,8 +68,6 @@ def _find_cycle(remaining: list[str], consumers: Mapping[str, list[str]]) -> lis
 def validate_chain(spec: ChainSpec, data_variables: Iterable[str]) -> list[NodeSpec]:
     """Check ``spec`` against the data's variable names (module docstring) and return its nodes in training
     order; a problem raises :class:`ChainError` naming the entry."""
-    from multistage.chains.nodes import NODE_KINDS, kind_class
-
     data = list(data_variables)
     data_set = set(data)
     if not spec.nodes:

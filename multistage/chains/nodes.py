@@ -1,35 +1,17 @@
-"""The node kinds a chain is built from (``multistage.chains.dag`` declares and orders them).
+"""The node kinds a chain is built from (``multistage.chains.dag`` validates and orders them).
 
-Every kind is a :class:`ChainNode` (a ``torch.nn.Module``) with a config dataclass whose ``validate()`` raises
-``ConfigError(field, message)``; a declaration's ``options`` are that config's fields. A node models its
-``output`` given its ``inputs`` (variables: named arrays, one row per example):
+Every kind is a :class:`ChainNode` (a ``torch.nn.Module``) with a config dataclass (a declaration's ``options``)
+whose ``validate()`` raises ``ConfigError(field, message)``. A node models its ``output`` given its ``inputs``:
 
-| kind           | models                                          | trains on                  | latent      |
-| -------------- | ----------------------------------------------- | -------------------------- | ----------- |
-| ``gaussian_mlp`` | p(out | in) = N(mu(in), diag sigma^2)          | (inputs, output) pairs     | none        |
-| ``residual_vae`` | p(out | in, z) q(z | out, in), z through FiLM   | (inputs, output) pairs     | z, N(0, I)  |
-| ``stage_one``    | a ``registry.STAGE_ONE`` model: c -> y         | its ``observed`` variable  | the code c  |
-| ``stage_two``    | a ``registry.STAGE_TWO`` model: (cond, z) -> x | (input, output) pairs      | z           |
+* ``gaussian_mlp``: p(out | in) = N(mu(in), diag sigma^2), trained on (inputs, output) pairs;
+* ``residual_vae``: p(out | in, z) with q(z | out, in), z through FiLM;
+* ``stage_one``: a ``registry.STAGE_ONE`` model on its ``observed`` variable; derives the code c and y = E[p(y|c)];
+* ``stage_two``: a ``registry.STAGE_TWO`` model (cond, z) -> x on (input, output) pairs.
 
-``gaussian_mlp`` and ``residual_vae`` are the conditional Gaussian distribution and the residual VAE of MS-VAE
-appendix C (the pendulum: L -> Y0 and (B, Y0) -> Y1 are conditional Gaussians, (Z, Y1) -> theta "is realized as
-a VAE"); ``stage_one`` and ``stage_two`` wrap the image pipeline's models (sec. 3.2), so that the two-stage image
-pipeline is a chain too: ``stage_one`` reads ``observed: x`` and, once trained, derives the code ``c ~ q(c|x)``
-and ``y = E[p(y|c)]`` for every row (the paired set of appendix I, ``multistage.models.stage_two.pairing``);
-a ``stage_two`` node with ``inputs: [y]`` and ``output: x`` then trains on those pairs.
-
-The interface the runner (``multistage.chains.runner``) uses:
-
-* class level: ``check_declaration(node)`` (options and arity, :class:`ChainError` naming the option),
-  ``provided_variables`` (what the node generates: its output, plus a stage-one node's code),
-  ``training_variables`` (what must be in the table when it trains), ``derived_variables`` (what it adds to the
-  table after training);
-* ``prepare(train_values)`` fits what depends on the training data (the MLP kinds standardise every variable with
-  its training mean and standard deviation, per element, held in buffers so a checkpoint restores them);
-* ``objective(values, step) -> (loss, logs)``: ``values`` maps variable names to (N, ...) tensors;
-* ``generate(values, latent)``: the mean of the output given the inputs (and the latent, for kinds with one);
-  ``infer_latent(values)``: the posterior mean; ``sample_latent(n)``: from the prior;
-* ``derive(arrays, device, batch_size)``: the derived variables as numpy arrays over all rows.
+The first two are the conditional Gaussians and the residual VAE of MS-VAE appendix C (the pendulum); the last two
+wrap the image pipeline's models (sec. 3.2), so the two-stage pipeline is a chain too. The runner's interface:
+``check_declaration``, ``provided_variables``, ``training_variables``, ``derived_variables`` (class level);
+``prepare``, ``objective(values, step)``, ``generate``, ``infer_latent``, ``sample_latent``, ``derive``.
 """
 
 from __future__ import annotations
@@ -44,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from multistage.chains.dag import ChainError, NodeSpec
+from multistage.chains.spec import ChainError, NodeSpec
 from multistage.models.stage_one.base import ConfigError, as_unit_float, gaussian_kl_per_unit
 from multistage.nn.mlp import ACTIVATIONS, MLPEncoder
 

@@ -1,46 +1,17 @@
 """Log densities of aggregate posteriors q(z) = 1/N sum_n q(z|n) over a whole data set, not a minibatch.
 
-The sampling MIG (beta-TCVAE paper, appendix A.1, eq. S1) and the ELBO TC-decomposition (eq. 3, appendix B) need
-log q(z_j) and log q(z_j | v_k) — one-dimensional mixtures of N Gaussians N(mu_nj, sigma_nj^2) — at the N samples
-z_nj ~ q(z_j|n), and the TC decomposition also needs the joint log q(z) of the D-dimensional mixture.
+The sampling MIG (beta-TCVAE appendix A.1, eq. S1) and the ELBO TC-decomposition (eq. 3, appendix B) need
+log q(z_j) and log q(z_j | v_k), one-dimensional mixtures of N Gaussians, at N samples, and the joint log q(z).
+Brute force is O(N^2). Three estimators:
 
-Brute force (a logsumexp over all N components for each of N points) is O(N^2): about 5e11 terms per latent on
-the 737,280-image dSprites grid, which is why the reference implementation needs a GPU. Two estimators here:
-
-* ``grid_log_density`` — one-dimensional mixtures, O(N + G log G) per mixture, exact up to a controlled error:
-
-  1. *Levels in sigma.* The component standard deviations are placed on a geometric ladder
-     s_l = sigma_min * rho^l (``level_ratio`` rho). A component with s_l <= sigma < s_{l+1} is split between the
-     two levels with weights (1 - a, a), a = (sigma^2 - s_l^2) / (s_{l+1}^2 - s_l^2), so the split keeps the
-     component's mass, mean and variance. The split replaces N(mu, sigma^2) by a two-term scale mixture whose
-     fourth cumulant is at most 3 (rho^2 - 1)^2 s_l^4 / 4, so by the Edgeworth expansion the density changes by a
-     relative error of at most about (rho^2 - 1)^2 / 32 * |He4(t)|, t = (z - mu) / sigma (He4 the fourth Hermite
-     polynomial, mean 0 under N(0, 1)): 1.3e-5 |He4(t)| for rho = 1.01.
-  2. *A grid per mixture* of spacing h = sigma_min / ``points_per_sigma``, wide enough that a Gaussian of the
-     widest level does not wrap around (the convolution is circular). Each mean is deposited on the four nearest
-     nodes with cubic Lagrange weights (mass, mean and the next two moments kept); each level's deposits are
-     convolved with that level's Gaussian by FFT (scipy.fft), using the kernel's exact transform
-     exp(-2 pi^2 s^2 f^2), and the levels are summed in the frequency domain (one inverse transform per mixture).
-     A level of width s >= 2^p m h is deposited on a grid 2^p times coarser: with the same period, that grid's
-     transform is the fine grid's lowest frequencies, which are all a Gaussian that wide leaves, so wide levels
-     cost little and the cost grows with the number of levels per octave, not with sigma_max / sigma_min.
-  3. *Evaluation* at the points by cubic Lagrange interpolation of the grid density. Deposit and evaluation
-     together interpolate the kernel K(z - mu) with cubic Lagrange polynomials in both arguments, a relative error
-     of about 0.05 |He4(t)| / m^4 (m = points per sigma): 1.1e-5 |He4(t)| for m = 8.
-  4. *A floor.* A point drawn from its own component n is at least w_n N(z_n; mu_n, sigma_n^2) dense; the
-     estimate is never allowed below that exact term (it only matters far in the tails, where the FFT's
-     absolute round-off, ~1e-16 of the peak, would otherwise dominate).
-
-  With the defaults (rho = 1.01, m = 8) the log-density error is about 2.4e-5 |He4(t)|: ~1e-4 for a typical point,
-  below 3e-3 out to 3.9 standard deviations; it averages out in the entropies (He4 has mean 0).
-  ``tests/unit/test_metrics_mig_sampling.py`` checks it against the brute-force logsumexp.
-
-* ``joint_log_density`` — the D-dimensional joint log q(z) at S chosen points against all N components: blocks of
-  the (S, N) matrix of sum_j log N(z_sj; mu_nj, sigma_nj^2) are two matrix products (sum_j a_nj z_sj^2 -
-  2 a_nj mu_nj z_sj + const_n, a = 1 / sigma^2) reduced with a running logsumexp (torch); blocks of components
-  that provably contribute less than a relative 1e-13 to a point's density are skipped (see the function).
-
-``exact_log_density`` is the brute-force logsumexp for one-dimensional mixtures (the reference, O(N^2)).
+* ``grid_log_density``: one-dimensional mixtures in O(N + G log G). Component widths are split onto a geometric
+  ladder of levels (``level_ratio``, mass, mean and variance kept), means are deposited on a grid of
+  ``points_per_sigma`` nodes per smallest sigma, each level is convolved with its Gaussian by FFT, and the density
+  is read back by cubic interpolation, never below a point's own component. With the defaults the log-density
+  error is about 2.4e-5 |He4(t)| (checked against the brute force in tests/unit/test_metrics_mig_sampling.py).
+* ``joint_log_density``: the D-dimensional joint at S points against all N components, in matrix-product blocks
+  with a running logsumexp, skipping blocks that provably contribute less than 1e-13 relative.
+* ``exact_log_density``: the brute-force logsumexp (the reference).
 """
 
 from __future__ import annotations
@@ -316,8 +287,7 @@ def joint_log_density(points: np.ndarray, means: np.ndarray, logvars: np.ndarray
     clip(distance, s_min, s_max)). A block is skipped for a point when size * exp(bound) < exp(-tolerance) times
     the point's own term, so each skipped block changes q(z) by less than a relative exp(-tolerance) (1e-13 for
     30): exact to round-off in practice. How much it saves depends on how compact the codes are against their
-    posterior widths (measured: half of the pairs skipped for the synthetic full-grid codes of bench/bench_metrics.py,
-    five active latents with sigma up to 0.2, five collapsed ones).
+    posterior widths.
     """
     import torch
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["check_codes", "check_factors", "varying_factors"]
+__all__ = ["check_codes", "check_factors", "varying_factors", "seeded_subset"]
 
 
 def check_codes(array: np.ndarray, name: str, columns: int | None = None) -> np.ndarray:
@@ -43,3 +43,9 @@ def varying_factors(factor_classes: np.ndarray) -> np.ndarray:
     """Boolean (K,): the factors that take at least two values in the sample (a single-value factor carries no
     information, so every metric reports NaN for it and leaves it out of its means)."""
     return np.array([np.unique(column).size > 1 for column in np.asarray(factor_classes).T], dtype=bool)
+
+
+def seeded_subset(count: int, size: int, seed: int) -> np.ndarray:
+    """``min(size, count)`` row indices of ``count`` rows, a seeded permutation's head (the metrics that score a
+    subset of the factor set draw it so)."""
+    return np.random.default_rng(seed).permutation(count)[: min(size, count)]

@@ -1,28 +1,14 @@
-"""Conditioning of the stage-two outputs on the stage-one code C: the MS-VAE terms M1..M4.
+"""Conditioning of the stage-two outputs on the stage-one code C: the MS-VAE terms M1..M4 (section 4).
 
-MS-VAE (multi-stage modelling) section 4, "Measuring the Conditioning on C": with E the mean of the stage-one
-encoder (C -> Y subgraph) and G the stage-two decoder,
+With E the stage-one encoder mean and G the stage-two decoder: C_R = E(X), M1 = MI[C_R; E(Y)],
+M2 = MI[C_R; E(G(Y, Z))], M3 = MI[C_R; E(G(Y, eps))], M4 = MI[C_R; E(G(eps, Z))]; the conditioning on C is kept
+when M2 > M1 > M3 >> M4.
 
-    C_R = E(X),  C_Y = E(Y),  C_X-hat = E(G(Y, Z)),  C_Y,eps = E(G(Y, eps)),  C_eps,Z = E(G(eps, Z)),
-    M1 = MI[C_R; C_Y],  M2 = MI[C_R; C_X-hat],  M3 = MI[C_R; C_Y,eps],  M4 = MI[C_R; C_eps,Z],
-
-and the conditioning on C is considered kept when M2 > M1 > M3 >> M4.
-
-Each MI between two code matrices is MS-VAE appendix G, eq. 6:
-
-    MI[C^R, C] = (1/n) * sum_i I(c_i; c^R_i) / H(c^R_i),
-
-the mean over the n code dimensions of the mutual information between matching dimensions, normalised by the
-entropy of the reference dimension. The paper does not state its estimator; we use the same histogram estimator as
-MIG (disentanglement_lib, see ``multistage.metrics.mig``): each dimension of each code matrix is discretised into
-``bins`` equal-width bins over its own range, I is scikit-learn's plug-in ``mutual_info_score`` and
-H(c^R_i) = I(c^R_i; c^R_i). This normalisation gives exactly 1 for a code compared with itself (or with any
-strictly monotone transform that keeps the bin assignment) and about 0 for independent noise (the plug-in bias is
-about (bins - 1)^2 / (2N) nats before normalisation).
-
-A reference dimension that is constant in the sample has H = 0 and carries no information; it is left out of the
-mean (n counts the non-constant reference dimensions). Collapsed (inactive) but not exactly constant latents are
-kept, as in eq. 6, and pull every term towards 0 by the same amount.
+Each MI is MS-VAE appendix G, eq. 6: MI[C^R, C] = (1/n) sum_i I(c_i; c^R_i) / H(c^R_i), the mean over code
+dimensions of the normalised MI between matching dimensions. The estimator is MIG's histogram one
+(``multistage.metrics.mig``): ``bins`` equal-width bins per dimension, plug-in ``mutual_info_score``, and
+H(c^R_i) = I(c^R_i; c^R_i), so a code against itself gives exactly 1. A constant reference dimension (H = 0) is
+left out of the mean.
 """
 
 from __future__ import annotations

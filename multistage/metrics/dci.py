@@ -1,33 +1,23 @@
-"""DCI: disentanglement, completeness and informativeness (Eastwood & Williams 2018, "A Framework for the
-Quantitative Evaluation of Disentangled Representations", section 3), as in disentanglement_lib
-(``evaluation/metrics/dci.py``).
+"""DCI: disentanglement, completeness and informativeness (Eastwood & Williams 2018, section 3), as in
+disentanglement_lib (``evaluation/metrics/dci.py``).
 
-For each factor k a regressor predicts v_k from the code c (training split); its importance of each code unit
-gives the (D, K) matrix R (non-negative). Then
+A regressor per factor k predicts v_k from the code; its importances give the (D, K) matrix R. Disentanglement of
+unit i is 1 - H_K(R_i. / sum_k R_ik), weighted by the unit's share of the importance; completeness of factor k is
+1 - H_D(R_.k / sum_i R_ik), weighted by the factor's share; informativeness is how well the regressors predict the
+factors on the test split.
 
-* disentanglement of unit i: D_i = 1 - H_K(P_i.), P_ij = R_ij / sum_k R_ik (entropy in base K); the score is
-  sum_i rho_i D_i with rho_i = sum_k R_ik / sum R (units that matter for nothing weigh nothing);
-* completeness of factor k: C_k = 1 - H_D(P~_.k), P~_ik = R_ik / sum_i R_ik (base D); the score weighs C_k by the
-  factor's share of the total importance (disentanglement_lib's convention);
-* informativeness: how well the regressors predict the factors on the test split.
-
-Regressors (``regressor``):
-* ``"gbt"``: scikit-learn ``GradientBoostingClassifier`` per factor (disentanglement_lib's choice), R = its
-  ``feature_importances_``, informativeness = mean test accuracy;
-* ``"lasso"``: scikit-learn ``Lasso`` per factor (Eastwood & Williams' linear choice) on standardised codes and the
-  standardised class index, R = |coefficients|, informativeness = mean test R^2 (1 - normalised squared error;
-  higher is better, as for the accuracy).
-
-A factor with a single value is left out (NaN per-factor informativeness). A constant unit has importance 0.
-With one factor (or one unit) the entropy base is degenerate and D (or C) is 1.
-
-Read D and C together with I: where nothing is predicted (I ~ 0), the lasso's importances are a few random small
-coefficients and D, C are not meaningful (they can read anywhere in [0, 1]); the trees spread their importances
-evenly over uninformative units, so D ~ 0 there.
+``regressor``: ``"gbt"`` (gradient-boosted trees, disentanglement_lib's choice; feature importances; test
+accuracy) or ``"lasso"`` (Eastwood & Williams' linear choice on standardised codes; |coefficients|; test R^2).
+A factor with a single value is left out; a constant unit has importance 0. Read D and C together with I: where
+nothing is predicted (I ~ 0) the lasso's D and C are not meaningful.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,9 +25,9 @@ from scipy.stats import entropy
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import Lasso
 
-from multistage.metrics.checks import check_codes, check_factors, varying_factors
+from multistage.metrics.checks import check_codes, check_factors, seeded_subset, varying_factors
 
-__all__ = ["REGRESSORS", "importance_matrix", "disentanglement", "completeness", "dci"]
+__all__ = ["REGRESSORS", "importance_matrix", "disentanglement", "completeness", "dci", "DciConfig", "dci_metric"]
 
 REGRESSORS = ("gbt", "lasso")
 
@@ -136,3 +126,25 @@ def dci(
     }
     result |= {f"{key}.informativeness.{name}": float(v) for name, v in zip(factor_names, informativeness)}
     return result
+
+
+@dataclass(frozen=True)
+class DciConfig:
+    """``regressor``: lasso or gbt (gradient-boosted trees); disjoint seeded train / test rows of the factor set."""
+
+    regressor: Literal["lasso", "gbt"] = "lasso"
+    train_images: Annotated[int, Ge(4)] = 10000
+    test_images: Annotated[int, Ge(2)] = 5000
+    lasso_alpha: Annotated[float, Gt(0)] = 0.001
+    gbt_estimators: Annotated[int, Ge(1)] = 20
+
+
+def dci_metric(inputs, config: DciConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: DCI of the representation, keys ``x.dci.<regressor>...``."""
+    representation, factor_classes = inputs.representation, inputs.factor_classes
+    order = seeded_subset(len(representation), config.train_images + config.test_images, seed + 1)
+    split = max(2, min(config.train_images, len(order) - 2))
+    train, test = order[:split], order[split : split + config.test_images]
+    scores = dci(representation[train], factor_classes[train], representation[test], factor_classes[test],
+                 inputs.factor_names, config.regressor, config.lasso_alpha, config.gbt_estimators, seed)
+    return {f"x.{key}": value for key, value in scores.items()}

@@ -11,6 +11,11 @@ random (1 - test_fraction) of the images and scored (accuracy) on the rest.
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge, Gt, Lt
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 
 from multistage.metrics.checks import check_codes, check_factors, varying_factors
 
-__all__ = ["downstream_accuracy"]
+__all__ = ["downstream_accuracy", "DownstreamConfig", "downstream_metric"]
 
 
 def downstream_accuracy(
@@ -66,3 +71,18 @@ def downstream_accuracy(
             scores.append(accuracy)
         result[f"downstream.mlp.{name}.mean"] = float(np.mean(scores)) if scores else float("nan")
     return result
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    hidden_units: tuple[int, ...] = (64,)
+    max_iter: Annotated[int, Ge(1)] = 300
+    test_fraction: Annotated[float, Gt(0), Lt(1)] = 0.25
+
+
+def downstream_metric(inputs, config: DownstreamConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: the downstream MLP on each of ``named_codes`` (MLP convergence warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return downstream_accuracy(inputs.named_codes, inputs.factor_classes, inputs.factor_names,
+                                   config.test_fraction, config.hidden_units, config.max_iter, seed)

@@ -15,6 +15,10 @@ latent the score is 0 (as in disentanglement_lib).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +26,7 @@ import numpy as np
 from multistage.metrics.checks import check_codes, check_factors, varying_factors
 from multistage.metrics.factor_sampling import FactorIndex
 
-__all__ = ["factorvae_votes", "factorvae_score"]
+__all__ = ["factorvae_votes", "factorvae_score", "FactorVaeScoreConfig", "factorvae_score_metric"]
 
 
 def factorvae_votes(normalised: np.ndarray, active: np.ndarray, index: FactorIndex, factors: np.ndarray,
@@ -75,3 +79,22 @@ def factorvae_score(
         "factorvae_score": float(evaluation[rows, classifier].sum() / evaluation.sum()),
         "factorvae_score.train": float(train[rows, classifier].sum() / train.sum()),
     }
+
+
+@dataclass(frozen=True)
+class FactorVaeScoreConfig:
+    """disentanglement_lib's settings: votes of ``batch_size`` codes each, the scale from ``variance_images``."""
+
+    batch_size: Annotated[int, Ge(2)] = 64
+    train_votes: Annotated[int, Ge(1)] = 5000
+    eval_votes: Annotated[int, Ge(1)] = 2500
+    variance_images: Annotated[int, Ge(2)] = 10000
+    inactive_variance: Annotated[float, Ge(0)] = 0.0
+
+
+def factorvae_score_metric(inputs, config: FactorVaeScoreConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: the FactorVAE score of the representation, keys ``x.factorvae_score...``."""
+    scores = factorvae_score(inputs.representation, inputs.factor_classes, inputs.factor_names, config.batch_size,
+                             config.train_votes, config.eval_votes, config.variance_images,
+                             config.inactive_variance, seed)
+    return {f"x.{key}": value for key, value in scores.items()}

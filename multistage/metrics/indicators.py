@@ -1,31 +1,24 @@
 """Indicators that need no ground truth: the noise-modelling paper's section 6.2, and the KL per latent unit.
 
-Noise-modelling paper ("VAE indicators", section 6.2, definitions 1-5 and eq. 10), for a data set of M images with
-Gaussian posteriors q(z|x_m) = N(mu_m, diag(sigma_m^2)) and the prior p(z) = N(0, I):
+Noise-modelling paper, section 6.2, for Gaussian posteriors q(z|x_m) and the prior N(0, I):
+* def. 1, eq. 5: E KL(q(z|x) || p(z)), analytic per image;
+* eq. 10: q*(z), the factorised zero-mean Gaussian closest to the posteriors, in closed form
+  s_h^2 = 1/M sum_m (sigma_mh^2 + mu_mh^2) (the paper fits it by gradient descent);
+* def. 2-3, eq. 6-7: I_encoder(x; z) and, per dimension, I_encoder(x; z_h); a dimension is "used" above
+  ``used_threshold`` nats;
+* def. 4-5, eq. 8: KL(q(z) || p(z)) ~= E KL(q(z|x) || p(z)) - I_encoder(x; z).
 
-* def. 1, eq. 5:  E KL(q(z|x) || p(z)) = 1/M sum_m KL(q(z|x_m) || p(z)) (analytic per image);
-* eq. 10:        q*(z) = argmin_Q 1/M sum_m KL(q(z|x_m) || Q) over factorised zero-mean Gaussians Q (section 6.2
-                 assumes "a factorized zero mean Gaussian estimation" of q(z)). The paper solves it by gradient
-                 descent; the minimiser has a closed form: setting the derivative of
-                 1/2 [log s_h^2 + (sigma_mh^2 + mu_mh^2) / s_h^2] to 0 gives s_h^2 = 1/M sum_m (sigma_mh^2 + mu_mh^2);
-* def. 2, eq. 6:  I_encoder(x; z)   = 1/M sum_m KL(q(z|x_m) || q*(z));
-* def. 3, eq. 7:  I_encoder(x; z_h) = 1/M sum_m KL(q(z_h|x_m) || q*(z_h)), per dimension; a dimension is "used"
-                 when this exceeds ``used_threshold`` nats (the paper's figures 2 and 16 read the used factors off
-                 these values);
-* def. 4, eq. 8:  KL(q(z) || p(z)) ~= E KL(q(z|x) || p(z)) - I_encoder(x; z) (a lower bound, corollary 2). For the
-                 closed-form q* it equals KL(q*(z) || p(z)), definition 5.
-
-JointVAE (Dupont 2018) section 4, figure 8: the mean KL divergence of each latent unit over test data, "the amount
-of information encoded in that latent unit in nats", ranked from the largest.
-
-The discrete code's class accuracy (JointVAE section 4: the digit type read off the discrete latent) is
-``discrete_code_accuracy``: categories are matched to classes one-to-one by the Hungarian algorithm on the
-contingency table (``scipy.optimize.linear_sum_assignment``), as unsupervised clustering accuracy is usually
-computed; with more categories than classes the unmatched categories count as errors.
+JointVAE section 4, figure 8: the mean KL of each latent unit, ranked (``kl_per_unit``). The discrete code's class
+accuracy (JointVAE section 4) matches categories to classes by the Hungarian algorithm
+(``discrete_code_accuracy``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 from multistage.metrics.checks import check_codes
 
-__all__ = ["gaussian_kl_per_image", "noise_modelling_indicators", "kl_per_unit", "discrete_code_accuracy"]
+__all__ = ["gaussian_kl_per_image", "noise_modelling_indicators", "kl_per_unit", "discrete_code_accuracy", "IndicatorsConfig", "KlPerUnitConfig", "indicators_metric", "kl_per_unit_metric"]
 
 
 def gaussian_kl_per_image(mu: np.ndarray, logvar: np.ndarray, mean: np.ndarray | float = 0.0,
@@ -100,3 +93,26 @@ def discrete_code_accuracy(categories: np.ndarray, classes: np.ndarray) -> float
     np.add.at(table, (category_index, class_index), 1.0)
     rows, columns = linear_sum_assignment(table, maximize=True)
     return float(table[rows, columns].sum() / categories.size)
+
+
+@dataclass(frozen=True)
+class IndicatorsConfig:
+    """``used_threshold``: nats of I_encoder(x; z_h) for a dimension to count as used."""
+
+    used_threshold: Annotated[float, Ge(0)] = 0.1
+
+
+@dataclass(frozen=True)
+class KlPerUnitConfig:
+    """The KL per unit has no settings."""
+
+
+def indicators_metric(inputs, config: IndicatorsConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: the noise-modelling indicators of the factor set's posteriors (no draws: ``seed`` unused)."""
+    return noise_modelling_indicators(inputs.mu, inputs.logvar, inputs.code_names[: inputs.mu.shape[1]],
+                                      config.used_threshold)
+
+
+def kl_per_unit_metric(inputs, config: KlPerUnitConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: ``kl_per_unit.<unit>`` of the posteriors (no draws: ``seed`` unused)."""
+    return kl_per_unit(inputs.mu, inputs.logvar, inputs.code_names[: inputs.mu.shape[1]])[0]

@@ -14,10 +14,14 @@ when the two sets come from one distribution).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge
 import numpy as np
 from sklearn.metrics.pairwise import polynomial_kernel
 
-__all__ = ["unbiased_mmd2", "kernel_distance"]
+__all__ = ["unbiased_mmd2", "kernel_distance", "KidConfig", "kid_metric"]
 
 
 def unbiased_mmd2(features_a: np.ndarray, features_b: np.ndarray, degree: int = 3, coef0: float = 1.0) -> float:
@@ -52,3 +56,17 @@ def kernel_distance(features_a: np.ndarray, features_b: np.ndarray, subsets: int
         for _ in range(subsets)
     ]
     return float(np.mean(values)), float(np.std(values, ddof=1)) if subsets > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class KidConfig:
+    subsets: Annotated[int, Ge(1)] = 25
+    subset_size: Annotated[int, Ge(2)] = 1000
+
+
+def kid_metric(inputs, config: KidConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: KID between ``features`` and ``other_features``, keys ``kid.factor_classifier.<label>``
+    (the mean) and ``....std``."""
+    mean, std = kernel_distance(inputs.features, inputs.other_features, config.subsets, config.subset_size, rng=seed)
+    key = f"kid.factor_classifier.{inputs.label}"
+    return {key: mean, f"{key}.std": std}

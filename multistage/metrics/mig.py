@@ -1,23 +1,14 @@
-"""Mutual information gap (MIG), histogram estimator.
+"""Mutual information gap (MIG), histogram estimator (beta-TCVAE paper, section 4.1, eq. 7).
 
-Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs" (beta-TCVAE paper), section 4.1, eq. 7:
+    MIG = 1/K * sum_k 1/H(v_k) * ( I(z_{j(k)}; v_k) - max_{j != j(k)} I(z_j; v_k) ),  j(k) = argmax_j I(z_j; v_k)
 
-    MIG = 1/K * sum_k 1/H(v_k) * ( I(z_{j(k)}; v_k) - max_{j != j(k)} I(z_j; v_k) ),
-    j(k) = argmax_j I(z_j; v_k).
+As disentanglement_lib computes it (used by MS-VAE appendix G): each latent mean is discretised into ``bins``
+equal-width bins over its own range, I is scikit-learn's plug-in ``mutual_info_score`` (nats) and H(v_k) the
+plug-in entropy of the factor. The estimator is named in the keys: ``mig.histogram20`` for ``bins=20``.
 
-The MS-VAE paper (appendix G) evaluates MIG with disentanglement_lib (Locatello et al. 2019), whose estimator
-this module reproduces: each latent (the encoder mean) is discretised into ``bins`` equal-width bins spanning its
-own observed range (``np.histogram`` bin edges, ``np.digitize``), the mutual information between a discretised
-latent and a factor's class index is the plug-in estimate of scikit-learn's ``mutual_info_score`` (nats), and
-``H(v_k)`` is the plug-in entropy of the factor's empirical distribution, ``mutual_info_score(v_k, v_k)``.
-
-The estimator is named in the result keys: ``mig.histogram20`` for ``bins=20``.
-
-Known properties of this estimator (useful when reading numbers):
-- A factor with more than ``bins`` classes cannot reach a normalised MI of 1, since the discretised latent has at
-  most ``bins`` values: a perfect code for a uniform 32-class factor scores at most log(20)/log(32) ~ 0.86.
-- The plug-in MI of independent variables is biased upwards by about (bins - 1)(classes - 1) / (2N) nats, so
-  noise latents give small positive values that shrink with the number of samples N.
+Reading the numbers: a factor with more classes than ``bins`` cannot reach 1 (a perfect code for a uniform
+32-class factor scores at most log(20)/log(32) ~ 0.86), and the plug-in MI of independent variables is biased
+upwards by about (bins - 1)(classes - 1) / (2N) nats.
 """
 
 from __future__ import annotations

@@ -1,29 +1,22 @@
-"""Mutual information gap (MIG), sampling estimator of the beta-TCVAE paper.
+"""Mutual information gap (MIG), sampling estimator of the beta-TCVAE paper (Chen et al. 2018, section 4.1
+eq. 6-7, appendix A.1 eq. S1).
 
-Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs", section 4.1 eq. 6-7 and appendix A.1 eq. S1:
-with the encoder q(z|x) Gaussian and the factors v_k quantised (the data set is the empirical p(n|v)),
+I(z_j; v_k) = H(z_j) - H(z_j | v_k), each entropy an expectation of log q(z_j) (or log q(z_j | v_k)) under one
+sample z_n ~ q(z|x_n) per image, stratified over the data set (appendix A.1); every log-density is a log-sum over
+the full mixture of N (or |X_v|) components, evaluated by ``aggregate_posterior.grid_log_density`` (or
+``method="exact"``, the logsumexp, for small N). MIG = 1/K sum_k (I_top1 - I_top2) / H(v_k).
 
-    I(z_j; v_k) = H(z_j) - H(z_j | v_k),
-    H(z_j)       = -E_{q(z_j)}[log q(z_j)],           q(z_j)       = 1/N sum_n q(z_j | n),
-    H(z_j | v_k) = -E_{q(z_j, v_k)}[log q(z_j | v_k)], q(z_j | v_k=v) = 1/|X_v| sum_{n in X_v} q(z_j | n),
-
-    MIG = 1/K sum_k ( I(z_{j(k)}; v_k) - max_{j != j(k)} I(z_j; v_k) ) / H(v_k),   j(k) = argmax_j I(z_j; v_k).
-
-The expectations are estimated with one sample z_n ~ q(z|x_n) per image, stratified over the data set (every image
-once, so every factor value with its own images — the paper's stratified sampling over p(v_k) and p(n),
-appendix A.1), and every log-density is a log-sum over the *full* mixture of N (or |X_v|) components. The
-mixtures are one-dimensional, so ``multistage.metrics.aggregate_posterior.grid_log_density`` evaluates them in
-O(N + G log G) instead of the O(N^2) logsumexp, with a stated error (see that module); ``method="exact"`` is the
-logsumexp itself, for small N.
-
-Normalisation (appendix A.2): I(z_j; v_k) <= H(v_k). ``normalization="log_size"`` divides by log(size_k), H(v_k)
-of a uniform factor (the full grid); ``"empirical"`` divides by the plug-in entropy of the factor's classes in the
-sample (for a subset or a non-uniform factor). ``exclude_factors`` adds a second mean without them (the papers
-differ on dSprites' shape: beta-TCVAE includes it, later work often leaves it out); both are recorded.
+Normalisation (appendix A.2): ``normalization="log_size"`` divides by log(size_k), H(v_k) of a uniform factor;
+``"empirical"`` by the plug-in entropy of the sample's classes. ``exclude_factors`` adds a second mean without
+them (dSprites' shape: beta-TCVAE includes it, later work often leaves it out).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt, Le
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,7 +26,7 @@ from sklearn.metrics import mutual_info_score
 from multistage.metrics.aggregate_posterior import GridSettings, grouped_log_density, split_groups
 from multistage.metrics.checks import check_codes, check_factors, varying_factors
 
-__all__ = ["sampling_mutual_information", "sampling_mutual_information_gap"]
+__all__ = ["sampling_mutual_information", "sampling_mutual_information_gap", "MigSamplingConfig", "mig_sampling_metric"]
 
 NORMALIZATIONS = ("log_size", "empirical")
 
@@ -147,3 +140,27 @@ def sampling_mutual_information_gap(
         keep = np.array([name not in exclude_factors for name in factor_names])
         result["mig.sampling.no_" + "_".join(exclude_factors)] = mean_over(keep)
     return result
+
+
+@dataclass(frozen=True)
+class MigSamplingConfig:
+    """``normalization``: log_size = H(v_k) of a uniform factor, empirical = the plug-in entropy; the grid
+    estimator's accuracy (``points_per_sigma``, ``level_ratio``, see ``aggregate_posterior``); ``workers``: latents
+    scored in parallel threads, 0 = torch's thread count."""
+
+    normalization: Literal["log_size", "empirical"] = "log_size"
+    points_per_sigma: Annotated[float, Ge(2)] = 8.0
+    level_ratio: Annotated[float, Gt(1), Le(2)] = 1.01
+    workers: Annotated[int, Ge(0)] = 0
+
+
+def mig_sampling_metric(inputs, config: MigSamplingConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: the sampling MIG of the factor set's posteriors, keys ``x.mig.sampling...``."""
+    import torch
+
+    scores = sampling_mutual_information_gap(
+        inputs.mu, inputs.logvar, inputs.factor_classes, inputs.factor_names, inputs.factor_sizes,
+        inputs.exclude_factors, config.normalization, rng=seed,
+        settings=GridSettings(config.points_per_sigma, config.level_ratio),
+        workers=config.workers or torch.get_num_threads())
+    return {f"x.{key}": value for key, value in scores.items()}

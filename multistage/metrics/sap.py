@@ -1,32 +1,28 @@
-"""Separated Attribute Predictability (SAP) score.
+"""Separated Attribute Predictability (SAP) score (Kumar, Sattigeri and Balakrishnan 2018, the DIP-VAE paper,
+section 3).
 
-Kumar, Sattigeri and Balakrishnan 2018, "Variational Inference of Disentangled Latent Concepts from Unlabeled
-Observations" (the DIP-VAE paper), section 3:
-
-1. A d x k score matrix S: entry (i, j) is how well latent i alone predicts factor j.
-   * continuous factor: the R^2 of the least-squares line, (Cov(z_i, y_j) / (sigma_zi sigma_yj))^2;
-   * discrete (categorical) factor: thresholds fitted directly on z_i that minimise the balanced classification
-     error, S_ij = the balanced accuracy. Here the thresholds are those of a one-feature decision tree
-     (scikit-learn ``DecisionTreeClassifier``, ``class_weight="balanced"``, at most as many intervals as classes),
-     i.e. greedy (CART) thresholds; the paper fits and scores on the same (test) examples, and so do we.
-   * an inactive latent (variance of the encoder mean over the data close to 0) scores 0.
-2. For each factor the difference between the two largest entries of its column; SAP is their mean.
-
-Which factors are discrete is the caller's choice (``categorical_factors``); every other factor is treated as
-continuous (its class index is an ordinal value, as dSprites' scale, orientation and positions are).
+A d x k matrix S scores how well latent i alone predicts factor j: the R^2 of a least-squares line for a
+continuous factor; for a categorical one the balanced accuracy of thresholds on z_i (here those of a one-feature
+balanced decision tree, fitted and scored on the same examples, as in the paper); 0 for an inactive latent. SAP is
+the mean over factors of the gap between the two largest entries of the column. ``categorical_factors`` names the
+discrete factors; the others are treated as ordinal.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.tree import DecisionTreeClassifier
 
-from multistage.metrics.checks import check_codes, check_factors, varying_factors
+from multistage.metrics.checks import check_codes, check_factors, seeded_subset, varying_factors
 
-__all__ = ["sap_score_matrix", "sap_score"]
+__all__ = ["sap_score_matrix", "sap_score", "SapConfig", "sap_metric"]
 
 
 def _threshold_balanced_accuracy(latent: np.ndarray, classes: np.ndarray) -> float:
@@ -83,3 +79,21 @@ def sap_score(
     result = {"sap": float(finite.mean()) if finite.size else float("nan")}
     result |= {f"sap.{name}": float(gap) for name, gap in zip(factor_names, gaps)}
     return result
+
+
+@dataclass(frozen=True)
+class SapConfig:
+    """``images``: rows of the factor set scored (a seeded subset); latents of variance below
+    ``inactive_variance`` are left out."""
+
+    images: Annotated[int, Ge(10)] = 10000
+    inactive_variance: Annotated[float, Ge(0)] = 0.01
+
+
+def sap_metric(inputs, config: SapConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: SAP of the representation, balanced threshold accuracy for the categorical factors."""
+    chosen = seeded_subset(len(inputs.representation), config.images, seed)
+    categorical = tuple(name for name in inputs.categorical_factors if name in inputs.factor_names)
+    scores = sap_score(inputs.representation[chosen], inputs.factor_classes[chosen], inputs.factor_names,
+                       categorical, config.inactive_variance)
+    return {f"x.{key}": value for key, value in scores.items()}

@@ -15,6 +15,10 @@ prints percentages).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge, Gt
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,7 +27,7 @@ from sklearn.svm import LinearSVC
 from multistage.metrics.checks import check_codes, check_factors, varying_factors
 from multistage.metrics.factor_sampling import FactorIndex
 
-__all__ = ["zdiff_points", "zdiff_score"]
+__all__ = ["zdiff_points", "zdiff_score", "ZdiffConfig", "zdiff_metric"]
 
 
 def zdiff_points(codes: np.ndarray, index: FactorIndex, factors: np.ndarray, count: int, pairs: int,
@@ -70,3 +74,20 @@ def zdiff_score(
         "zdiff.train": float(np.mean(classifier.predict(train_x) == train_y)),
         "zdiff.factors": float(factors.size),
     }
+
+
+@dataclass(frozen=True)
+class ZdiffConfig:
+    """``pairs``: L, pairs averaged per point (the beta-VAE metric's batch size); DIP-VAE sec. 4 settings."""
+
+    pairs: Annotated[int, Ge(1)] = 64
+    train_points: Annotated[int, Ge(2)] = 5000
+    test_points: Annotated[int, Ge(1)] = 2500
+    svm_c: Annotated[float, Gt(0)] = 0.01
+
+
+def zdiff_metric(inputs, config: ZdiffConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: Z-diff of the representation over the factor set, keys ``x.zdiff...``."""
+    scores = zdiff_score(inputs.representation, inputs.factor_classes, inputs.factor_names, config.pairs,
+                         config.train_points, config.test_points, config.svm_c, seed)
+    return {f"x.{key}": value for key, value in scores.items()}

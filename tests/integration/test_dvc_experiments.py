@@ -110,10 +110,10 @@ def test_metrics_diff_between_sweep_commits(dvc_experiments):
     diff = json.loads(sh(["dvc", "metrics", "diff", commits["stage_two_beta"], commits["experiments"], "--json"],
                          root).stdout)
     assert diff["metrics/stage_one.json"]["stage_one.loss"]["diff"] != 0
-    changed = diff["metrics/evaluate.json"]
+    changed = diff["metrics/headline.json"]
     assert "reconstruction.y.l1" in changed and "reconstruction.x_hat.l1" in changed
     text = sh(["dvc", "metrics", "diff", commits["stage_two_beta"], commits["experiments"]], root).stdout
-    assert "metrics/evaluate.json" in text and "reconstruction.y.l1" in text
+    assert "metrics/headline.json" in text and "reconstruction.y.l1" in text
 
 
 def test_push_to_a_remote_and_pull_into_a_fresh_clone(dvc_experiments, tmp_path):

@@ -74,6 +74,20 @@ def test_dvc_repro_end_to_end(dvc_baseline):
     assert ran_stages(dvc_baseline.second.stdout) == []
 
 
+def test_dvc_metrics_show_prints_the_headline_only(dvc_baseline):
+    """`dvc metrics show` lists the headline file (a few numbers), not the full score set, which stays a tracked
+    output beside it."""
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], dvc_baseline.root).stdout)
+    workspace = shown.get("workspace") or shown[""]  # DVC names the workspace "" or "workspace"
+    files = {name: entry["data"] for name, entry in workspace["data"].items()}
+    assert set(files) == {"metrics/stage_one.json", "metrics/stage_two_msvae.json", "metrics/headline.json"}
+    headline = files["metrics/headline.json"]
+    scores = json.loads((dvc_baseline.root / "metrics" / "evaluate.json").read_text())  # the full set, as an out
+    assert 15 <= len(headline) <= 25 and headline["conditioning.M2"] == scores["conditioning.M2"]
+    assert all(isinstance(value, (int, float)) for value in headline.values())
+    assert sum(len(data) for data in files.values()) < 70  # what the table prints, every file together
+
+
 def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_baseline):
     """Commit 1: the baseline; commit 2: stage_two.msvae.beta 1 -> 4, which reran exactly stage two and what
     follows."""
@@ -81,7 +95,7 @@ def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_bas
     assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["stage_two@msvae", "evaluate", "report"]
     diff = json.loads(sh(["dvc", "metrics", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
                          root).stdout)
-    changed = diff["metrics/evaluate.json"]
+    changed = diff["metrics/headline.json"]
     assert changed["reconstruction.x_hat.l1"]["diff"] != 0  # stage two changed, so X-hat did
     assert "x.mig.histogram20" not in changed and "reconstruction.y.l1" not in changed  # stage one did not
     params = json.loads(sh(["dvc", "params", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],

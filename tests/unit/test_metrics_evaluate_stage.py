@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from stages.common import InputError, ParamsError, validate_section
-from stages.evaluate import (
-    ALL_METRICS,
-    EvaluateParams,
-    factor_set_scores,
-    representation_from_codes,
-    timer,
-)
+from multistage.evaluation.factor_set import factor_set_scores
+from multistage.evaluation.registry import METRICS
+from multistage.evaluation.representation import EvaluationInputError, representation_from_codes, timer
+from stages.common import ParamsError, validate_section
+from stages.evaluate import ALL_METRICS, EvaluateParams, evaluation_config
+from stages.train_stage_one import encode_all
 from tests.conftest import TINY_PARAMS
 
 SIZES = (3, 6, 10)
@@ -69,9 +67,11 @@ def small_params(**overrides) -> EvaluateParams:
 
 def run_factor_set(dataset, model, params: EvaluateParams, ground_truth: bool) -> dict:
     scores: dict = {}
-    result = factor_set_scores(params, Sized(**vars(dataset)), model, torch.device("cpu"), tuple(dataset.factor_names),
-                               ground_truth, set(params.metrics), ("shape",) if ground_truth else (),
-                               timer(scores), show_progress=False)
+    def encode(model, rows, batch_size):
+        return encode_all(model, rows, torch.device("cpu"), batch_size)
+
+    result = factor_set_scores(evaluation_config(params), Sized(**vars(dataset)), model, encode, ground_truth,
+                               timer(scores))
     return result | scores
 
 
@@ -122,7 +122,7 @@ def test_discrete_code_accuracy_and_representation_layout(tmp_path, monkeypatch)
 
 def test_nan_codes_are_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InputError, match="NaN or infinite mu for 40 of 1200 images of the factor set.*retrain"):
+    with pytest.raises(EvaluationInputError, match="NaN or infinite mu for 40 of 1200 images of the factor set.*retrain"):
         run_factor_set(factor_dataset(), PixelEncoder(nan_row=5), small_params(), ground_truth=True)
 
 
@@ -136,3 +136,41 @@ def test_evaluate_params_are_validated():
         small_params(zdiff={"batch": 3})
     with pytest.raises(ParamsError, match=r"evaluate\.mig_sampling\.level_ratio"):
         small_params(mig_sampling={"level_ratio": 1.0})
+
+
+def test_params_are_derived_from_the_config_dataclasses():
+    """Every registered metric's sub-section has its config dataclass's keys and defaults; values set in params
+    reach the metric's config."""
+    import dataclasses
+
+    defaults = EvaluateParams()
+    for name, metric in METRICS.items():
+        fields = {field.name: field.default for field in dataclasses.fields(metric.config)}
+        if fields:
+            section = getattr(defaults, name).model_dump()
+            assert section == {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    config = evaluation_config(small_params(sap={"images": 50}, downstream={"hidden_units": [4, 4]}))
+    assert config.config_of("sap") == METRICS["sap"].config(images=50)
+    assert config.config_of("downstream").hidden_units == (4, 4) and config.exclude_factors == ("shape",)
+    with pytest.raises(ParamsError, match=r"bad value for 'evaluate\.sap\.images'"):
+        small_params(sap={"images": 3})
+
+
+def test_the_registry_holds_one_signature_and_refuses_bad_entries():
+    import inspect
+
+    from multistage.evaluation.registry import Metric, MetricInputs, register
+
+    for metric in METRICS.values():
+        assert list(inspect.signature(metric.function).parameters) == ["inputs", "config", "seed"], metric.name
+        metric.config()  # every setting has a default
+    with pytest.raises(ValueError, match="registered twice"):
+        register(METRICS["sap"])
+    with pytest.raises(TypeError, match="must be a dataclass"):
+        Metric("bad", METRICS["sap"].function, dict, "factor_set")
+    with pytest.raises(ValueError, match="unknown needs"):
+        Metric("bad", METRICS["sap"].function, METRICS["sap"].config, "factor_set", frozenset({"gpu"}))
+    features = np.random.default_rng(0).normal(size=(40, 3))
+    scores = METRICS["kid"](MetricInputs(features=features, other_features=features + 1.0, label="y"), seed=0)
+    assert set(scores) == {"kid.factor_classifier.y", "kid.factor_classifier.y.std"}
+    assert scores["kid.factor_classifier.y"] > 0.1

@@ -131,12 +131,11 @@ def tc_decomposition(
 
 
 @dataclass
-class BetaTCVAEConfig(StageOneConfig):
-    """beta-TCVAE options. alpha, beta, gamma weigh the three terms of eq. 5 (the paper's beta-TCVAE uses
-    alpha = gamma = 1); ``estimator`` is how q(z) is estimated; ``warmup_steps``: the whole regulariser's weight
-    rises linearly from 0 to 1 over these steps (0 = none); dataset_size is N, the number of training images
-    (required before ``objective``). Neutral point: alpha = beta = gamma = 1, no warm-up — the ELBO with the
-    Monte Carlo KL log q(z|x) - log p(z) on the same sample (the decomposition sums to it exactly)."""
+class TcPenaltyOptions:
+    """The options of the beta-TCVAE penalty (eq. 5), shared by stage one's beta-TCVAE and the stage-two variants
+    that learn a code of their own: alpha, beta, gamma weigh its three terms (the paper's beta-TCVAE uses
+    alpha = gamma = 1); ``estimator`` is how q(z) is estimated; ``warmup_steps``: the penalty's weight rises
+    linearly from 0 to 1 over these steps (0 = none); dataset_size is N, the number of training images."""
 
     alpha: float = 1.0
     beta: float = 6.0
@@ -145,11 +144,21 @@ class BetaTCVAEConfig(StageOneConfig):
     warmup_steps: int = 0
     dataset_size: int = 0
 
-    def validate(self) -> None:
-        super().validate()
+    def check_penalty_options(self) -> None:
         check_at_least(self, 0, "alpha", "beta", "gamma", "warmup_steps", "dataset_size")
         if self.estimator not in ESTIMATORS:
             raise ConfigError("estimator", f"unknown estimator {self.estimator!r}; allowed: {', '.join(ESTIMATORS)}")
+
+
+@dataclass
+class BetaTCVAEConfig(TcPenaltyOptions, StageOneConfig):
+    """beta-TCVAE options: the stage-one options and the penalty's (:class:`TcPenaltyOptions`; dataset_size is
+    required before ``objective``). Neutral point: alpha = beta = gamma = 1, no warm-up — the ELBO with the Monte
+    Carlo KL log q(z|x) - log p(z) on the same sample (the decomposition sums to it exactly)."""
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_penalty_options()
 
 
 class BetaTCVAE(GaussianVAE):

@@ -15,36 +15,27 @@ whose sum at alpha = beta = gamma = 1 is the Monte Carlo KL(q(c|x) || p(c)) — 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
 from multistage.models.stage_one.base import linear_schedule
-from multistage.models.stage_one.betatcvae import ESTIMATORS, tc_decomposition
-from multistage.models.stage_two.base import ConfigError, StageTwoConfig, StageTwoModel, check_non_negative
+from multistage.models.stage_one.betatcvae import TcPenaltyOptions, tc_decomposition
+from multistage.models.stage_two.base import ConfigError, StageTwoConfig, StageTwoModel
 
 
 @dataclass
-class CodePenaltyConfig(StageTwoConfig):
-    """code_dim: |C| (0: set from the stage-one model by the stage); alpha, beta, gamma: the beta-TCVAE weights on
-    C; estimator: of q(c) (stratified | weighted); warmup_steps: the penalty's weight rises 0 -> 1 over these
-    steps; dataset_size: N, the number of training images (set by the stage)."""
+class CodePenaltyConfig(TcPenaltyOptions, StageTwoConfig):
+    """code_dim: |C| (0: set from the stage-one model by the stage); the penalty's options are stage one's
+    beta-TCVAE's (:class:`TcPenaltyOptions`: alpha, beta, gamma, estimator, warmup_steps, dataset_size)."""
 
     code_dim: int = 10
-    alpha: float = 1.0
-    beta: float = 6.0
-    gamma: float = 1.0
-    estimator: Literal[ESTIMATORS] = "stratified"
-    warmup_steps: int = 0
-    dataset_size: int = 0
 
     def validate(self) -> None:
         super().validate()
         if int(self.code_dim) < 1:
             raise ConfigError("code_dim", f"must be >= 1, got {self.code_dim}")
-        check_non_negative(self, "alpha", "beta", "gamma", "warmup_steps", "dataset_size")
-        if self.estimator not in ESTIMATORS:
-            raise ConfigError("estimator", f"unknown estimator {self.estimator!r}; allowed: {', '.join(ESTIMATORS)}")
+        self.check_penalty_options()
 
 
 class CodeModel(StageTwoModel):
