@@ -15,7 +15,7 @@ from tests.conftest import sh
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["prepare", "stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]
+STAGES = ["check_params", "prepare", "stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]
 
 
 def ran_stages(output: str) -> list[str]:
@@ -78,7 +78,7 @@ def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_bas
     """Commit 1: the baseline; commit 2: stage_two.msvae.beta 1 -> 4, which reran exactly stage two and what
     follows."""
     root, commits = dvc_baseline.root, dvc_baseline.commits
-    assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["stage_two@msvae", "evaluate", "report"]
+    assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["check_params", "stage_two@msvae", "evaluate", "report"]
     diff = json.loads(sh(["dvc", "metrics", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
                          root).stdout)
     changed = diff["metrics/evaluate.json"]
