@@ -23,6 +23,7 @@ the data order an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
@@ -141,10 +142,36 @@ def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.nda
     return out
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, a quota, a file-size limit); the message names it. The temporary
+    file is gone and the previous version of the file, if any, is untouched."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DISK_FULL_WORDS = ("No space left", "File too large", "quota exceeded", "Disk quota")
+# what torch's zip writer says when a write comes up short (it raises RuntimeError, not OSError)
+TORCH_SHORT_WRITE = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for want of room (ENOSPC, EDQUOT, EFBIG, or their text)."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return True
+    return isinstance(error, OSError) and any(word in str(error) for word in DISK_FULL_WORDS)
+
+
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file."""
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file. A write
+    that fails for want of room is a :class:`WriteError` naming ``path``."""
+    try:
+        with atomic_path(path) as temporary:
+            torch.save(obj, temporary)
+    except (OSError, RuntimeError) as error:
+        if is_disk_full(error) or any(text in str(error) for text in TORCH_SHORT_WRITE):
+            reason = first_line(error) if isinstance(error, OSError) else "the write came up short"
+            raise WriteError(f"cannot write {path}: {reason} (a full disk, a quota or a file-size limit?); "
+                             "the previous file, if any, is untouched") from None
+        raise
 
 
 def load_tensors_file(path: Path, what: str = "file") -> object:
@@ -213,10 +240,12 @@ def _restore(state: dict, path: Path, model, optimizer, extra_modules: Mapping) 
 def _after_nan(checkpoint_path: Path) -> str:
     """What a NaN stop leaves and what a rerun does (training is deterministic, and a checkpoint is resumed only
     by the same params, data and code)."""
-    kept = (f"The last good checkpoint ({checkpoint_path}) is kept: a rerun with the same params resumes from it "
-            "and meets the same NaN. " if Path(checkpoint_path).exists() else "No checkpoint was written yet. ")
-    return kept + ("Change a param (a lower learning rate, a different seed) or the data, then rerun: training "
-                   "starts again from step 0 and the old checkpoint is set aside as a .stale file.")
+    change = "Change a param (a lower learning rate, a different seed) or the data, then rerun"
+    if not Path(checkpoint_path).exists():
+        return f"No checkpoint was written yet. {change}."
+    return (f"The last good checkpoint ({checkpoint_path}) is kept: a rerun with the same params resumes from it "
+            f"and meets the same NaN. {change}: training starts again from step 0 and the old checkpoint is set "
+            "aside as a .stale file.")
 
 
 def _finite_gradients(parameters) -> bool:

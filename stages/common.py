@@ -166,13 +166,18 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run a stage's ``main``; bad params, a bad input file (data, checkpoint, model file) or a non-finite loss
     becomes one message on stderr (no traceback) and exit 2."""
     from multistage.models.files import ModelFileError
-    from multistage.train import CheckpointError, NonFiniteLossError
+    from multistage.train import CheckpointError, NonFiniteLossError, WriteError, is_disk_full
 
     try:
         main()
     except (ParamsError, InputError, CheckpointError, ModelFileError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:  # a full disk: not bad input (exit 1), but one line all the same
+        if not (isinstance(error, WriteError) or is_disk_full(error)):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 class InputError(ValueError):
@@ -181,8 +186,16 @@ class InputError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- atomic writes
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
+    from multistage.train import WriteError, is_disk_full
+
+    try:
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(data)
+    except OSError as error:
+        if is_disk_full(error) and not isinstance(error, WriteError):
+            raise WriteError(f"cannot write {path}: {error.strerror or error}; the previous file, if any, is "
+                             "untouched") from None
+        raise
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
@@ -237,6 +250,11 @@ class StagingDirectory:
 
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            from multistage.train import WriteError, is_disk_full
+
+            if isinstance(exc, OSError) and is_disk_full(exc) and not isinstance(exc, WriteError):
+                raise WriteError(f"cannot write {self.target}: {exc.strerror or exc}; the previous {self.target} "
+                                 "is untouched") from None
             return
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old")
