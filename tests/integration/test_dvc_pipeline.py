@@ -74,6 +74,19 @@ def test_dvc_repro_end_to_end(dvc_baseline):
     assert ran_stages(dvc_baseline.second.stdout) == []
 
 
+def test_every_metrics_and_plots_file_of_the_pipeline_is_strict_json(dvc_baseline):
+    """RFC 8259 JSON: no NaN or Infinity (a value that could not be computed is null)."""
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    files = [*sorted((dvc_baseline.root / "metrics").glob("*.json")),
+             *sorted((dvc_baseline.root / "plots").glob("*.json"))]
+    assert {"stage_one.json", "evaluate.json", "stage_one_curves.json"} <= {path.name for path in files}
+    for path in files:
+        json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_baseline):
     """Commit 1: the baseline; commit 2: stage_two.msvae.beta 1 -> 4, which reran exactly stage two and what
     follows."""

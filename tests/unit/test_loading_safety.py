@@ -107,18 +107,28 @@ def _checkpoint_bytes(tmp_path: Path) -> bytes:
     return (tmp_path / "whole.pt").read_bytes()
 
 
+def damage_bytes(path: Path, how: str, whole: bytes | None = None, seed: int = 0) -> None:
+    """Write ``path`` as a damaged copy of ``whole`` (default: its own bytes): its first half ("truncated"), as many
+    random bytes ("random") or nothing ("empty")."""
+    whole = path.read_bytes() if whole is None else whole
+    if how == "truncated":
+        path.write_bytes(whole[: len(whole) // 2])
+    elif how == "random":
+        path.write_bytes(np.random.default_rng(seed).bytes(len(whole)))
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        raise ValueError(how)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "random", "empty", "not_a_checkpoint"])
 def test_damaged_checkpoint_is_one_line_naming_it(tmp_path, damage):
     whole = _checkpoint_bytes(tmp_path)
     path = tmp_path / "stage.pt"
-    if damage == "truncated":
-        path.write_bytes(whole[: len(whole) // 2])
-    elif damage == "random":
-        path.write_bytes(np.random.default_rng(0).bytes(len(whole)))
-    elif damage == "empty":
-        path.write_bytes(b"")
-    else:
+    if damage == "not_a_checkpoint":
         torch.save({"weights": torch.zeros(3)}, path)
+    else:
+        damage_bytes(path, damage, whole)
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path, "f")
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
