@@ -285,26 +285,31 @@ def file_digest(path: str | Path, chunk: int = 1 << 24, algorithm: str = "md5") 
     return digest.hexdigest()
 
 
-DVC_FILE = "dvc.yaml"
+CODE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the running multistage/ and stages/
 CODE_FOLDERS = ("multistage/", "stages/")
 
 
-def stage_code_files(stage: str, dvc_file: str | Path = DVC_FILE) -> list[Path]:
+def stage_code_files(stage: str, dvc_file: str | Path | None = None) -> list[Path]:
     """The code files ``stage`` runs: every file under its ``deps`` in dvc.yaml that lies in ``multistage/`` or
-    ``stages/`` (``stage_two@msvae`` reads the deps of ``stage_two``); a missing dvc.yaml or stage is an
-    :class:`InputError`."""
-    dvc_file = Path(dvc_file)
-    if not dvc_file.exists():
-        raise InputError(f"{dvc_file} not found: a training stage runs from the repository root, beside dvc.yaml")
-    try:
-        entry = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {}).get(stage.split("@")[0])
-    except yaml.YAMLError as error:
-        raise InputError(f"{dvc_file}: not valid YAML: {error}") from None
-    if not isinstance(entry, dict):
-        raise InputError(f"{dvc_file}: no stage {stage.split('@')[0]!r}")
-    deps = (entry.get("do") or entry).get("deps", [])
-    files: set[Path] = set()
+    ``stages/`` (``stage_two@msvae`` reads the deps of ``stage_two``). ``dvc_file`` defaults to the dvc.yaml beside
+    the running code (also when a Prefect sweep runs the stage in another folder); without one (a packaged install)
+    every file of both packages counts. A dvc.yaml without the stage is an :class:`InputError`."""
+    dvc_file = Path(dvc_file) if dvc_file is not None else CODE_ROOT / "dvc.yaml"
     root = dvc_file.parent
+    if not dvc_file.exists():
+        if dvc_file.parent == CODE_ROOT:
+            deps = list(CODE_FOLDERS)
+        else:
+            raise InputError(f"{dvc_file} not found")
+    else:
+        try:
+            entry = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {}).get(stage.split("@")[0])
+        except yaml.YAMLError as error:
+            raise InputError(f"{dvc_file}: not valid YAML: {error}") from None
+        if not isinstance(entry, dict):
+            raise InputError(f"{dvc_file}: no stage {stage.split('@')[0]!r}")
+        deps = (entry.get("do") or entry).get("deps", [])
+    files: set[Path] = set()
     for dep in deps:
         if not isinstance(dep, str) or not dep.startswith(CODE_FOLDERS):
             continue
@@ -316,11 +321,11 @@ def stage_code_files(stage: str, dvc_file: str | Path = DVC_FILE) -> list[Path]:
     return sorted(files)
 
 
-def code_digest(stage: str, dvc_file: str | Path = DVC_FILE) -> str:
-    """A digest of the code ``stage`` runs (:func:`stage_code_files`: names and contents), so a checkpoint made by
-    other code is not resumed."""
+def code_digest(stage: str, dvc_file: str | Path | None = None) -> str:
+    """A digest of the code ``stage`` runs (:func:`stage_code_files`: names and contents), so that a checkpoint
+    made by other code is not resumed."""
     digest = hashlib.sha256()
-    root = Path(dvc_file).parent
+    root = Path(dvc_file).parent if dvc_file is not None else CODE_ROOT
     for path in stage_code_files(stage, dvc_file):
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")

@@ -368,3 +368,16 @@ def test_code_digest_changes_with_the_code_the_stage_runs(tmp_path):
     assert code_digest("stage_one", tmp_path / "dvc.yaml") != before
     with pytest.raises(InputError, match="dvc.yaml not found"):
         code_digest("stage_one", tmp_path / "elsewhere" / "dvc.yaml")
+    with pytest.raises(InputError, match="no stage 'stage_9'"):
+        code_digest("stage_9", tmp_path / "dvc.yaml")
+
+
+def test_the_default_code_is_the_running_code_wherever_the_stage_runs(tmp_path, monkeypatch):
+    import stages.common
+
+    here = code_digest("stage_one")
+    monkeypatch.chdir(tmp_path)  # a Prefect sweep point runs its stages in a folder of its own
+    assert code_digest("stage_one") == here == code_digest("stage_one", Path(stages.common.__file__).parents[1]
+                                                            / "dvc.yaml")
+    chain_files = {str(p.relative_to(PROJECT)) for p in stage_code_files("chain", PROJECT / "dvc.yaml")}
+    assert "multistage/chains/runner.py" in chain_files and "stages/chain.py" in chain_files
