@@ -100,16 +100,17 @@ def _mlflow():
 
 
 def prepare_store(mlflow, uri: str) -> None:
-    """Open the store at ``uri`` once, so that MLflow creates (or checks) its schema; for a SQLite file under a file
-    lock beside it, since two processes creating the tables at once fail (``table alembic_version already exists``).
-    A failure on the first try is retried (a store being migrated by another host's process)."""
-    lock = contextlib.nullcontext()
-    if uri.startswith("sqlite:///"):
-        from filelock import FileLock
+    """Open a SQLite store once under a file lock beside it (``<name>.db.lock``), so that MLflow creates (or checks)
+    its schema in one process at a time: two processes creating the tables at once fail (``table alembic_version
+    already exists``). A failure is retried a few times (the file on a shared disk being migrated from another
+    machine, which the lock does not see). Other stores are left to their server."""
+    if not uri.startswith("sqlite:///"):
+        return  # a tracking server (or another database) manages its own schema
+    from filelock import FileLock
 
-        database = Path(uri.removeprefix("sqlite:///"))
-        database.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(database) + ".lock", timeout=600)
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(database) + ".lock", timeout=600)
     for attempt in range(STORE_ATTEMPTS):
         try:
             with lock:
