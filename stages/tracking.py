@@ -18,8 +18,8 @@ Several stage processes may open a brand-new SQLite store at once (``dvc queue s
 first use of a store in a process creates or checks its schema under a file lock beside the database
 (``mlruns.db.lock``), so only one process runs MLflow's schema migrations.
 
-A run always ends: an error ends it FAILED, SIGTERM (what a cancellation sends) and Ctrl-C end it KILLED (the
-process then exits with status 143 / 130). A run whose process died without a word (kill -9, a lost machine) is
+A run always ends: an error ends it FAILED, SIGTERM (what a cancellation sends) ends it KILLED and the process
+exits with status 143, Ctrl-C ends it KILLED too. A run whose process died without a word (kill -9, a lost machine) is
 still RUNNING in the store; every run carries its host and process id as tags, and the next run of the same stage
 on that host marks such runs KILLED when their process is gone.
 
