@@ -17,8 +17,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common import PARAMS_FILE, ParamsError, atomic_write_bytes, load_runtime, load_section, \
-    read_params_file, run_cli
+from stages.common import (
+    PARAMS_FILE,
+    ParamsError,
+    atomic_write_bytes,
+    load_runtime,
+    load_section,
+    read_params_file,
+    run_cli,
+)
 
 STAMP = Path("checks/params.ok")
 STAMP_TEXT = b"params.yaml passed python -m stages.check_params\n"
@@ -28,7 +35,15 @@ def check_all(params_file: str | Path = PARAMS_FILE) -> list[str]:
     """Validate every section with its stage's loader; the names of the sections checked. The first bad section
     raises :class:`ParamsError` (its message names the key)."""
     from multistage.train import select_device
-    from stages import chain, evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
+    from stages import (
+        chain,
+        evaluate,
+        make_pairs,
+        prepare,
+        report,
+        train_stage_one,
+        train_stage_two,
+    )
 
     params_file = str(params_file)
     params = read_params_file(params_file)

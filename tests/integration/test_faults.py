@@ -22,7 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import PROJECT, TINY_PARAMS, make_tiny_repo, sh, tool_env, write_params
+from tests.conftest import (
+    PROJECT,
+    TINY_PARAMS,
+    make_tiny_repo,
+    sh,
+    tool_env,
+    write_params,
+)
 from tests.unit.test_loading_safety import damage_bytes
 
 pytestmark = pytest.mark.e2e
@@ -498,8 +505,8 @@ def test_concurrent_first_runs_on_a_brand_new_store_all_succeed(tmp_path):
     assert statuses == ["FINISHED"] * 3
 
 
-def test_dvc_queue_with_two_workers_on_a_fresh_clone(tmp_path):
-    """`dvc queue start -j 2` on a clone with no MLflow store yet: both experiments open it at once."""
+def test_dvc_queue_with_two_workers_on_a_fresh_repository(tmp_path):
+    """`dvc queue start -j 2` in a new repository with no MLflow store yet: both experiments create it at once."""
     from tests.conftest import wait_for_queued_experiment
 
     root = make_tiny_repo(tmp_path / "repo")

@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import typing
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -20,10 +19,26 @@ from pydantic import BaseModel
 
 from multistage.models.files import ModelFileError, load_model, save_model
 from multistage.models.registry import STAGE_ONE, STAGE_TWO, build
-from multistage.train import (CheckpointError, LoopConfig, NonFiniteLossError, load_checkpoint, load_tensors_file,
-                              select_device, train)
-from stages.common import (InputError, ParamsError, StageParams, atomic_write_json, code_digest, load_array,
-                           run_cli, stage_code_files, validate_section)
+from multistage.train import (
+    CheckpointError,
+    LoopConfig,
+    NonFiniteLossError,
+    load_checkpoint,
+    load_tensors_file,
+    select_device,
+    train,
+)
+from stages.common import (
+    InputError,
+    ParamsError,
+    StageParams,
+    atomic_write_json,
+    code_digest,
+    load_array,
+    run_cli,
+    stage_code_files,
+    validate_section,
+)
 from tests.conftest import PROJECT, TINY_PARAMS
 from tests.unit.test_train import _problem
 
@@ -74,6 +89,12 @@ def test_checkpoint_carrying_a_pickled_callable_is_refused(tmp_path):
     _evil(tmp_path / "c.pt", torch.load(tmp_path / "c.pt", weights_only=True))
     with pytest.raises(CheckpointError, match=r"c\.pt holds pickled objects .*refused"):
         load_checkpoint(tmp_path / "c.pt", "f")
+
+
+def test_chain_node_file_carrying_a_pickled_callable_is_refused(tmp_path):
+    _evil(tmp_path / "node.pt", {"format": "multistage.chain_node/1", "state_dict": {}})
+    with pytest.raises(ValueError, match=r"chain node file .*node\.pt holds pickled objects .*refused"):
+        load_tensors_file(tmp_path / "node.pt", "chain node file")
 
 
 def _tiny_options(kind: str, name: str) -> dict:
@@ -251,7 +272,15 @@ def test_json_outputs_are_strict_with_null_for_non_finite(tmp_path):
 def _sections() -> dict[str, tuple[type[BaseModel], dict]]:
     import yaml
 
-    from stages import chain, evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
+    from stages import (
+        chain,
+        evaluate,
+        make_pairs,
+        prepare,
+        report,
+        train_stage_one,
+        train_stage_two,
+    )
     from stages.common import RuntimeParams
 
     pendulum = yaml.safe_load((PROJECT / "params.yaml").read_text())["chains"]["pendulum"]
@@ -271,7 +300,11 @@ def _sections() -> dict[str, tuple[type[BaseModel], dict]]:
 
 def _numeric_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every key (nested sub-sections included) whose type is a number or a list of numbers, not a boolean."""
-    from stages.common import _element_takes_number_not_bool, _takes_number_not_bool, _union_members
+    from stages.common import (
+        _element_takes_number_not_bool,
+        _takes_number_not_bool,
+        _union_members,
+    )
 
     keys = []
     for name, field in model.model_fields.items():
@@ -327,7 +360,7 @@ def test_booleans_still_pass_where_a_boolean_is_meant_and_numbers_where_numbers_
     assert validate_section(PairsParams, {"samples_per_x": 2.0}, "pairs").samples_per_x == 2
 
     class Mixed(StageParams):
-        either: typing.Union[bool, int] = 0
+        either: bool | int = 0
 
     assert validate_section(Mixed, {"either": True}, "mixed").either is True
 
