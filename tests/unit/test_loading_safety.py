@@ -414,3 +414,21 @@ def test_the_default_code_is_the_running_code_wherever_the_stage_runs(tmp_path, 
                                                             / "dvc.yaml")
     chain_files = {str(p.relative_to(PROJECT)) for p in stage_code_files("chain", PROJECT / "dvc.yaml")}
     assert "multistage/chains/runner.py" in chain_files and "stages/chain.py" in chain_files
+
+
+# ------------------------------------------------------------------------------------------ check_params stage
+def test_check_params_validates_every_section_with_the_stages_checks(tmp_path):
+    import yaml
+
+    from stages.check_params import check_all
+
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    assert check_all(PROJECT / "params.yaml") == ["runtime", "prepare", "stage_one", "pairs", "stage_two",
+                                                  "evaluate", "registry", *(f"chains.{n}" for n in params["chains"])]
+    for section, key, value in [("stage_two", "steps", True), ("runtime", "device", "tpu"),
+                                ("evaluate", "mig_bins", -3)]:
+        bad = json.loads(json.dumps(params))
+        bad[section][key] = value
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+        with pytest.raises(ParamsError, match=rf"{section}\.{key}"):
+            check_all(tmp_path / "params.yaml")
