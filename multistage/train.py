@@ -13,6 +13,7 @@ same data order; `linear_warmup` is the schedule of a regulariser rising from 0 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
@@ -33,6 +34,16 @@ Callback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss or gradient is NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is damaged, not a training checkpoint, or does not fit the model; the message names it."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (torch's unpickling errors run to a page)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass
@@ -65,9 +76,20 @@ def select_device(requested: str = "auto") -> torch.device:
     """The one place a device is chosen: ``cuda`` when available (or asked for), else ``cpu``."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} was asked for but CUDA is not available on this machine")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {requested!r}; allowed: auto, cpu, cuda, cuda:<index>, mps")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} was asked for but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {requested!r} was asked for but MPS is not available on this machine")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -110,28 +132,110 @@ def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.nda
     return out
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, a quota, a file-size limit); the message names it. The temporary
+    file is gone and the previous version of the file, if any, is untouched."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DISK_FULL_WORDS = ("No space left", "File too large", "quota exceeded", "Disk quota")
+# what torch's zip writer says when a write comes up short (it raises RuntimeError, not OSError)
+TORCH_SHORT_WRITE = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for want of room (ENOSPC, EDQUOT, EFBIG, or their text)."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return True
+    return isinstance(error, OSError) and any(word in str(error) for word in DISK_FULL_WORDS)
+
+
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file."""
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file. A write
+    that fails for want of room is a :class:`WriteError` naming ``path``."""
+    try:
+        with atomic_path(path) as temporary:
+            torch.save(obj, temporary)
+    except (OSError, RuntimeError) as error:
+        if is_disk_full(error) or any(text in str(error) for text in TORCH_SHORT_WRITE):
+            reason = first_line(error) if isinstance(error, OSError) else "the write came up short"
+            raise WriteError(f"cannot write {path}: {reason} (a full disk, a quota or a file-size limit?); "
+                             "the previous file, if any, is untouched") from None
+        raise
+
+
+def load_tensors_file(path: Path, what: str = "file") -> object:
+    """``torch.load(path, weights_only=True)``: only tensors and plain containers are rebuilt, never code. A file
+    that holds pickled objects (a callable, a class) or is damaged raises ValueError, one line naming ``path``."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        if "GLOBAL" in text or "Unsupported global" in text:
+            found = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line), "")
+            raise ValueError(f"{what} {path} holds pickled objects other than tensors and plain values, which could "
+                             f"run code when loaded ({found.rstrip('.')}); refused") from None
+        raise ValueError(f"{what} {path} cannot be read (not a torch file, or damaged)") from None
+    except EOFError:
+        raise ValueError(f"{what} {path} cannot be read (the file is empty)") from None
+    except Exception as error:  # a truncated zip, a foreign format
+        raise ValueError(f"{what} {path} cannot be read ({first_line(error)})") from None
+
+
+def stale_path(path: Path) -> Path:
+    """A free name to set ``path`` aside under: ``<name>.stale``, else ``<name>.stale.1``, ``.stale.2``, ..."""
+    candidate = path.with_name(path.name + ".stale")
+    number = 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}.stale.{number}")
+    return candidate
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
     """The checkpoint at ``path`` if it was made for ``fingerprint``; ``None`` if absent or made for other
-    params (that file is renamed ``*.stale`` so it is neither reused nor silently destroyed)."""
+    params, data or code (that file is renamed by :func:`stale_path` so it is neither reused nor silently
+    destroyed). Read with ``weights_only=True``: a file that would run code when loaded is refused."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: say which, do not guess
-        raise RuntimeError(f"checkpoint {path} cannot be read ({error}); delete it to start afresh") from error
+        state = load_tensors_file(path, "checkpoint")
+    except ValueError as error:  # a truncated, empty, foreign or unsafe file: say which, do not guess
+        raise CheckpointError(f"{error}; delete it to start afresh") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise RuntimeError(f"checkpoint {path} is not a multistage training checkpoint; delete it to start afresh")
+        raise CheckpointError(f"checkpoint {path} is not a multistage training checkpoint; delete it to start "
+                              "afresh")
     if state.get("fingerprint") != fingerprint:
-        os.replace(path, path.with_suffix(path.suffix + ".stale"))
+        os.replace(path, stale_path(path))
         return None
     return state
+
+
+def _restore(state: dict, path: Path, model, optimizer, extra_modules: Mapping) -> None:
+    """Load a matching checkpoint's states; one whose tensors do not fit the model is a :class:`CheckpointError`."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for name, module in extra_modules.items():
+            module.load_state_dict(state["extra"][name])
+        torch.set_rng_state(state["torch_rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {path} was made for these params, data and code but its tensors do not "
+                              f"fit the model ({first_line(error)}); delete it to start afresh") from None
+
+
+def _after_nan(checkpoint_path: Path) -> str:
+    """What a NaN stop leaves and what a rerun does (training is deterministic, and a checkpoint is resumed only
+    by the same params, data and code)."""
+    change = "Change a param (a lower learning rate, a different seed) or the data, then rerun"
+    if not Path(checkpoint_path).exists():
+        return f"No checkpoint was written yet. {change}."
+    return (f"The last good checkpoint ({checkpoint_path}) is kept: a rerun with the same params resumes from it "
+            f"and meets the same NaN. {change}: training starts again from step 0 and the old checkpoint is set "
+            "aside as a .stale file.")
 
 
 def _finite_gradients(parameters) -> bool:
@@ -165,11 +269,7 @@ def train(
     start_step = 0
     history: list[dict[str, float]] = []
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for name, module in extra_modules.items():
-            module.load_state_dict(state["extra"][name])
-        torch.set_rng_state(state["torch_rng"])
+        _restore(state, checkpoint_path, model, optimizer, extra_modules)
         start_step = int(state["step"])
         history = list(state.get("history", []))
 
@@ -208,16 +308,13 @@ def train(
                 raise NonFiniteLossError(
                     f"{description}: non-finite loss ({loss.item()}) at step {step}; terms: "
                     + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if "." not in k)
-                    + f". The last good checkpoint ({checkpoint_path}) is kept; lower the learning rate "
-                    "or check the data, then rerun to resume from it."
+                    + f". {_after_nan(checkpoint_path)}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if not _finite_gradients(model.parameters()):
-                raise NonFiniteLossError(
-                    f"{description}: non-finite gradient at step {step}; the last good checkpoint "
-                    f"({checkpoint_path}) is kept."
-                )
+                raise NonFiniteLossError(f"{description}: non-finite gradient at step {step}. "
+                                         f"{_after_nan(checkpoint_path)}")
             if config.gradient_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
             optimizer.step()

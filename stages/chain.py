@@ -30,6 +30,7 @@ from stages.common import (
     StagingDirectory,
     atomic_write_bytes,
     atomic_write_json,
+    code_digest,
     fingerprint,
     load_runtime,
     read_params_file,
@@ -193,7 +194,9 @@ def run(name: str, params: ChainParams, device, tracker=None, show_progress: boo
 
     try:
         chain = train_chain(spec, table, Path(CHECKPOINT_PATTERN.format(name=name)), device,
-                            data_fingerprint=fingerprint(params.data.model_dump()), callback=callback,
+                            # the simulated data and the code the chain stage runs (a code change retrains)
+                            data_fingerprint=fingerprint(params.data.model_dump(), code_digest("chain")),
+                            callback=callback,
                             show_progress=show_progress)
     except ChainError as error:  # an option that only the data's shapes reveal as wrong
         raise _bad(PARAMS_FILE, f"chains.{name}.{error.key}", error.message) from None

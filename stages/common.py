@@ -10,16 +10,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from multistage.io import atomic_path, current_umask
 
@@ -31,10 +33,48 @@ class ParamsError(ValueError):
     """A params section is missing, has an unknown key or a bad value; the message says which and where."""
 
 
+def _union_members(annotation: Any) -> tuple:
+    """The types a field admits: the members of a Union / Optional, each stripped of ``Annotated[...]``."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _union_members(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(member for arg in typing.get_args(annotation) for member in _union_members(arg))
+    return (annotation,)
+
+
+def _takes_number_not_bool(annotation: Any) -> bool:
+    """Whether a field of this type takes a number (int or float) and not a boolean."""
+    members = _union_members(annotation)
+    return bool not in members and any(member in (int, float) for member in members)
+
+
+def _element_takes_number_not_bool(annotation: Any) -> bool:
+    """Whether a list/tuple field of this type holds numbers and not booleans (``list[int]``, ``tuple[float, ...]``)."""
+    for member in _union_members(annotation):
+        if typing.get_origin(member) in (list, tuple, set, frozenset):
+            if any(_takes_number_not_bool(arg) for arg in typing.get_args(member) if arg is not Ellipsis):
+                return True
+    return False
+
+
 class StageParams(BaseModel):
-    """Base of every stage's params: unknown keys are errors, values are checked as typed."""
+    """Base of every stage's params: unknown keys are errors, values are checked as typed, and a boolean is not a
+    number (pydantic would read ``steps: true`` as 1 and ``learning_rate: true`` as 1.0)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name)
+        if field is None:
+            return value
+        if isinstance(value, bool) and _takes_number_not_bool(field.annotation):
+            raise ValueError(f"a number is needed, not the boolean {str(value).lower()}")
+        if isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value) \
+                and _element_takes_number_not_bool(field.annotation):
+            raise ValueError("a list of numbers is needed, not booleans")
+        return value
 
 
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -123,12 +163,21 @@ def load_section(model: type[Model], section: str, params_file: str | Path = PAR
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a stage's ``main``; a :class:`ParamsError` or bad input file becomes one message and exit 2."""
+    """Run a stage's ``main``; bad params, a bad input file (data, checkpoint, model file) or a non-finite loss
+    becomes one message on stderr (no traceback) and exit 2."""
+    from multistage.models.files import ModelFileError
+    from multistage.train import CheckpointError, NonFiniteLossError, WriteError, is_disk_full
+
     try:
         main()
-    except (ParamsError, InputError) as error:
+    except (ParamsError, InputError, CheckpointError, ModelFileError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:  # a full disk: not bad input (exit 1), but one line all the same
+        if not (isinstance(error, WriteError) or is_disk_full(error)):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 class InputError(ValueError):
@@ -137,12 +186,37 @@ class InputError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- atomic writes
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
+    from multistage.train import WriteError, is_disk_full
+
+    try:
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(data)
+    except OSError as error:
+        if is_disk_full(error) and not isinstance(error, WriteError):
+            raise WriteError(f"cannot write {path}: {error.strerror or error}; the previous file, if any, is "
+                             "untouched") from None
+        raise
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+    """Strict JSON (RFC 8259): a NaN or infinite number is written as ``null`` (Python's ``NaN`` is no JSON)."""
+    text = json.dumps(finite_or_null(payload), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN / infinite float (also inside dicts, lists, numpy scalars) replaced by None."""
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(inner) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(inner) for inner in value]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return finite_or_null(value.tolist())
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -176,6 +250,11 @@ class StagingDirectory:
 
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            from multistage.train import WriteError, is_disk_full
+
+            if isinstance(exc, OSError) and is_disk_full(exc) and not isinstance(exc, WriteError):
+                raise WriteError(f"cannot write {self.target}: {exc.strerror or exc}; the previous {self.target} "
+                                 "is untouched") from None
             return
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old")
@@ -196,12 +275,72 @@ def fingerprint(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+def file_digest(path: str | Path, chunk: int = 1 << 24, algorithm: str = "md5") -> str:
+    """The hex digest of a file's bytes, read in chunks. Fingerprints of large arrays use ``algorithm="sha256"``
+    (hardware-accelerated: twice md5's speed, see docs/reliability.md for the measured cost)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+CODE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the running multistage/ and stages/
+CODE_FOLDERS = ("multistage/", "stages/")
+
+
+def stage_code_files(stage: str, dvc_file: str | Path | None = None) -> list[Path]:
+    """The code files ``stage`` runs: every file under its ``deps`` in dvc.yaml that lies in ``multistage/`` or
+    ``stages/`` (``stage_two@msvae`` reads the deps of ``stage_two``). ``dvc_file`` defaults to the dvc.yaml beside
+    the running code (also when a Prefect sweep runs the stage in another folder); without one (a packaged install)
+    every file of both packages counts. A dvc.yaml without the stage is an :class:`InputError`."""
+    dvc_file = Path(dvc_file) if dvc_file is not None else CODE_ROOT / "dvc.yaml"
+    root = dvc_file.parent
+    if not dvc_file.exists():
+        if dvc_file.parent == CODE_ROOT:
+            deps = list(CODE_FOLDERS)
+        else:
+            raise InputError(f"{dvc_file} not found")
+    else:
+        try:
+            entry = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {}).get(stage.split("@")[0])
+        except yaml.YAMLError as error:
+            raise InputError(f"{dvc_file}: not valid YAML: {error}") from None
+        if not isinstance(entry, dict):
+            raise InputError(f"{dvc_file}: no stage {stage.split('@')[0]!r}")
+        deps = (entry.get("do") or entry).get("deps", [])
+    files: set[Path] = set()
+    for dep in deps:
+        if not isinstance(dep, str) or not dep.startswith(CODE_FOLDERS):
+            continue
+        path = root / dep
+        if path.is_dir():
+            files.update(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        elif path.is_file():
+            files.add(path)
+    return sorted(files)
+
+
+def code_digest(stage: str, dvc_file: str | Path | None = None) -> str:
+    """A digest of the code ``stage`` runs (:func:`stage_code_files`: names and contents), so that a checkpoint
+    made by other code is not resumed."""
+    digest = hashlib.sha256()
+    root = Path(dvc_file).parent if dvc_file is not None else CODE_ROOT
+    for path in stage_code_files(stage, dvc_file):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def load_array(path: str | Path, what: str, mmap: bool = False) -> np.ndarray:
+    """A ``.npy`` array (memory-mapped with ``mmap``); missing, truncated, pickled or garbage files are one
+    :class:`InputError` naming the file."""
+    path = require_file(path, what)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{what} {path} cannot be read ({reason}); rerun the stage that makes it") from None
 
 
 def require_file(path: str | Path, what: str) -> Path:
@@ -245,6 +384,10 @@ def setup_runtime(runtime: RuntimeParams, seed: int):
 
 
 def load_runtime(params_file: str | Path = PARAMS_FILE) -> RuntimeParams:
+    """The ``runtime`` section. Unlike the stage sections it may be left out: it describes the machine, not the
+    experiment, and each of its keys has a default (device auto, threads 0, precision fp32) — every reader of
+    the section (stages, the Prefect flow, profiles) treats a missing one as empty. A section that is present is
+    validated like any other."""
     raw = read_params_file(params_file).get("runtime", {})
     return validate_section(RuntimeParams, raw, "runtime", str(params_file))
 

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -61,12 +65,45 @@ def git_commit(root: Path | None = None) -> str:
         return "unknown"
 
 
+_READY_STORES: set[str] = set()
+STORE_ATTEMPTS = 5
+
+
 def _mlflow():
     import mlflow
 
     os.environ.pop("MLFLOW_RUN_ID", None)  # would resume a run instead of nesting under our parent
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri not in _READY_STORES:
+        prepare_store(mlflow, uri)
+        _READY_STORES.add(uri)
     return mlflow
+
+
+def prepare_store(mlflow, uri: str) -> None:
+    """Open a SQLite store once under a file lock beside it (``<name>.db.lock``), so that MLflow creates (or checks)
+    its schema in one process at a time: two processes creating the tables at once fail (``table alembic_version
+    already exists``). A failure is retried a few times (the file on a shared disk being migrated from another
+    machine, which the lock does not see). Other stores are left to their server."""
+    if not uri.startswith("sqlite:///"):
+        return  # a tracking server (or another database) manages its own schema
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(database) + ".lock", timeout=600)
+    for attempt in range(STORE_ATTEMPTS):
+        try:
+            with lock:
+                client = mlflow.MlflowClient(uri)
+                client.search_experiments(max_results=1)  # the tracking tables
+                client.search_registered_models(max_results=1)  # the registry tables (same file)
+            return
+        except Exception:
+            if attempt == STORE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def experiment_id(mlflow) -> str:
@@ -132,7 +169,66 @@ def common_tags(stage: str) -> dict[str, str]:
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["DVC_EXP_NAME"] = os.environ["DVC_EXP_NAME"]
+    tags[HOST_TAG], tags[PID_TAG] = socket.gethostname(), str(os.getpid())
     return tags | _DEVICE
+
+
+HOST_TAG = "multistage.host"
+PID_TAG = "multistage.pid"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def end_orphaned_runs(mlflow, experiment: str, stage: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``stage`` started on this host by a process that is gone (kill -9); the ids.
+    Runs of other hosts, and runs whose process is alive (a parallel experiment), are left alone."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    ended = []
+    for run in client.search_runs([experiment], filter_string=(
+            f"attributes.status = 'RUNNING' and tags.`multistage.stage` = '{stage}' "
+            f"and tags.`{HOST_TAG}` = '{host}'"), max_results=1000):
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            client.set_tag(run.info.run_id, "multistage.ended_by", "the next run of this stage: its process was gone")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived: the process is being cancelled (exit status 143)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` inside the block, so a run can be ended KILLED before the process goes
+    (only in the main thread, where Python delivers signals; a Prefect task thread keeps the handler it has)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def end_status(error: BaseException) -> str:
+    """KILLED for a cancellation (SIGTERM, Ctrl-C), FAILED for anything else."""
+    return "KILLED" if isinstance(error, (Terminated, KeyboardInterrupt)) else "FAILED"
 
 
 class StageRun:
@@ -160,26 +256,30 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
-    """A child run (under ``MULTISTAGE_PARENT_RUN_ID`` when set) for one stage, ended FAILED on an error."""
+    """A child run (under ``MULTISTAGE_PARENT_RUN_ID`` when set) for one stage, ended FAILED on an error and KILLED
+    on SIGTERM or Ctrl-C; runs of this stage left RUNNING by a dead process are marked KILLED first."""
     mlflow = _mlflow()
     parent = os.environ.get(PARENT_RUN_VARIABLE) or None
-    run = mlflow.start_run(
-        experiment_id=experiment_id(mlflow),
-        run_name=stage,
-        parent_run_id=parent,
-        nested=parent is not None,
-        tags=common_tags(stage),
-    )
-    handle = StageRun(mlflow, run)
-    try:
-        if params:
-            handle.log_params(params)
-        yield handle
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+    experiment = experiment_id(mlflow)
+    end_orphaned_runs(mlflow, experiment, stage)
+    with sigterm_as_exit():
+        run = mlflow.start_run(
+            experiment_id=experiment,
+            run_name=stage,
+            parent_run_id=parent,
+            nested=parent is not None,
+            tags=common_tags(stage),
+        )
+        handle = StageRun(mlflow, run)
+        try:
+            if params:
+                handle.log_params(params)
+            yield handle
+        except BaseException as error:
+            mlflow.end_run(status=end_status(error))
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
 
 
 def log_run_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
@@ -223,13 +323,16 @@ def pipeline_run(name: str = "pipeline", tags: Mapping[str, str] | None = None,
     tags = {**common_tags(stage), **dict(tags or {})}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
-    run = client.create_run(experiment_id(mlflow), run_name=name, tags=tags)
+    experiment = experiment_id(mlflow)
+    end_orphaned_runs(mlflow, experiment, stage)
+    run = client.create_run(experiment, run_name=name, tags=tags)
     previous = os.environ.get(PARENT_RUN_VARIABLE)
     os.environ[PARENT_RUN_VARIABLE] = run.info.run_id
     try:
-        yield run.info.run_id
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
+        with sigterm_as_exit():
+            yield run.info.run_id
+    except BaseException as error:
+        client.set_terminated(run.info.run_id, status=end_status(error))
         raise
     else:
         client.set_terminated(run.info.run_id, status="FINISHED")

@@ -12,7 +12,9 @@ mean and log-variance of every image, JointVAE's discrete probabilities, with it
 the decoder variance of a learned Gaussian likelihood, throughput, KL per unit over the whole data).
 The training checkpoint lives in
 ``checkpoints/`` (not a DVC output, so it survives DVC clearing outputs before a rerun); a rerun after a kill
-resumes from it.
+resumes from it when it was made for the same params, the same data (every byte of ``images.npy``) and the same
+code (the files under this stage's code deps in dvc.yaml); otherwise it is set aside as ``.stale`` and training
+starts at step 0.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from stages.common import (
     StageParams,
     StagingDirectory,
     atomic_write_json,
+    code_digest,
     file_digest,
     fingerprint,
     load_runtime,
@@ -159,8 +162,10 @@ def load_params(params_file: str | Path = PARAMS_FILE):
 
 
 def data_fingerprint(data: Path) -> str:
+    """The prepared data's contents: metadata, factor table and every byte of images.npy."""
     return fingerprint(file_digest(require_file(data / "meta.json", "dataset metadata")),
-                       file_digest(require_file(data / "factors.parquet", "factor table")))
+                       file_digest(require_file(data / "factors.parquet", "factor table")),
+                       file_digest(require_file(data / "images.npy", "dataset images"), algorithm="sha256"))
 
 
 def load_data(data: Path):
@@ -263,7 +268,7 @@ def run(
     )
     result = train(
         model, optimizer, step_fn, len(train_indices), loop, CHECKPOINT,
-        fingerprint(params.used(), data_fingerprint(data)), callback=step_logger(tracker),
+        fingerprint(params.used(), data_fingerprint(data), code_digest("stage_one")), callback=step_logger(tracker),
         description=f"stage one ({params.model})", show_progress=show_progress,
         extra_modules=model.auxiliary_state(),
     )

@@ -34,8 +34,10 @@ from stages.common import (
     StageParams,
     StagingDirectory,
     atomic_write_json,
+    code_digest,
     file_digest,
     fingerprint,
+    load_array,
     load_runtime,
     load_section,
     require_file,
@@ -165,13 +167,20 @@ def build_variant(params, variant: str, image_shape: tuple[int, ...], stage_one=
     return model_class(config)
 
 
-def load_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x_index (M,), y (M, C, H, W) float16 memmap, c (M, code_dim) of the paired set."""
-    x_index = np.load(require_file(PAIRS / "x_index.npy", "paired set index"))
-    y = np.load(require_file(PAIRS / "y.npy", "paired set y"), mmap_mode="r")
-    c = np.load(require_file(PAIRS / "c.npy", "paired set c"), mmap_mode="r")
+def load_pairs(n_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x_index (M,), y (M, C, H, W) float16 memmap, c (M, code_dim) of the paired set; a damaged file, or an index
+    outside the ``n_images`` of the dataset, is an :class:`InputError` naming it."""
+    x_index = load_array(PAIRS / "x_index.npy", "paired set index")
+    y = load_array(PAIRS / "y.npy", "paired set y", mmap=True)
+    c = load_array(PAIRS / "c.npy", "paired set c", mmap=True)
     if not len(x_index) == len(y) == len(c):
         raise InputError(f"{PAIRS}: x_index has {len(x_index)} rows, y {len(y)}, c {len(c)}; rerun the pairs stage")
+    if x_index.ndim != 1 or not np.issubdtype(x_index.dtype, np.integer):
+        raise InputError(f"{PAIRS / 'x_index.npy'}: expected a 1-d integer index, got {x_index.dtype} "
+                         f"{x_index.shape}; rerun the pairs stage")
+    if len(x_index) and (x_index.min() < 0 or x_index.max() >= n_images):
+        raise InputError(f"{PAIRS / 'x_index.npy'}: indices outside the dataset's {n_images} images "
+                         f"({x_index.min()}..{x_index.max()}); rerun the pairs stage")
     return x_index, y, c
 
 
@@ -201,11 +210,11 @@ def run(params, variant: str, device: torch.device, tracker=None, show_progress:
             x = to_float(images[np.sort(train_indices[batch])]).to(device)
             return model.objective(x, None, step)
     else:
-        x_index, y_all, c_all = load_pairs()
+        x_index, y_all, c_all = load_pairs(len(images))
         conditions = y_all if conditioning == "y" else c_all
         n_items = len(x_index)
-        inputs = [file_digest(require_file(PAIRS / "meta.json", "paired set metadata")),
-                  file_digest(PAIRS / "x_index.npy")]
+        inputs = [file_digest(require_file(PAIRS / "meta.json", "paired set metadata"))]
+        inputs += [file_digest(PAIRS / f"{name}.npy", algorithm="sha256") for name in ("x_index", "y", "c")]
 
         def step_fn(batch: np.ndarray, step: int):
             batch = np.sort(batch)
@@ -218,7 +227,7 @@ def run(params, variant: str, device: torch.device, tracker=None, show_progress:
         steps=training["steps"], batch_size=training["batch_size"], seed=training["seed"],
         checkpoint_every=training["checkpoint_every"], log_every=training["log_every"], progress_keys=terms,
     )
-    run_fingerprint = fingerprint(params.used(variant), data_fingerprint(DATA), *inputs)
+    run_fingerprint = fingerprint(params.used(variant), data_fingerprint(DATA), code_digest("stage_two"), *inputs)
     result = train(model, optimizer, step_fn, n_items, loop, checkpoint_file(variant), run_fingerprint,
                    callback=step_logger(tracker), description=f"stage two ({variant})", show_progress=show_progress,
                    extra_modules=model.auxiliary_state())

@@ -25,7 +25,7 @@ import torch
 from multistage.chains.dag import ChainSpec, NodeSpec, validate_chain
 from multistage.chains.nodes import ChainNode, build_node, kind_class
 from multistage.io import atomic_path
-from multistage.train import LoopConfig, TrainResult, atomic_torch_save, train
+from multistage.train import LoopConfig, TrainResult, atomic_torch_save, load_tensors_file, train
 
 NODE_FORMAT = "multistage.chain_node/1"
 TRAINING_KEYS = ("steps", "batch_size", "learning_rate", "seed", "checkpoint_every", "log_every", "gradient_clip")
@@ -269,7 +269,7 @@ def load_chain(folder: str | Path, device: torch.device | str = "cpu") -> Traine
         path = folder / f"{name}.pt"
         if not path.exists():
             raise ValueError(f"{path} not found: the chain folder {folder} is incomplete")
-        stored = torch.load(path, map_location="cpu", weights_only=False)
+        stored = load_tensors_file(path, "chain node file")  # weights only: a node file cannot run code
         if not isinstance(stored, dict) or stored.get("format") != NODE_FORMAT:
             raise ValueError(f"{path} is not a chain node file (expected format {NODE_FORMAT})")
         node = build_node(spec.node(name), {k: tuple(v) for k, v in stored["shapes"].items()}, stored["n_train"])

@@ -1,8 +1,10 @@
 """Saving and loading trained models as self-describing files.
 
 A model file holds the registry name, the config dataclass as a dict, the weights and a format tag, so a later
-stage (or a user in a notebook) rebuilds the model without knowing its params. A wrong or damaged file gives one
-error naming the file and what is wrong with it.
+stage (or a user in a notebook) rebuilds the model without knowing its params. It holds only tensors and plain
+values and is read with ``torch.load(..., weights_only=True)``: a file that arrives through ``dvc pull`` or the
+MLflow registry cannot run code when loaded. A wrong, damaged or unsafe file gives one error naming the file and
+what is wrong with it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from multistage.train import atomic_torch_save
+from multistage.train import atomic_torch_save, first_line, load_tensors_file
 
 FORMAT = "multistage.model/1"
 
@@ -43,9 +45,9 @@ def load_model(path: str | Path, kind: str, device: torch.device | str = "cpu") 
     if not path.exists():
         raise ModelFileError(f"model file {path} not found (run the stage that trains it first)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ModelFileError(f"model file {path} cannot be read: {error}") from error
+        payload = load_tensors_file(path, "model file")
+    except ValueError as error:
+        raise ModelFileError(str(error)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a multistage model file (expected format {FORMAT})")
     if payload["kind"] != kind:
@@ -53,6 +55,7 @@ def load_model(path: str | Path, kind: str, device: torch.device | str = "cpu") 
     try:
         model = registry.build(kind, payload["name"], **payload["config"])
         model.load_state_dict(payload["state_dict"])
-    except (ValueError, RuntimeError, TypeError) as error:
-        raise ModelFileError(f"{path}: the stored weights do not fit model {payload['name']!r}: {error}") from error
+    except (ValueError, RuntimeError, TypeError, KeyError) as error:
+        raise ModelFileError(f"{path}: the stored weights do not fit model {payload.get('name')!r}: "
+                             f"{first_line(error)}") from None
     return model.to(device).eval(), payload.get("extra", {})

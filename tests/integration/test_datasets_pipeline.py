@@ -34,7 +34,7 @@ CASES = {
     "mnist5k": ({"dataset": "mnist5k"}, "report", (1, 32, 32), 1),
     "fashion_mnist": ({"dataset": "fashion_mnist"}, "report", (1, 32, 32), 1),
 }
-CHAIN = ["prepare", "stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]
+CHAIN = ["check_params", "prepare", "stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]
 
 
 def ran_stages(output: str) -> list[str]:

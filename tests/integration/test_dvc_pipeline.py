@@ -15,7 +15,7 @@ from tests.conftest import sh
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["prepare", "stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]
+STAGES = ["check_params", "prepare", "stage_one", "pairs", "stage_two@msvae", "evaluate", "report"]
 
 
 def ran_stages(output: str) -> list[str]:
@@ -55,7 +55,7 @@ def test_dvc_repro_end_to_end(dvc_baseline):
     assert parent_scores["conditioning.M1"] == pytest.approx(scores["conditioning.M1"])
     children = database.execute(
         "select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?", (parent,)).fetchall()
-    assert sorted(runs[c] for (c,) in children) == sorted(STAGES)
+    assert sorted(runs[c] for (c,) in children) == sorted(s for s in STAGES if s != "check_params")  # a check, no run
     stage_one = next(c for (c,) in children if runs[c] == "stage_one")
     steps = database.execute(
         "select step from metrics where run_uuid = ? and key = 'train.loss' order by step", (stage_one,)).fetchall()
@@ -88,11 +88,24 @@ def test_dvc_metrics_show_prints_the_headline_only(dvc_baseline):
     assert sum(len(data) for data in files.values()) < 70  # what the table prints, every file together
 
 
+def test_every_metrics_and_plots_file_of_the_pipeline_is_strict_json(dvc_baseline):
+    """RFC 8259 JSON: no NaN or Infinity (a value that could not be computed is null)."""
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    files = [*sorted((dvc_baseline.root / "metrics").glob("*.json")),
+             *sorted((dvc_baseline.root / "plots").glob("*.json"))]
+    assert {"stage_one.json", "evaluate.json", "stage_one_curves.json"} <= {path.name for path in files}
+    for path in files:
+        json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_baseline):
     """Commit 1: the baseline; commit 2: stage_two.msvae.beta 1 -> 4, which reran exactly stage two and what
     follows."""
     root, commits = dvc_baseline.root, dvc_baseline.commits
-    assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["stage_two@msvae", "evaluate", "report"]
+    assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["check_params", "stage_two@msvae", "evaluate", "report"]
     diff = json.loads(sh(["dvc", "metrics", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
                          root).stdout)
     changed = diff["metrics/headline.json"]

@@ -61,7 +61,7 @@ def zoo_repo(tmp_path_factory):
 def test_dvc_exp_run_chooses_the_model_from_the_command_line(zoo_repo):
     root, stdout = zoo_repo
     assert "Running stage 'prepare'" in stdout and "Running stage 'stage_one'" in stdout
-    model = torch.load(root / "models" / "stage_one" / "model.pt", weights_only=False)
+    model = torch.load(root / "models" / "stage_one" / "model.pt", weights_only=True)
     assert model["name"] == "jointvae" and model["config"]["temperature"] == 0.5
 
 

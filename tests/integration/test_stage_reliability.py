@@ -76,7 +76,7 @@ def test_kill_during_stage_one_then_resume(tiny_repo):
 
     import torch
 
-    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    killed_at = torch.load(checkpoint, weights_only=True)["step"]
     assert 0 < killed_at < 150
     completed = sh(["python", "-m", "stages.train_stage_one"], tiny_repo)
     assert "(resumed)" in completed.stderr

@@ -41,7 +41,7 @@ def test_every_variant_trains_through_the_matrix_and_is_compared(dvc_baseline, t
 
     result = sh(["dvc", "repro"], root, timeout=1200)
     ran = ran_stages(result.stdout)
-    assert sorted(ran) == sorted([f"stage_two@{name}" for name in variants[1:]] + ["evaluate", "report"])
+    assert sorted(ran) == sorted([f"stage_two@{name}" for name in variants[1:]] + ["check_params", "evaluate", "report"])
     assert "stage_two@msvae" not in ran  # the matrix reruns only what changed
 
     scores = json.loads((root / "metrics" / "evaluate.json").read_text())

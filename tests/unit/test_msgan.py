@@ -165,7 +165,7 @@ def test_resume_round_trips_the_discriminator_and_its_optimiser(tmp_path):
 
     straight, _ = run(tmp_path / "a.pt", 4, seed=0)
     run(tmp_path / "b.pt", 2, seed=0)
-    state = torch.load(tmp_path / "b.pt", weights_only=False)
+    state = torch.load(tmp_path / "b.pt", weights_only=True)
     assert state["extra"]["discriminator_optimizer"]["state"]  # Adam moments of D are in the checkpoint
     resumed, result = run(tmp_path / "b.pt", 4, seed=7)  # other initial weights: all must come from the file
     assert result.start_step == 2

@@ -263,7 +263,7 @@ def test_factorvae_keeps_its_discriminator_out_of_the_vae_optimiser_and_in_the_c
     resumed = run(4, tmp_path / "resumed.pt")  # continues from step 2, discriminator optimiser included
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
-    state = torch.load(tmp_path / "resumed.pt", weights_only=False)
+    state = torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert state["extra"]["discriminator_optimizer"]["state"]  # Adam moments were saved
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from multistage.train import LoopConfig, NonFiniteLossError, batch_indices, linear_warmup, load_checkpoint, train
+from multistage.train import (CheckpointError, LoopConfig, NonFiniteLossError, batch_indices, linear_warmup,
+                              load_checkpoint, train)
 
 
 def test_linear_warmup():
@@ -51,7 +52,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     model_b, optimizer_b, step_fn_b = _problem()
     train(model_b, optimizer_b, step_fn_b, 64, LoopConfig(**{**config.__dict__, "steps": 20}), tmp_path / "b.pt",
           "f", show_progress=False)
-    state = torch.load(tmp_path / "b.pt", weights_only=False)
+    state = torch.load(tmp_path / "b.pt", weights_only=True)
     state["step"] = 20  # the step-20 checkpoint of a 30-step run
     torch.save(state, tmp_path / "b.pt")
     model_c, optimizer_c, step_fn_c = _problem(seed=99)  # fresh weights: everything must come from the checkpoint
@@ -75,7 +76,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = LoopConfig(steps=30, batch_size=8, checkpoint_every=5, log_every=5)
     with pytest.raises(NonFiniteLossError, match="step 12.*last good checkpoint"):
         train(model, optimizer, exploding, 64, config, tmp_path / "c.pt", "f", show_progress=False)
-    state = torch.load(tmp_path / "c.pt", weights_only=False)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
     assert state["step"] == 10
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step never reached the weights
@@ -88,5 +89,5 @@ def test_checkpoint_for_other_params_is_set_aside(tmp_path):
     assert load_checkpoint(tmp_path / "d.pt", "new") is None
     assert (tmp_path / "d.pt.stale").exists() and not (tmp_path / "d.pt").exists()
     (tmp_path / "e.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="e.pt cannot be read"):
+    with pytest.raises(CheckpointError, match="e.pt cannot be read"):
         load_checkpoint(tmp_path / "e.pt", "f")
