@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ import yaml
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from stages import evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
+from stages import check_params, evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
 from stages.common import (
+    digest_paths,
     PARAMS_FILE,
     ParamsError,
     RuntimeParams,
@@ -48,7 +50,8 @@ def pipeline_graph(params: dict) -> dict[str, DvcStage]:
     """The stages the flow runs, as dvc.yaml declares them (deps, outs, params) for these params; a dvc.yaml stage
     the flow has no task for is an error, so that the two cannot drift apart."""
     graph = read_stages(PACKAGE_ROOT / DVC_FILE, params)
-    unknown = sorted({stage.group for stage in graph.values()} - set(FLOW_GROUPS) - {"chain"})
+    # check_params: the flow validates the effective params itself before its first task (check_effective_params)
+    unknown = sorted({stage.group for stage in graph.values()} - set(FLOW_GROUPS) - {"chain", "check_params"})
     if unknown:
         raise ParamsError(f"{DVC_FILE}: the Prefect flow has no task for the stage(s) {', '.join(unknown)}; add one "
                           f"to pipeline/flow.py")
@@ -59,24 +62,6 @@ def variant_section(stage: DvcStage, params: dict) -> dict:
     """The part of params' ``stage_two`` that ``stage_two@<variant>`` declares in dvc.yaml (so that a change to
     another variant's sub-section leaves this task cached), listing only this variant."""
     return params_used(stage, params).get("stage_two", {}) | {"variants": [stage.item]}
-
-
-def digest_paths(paths: list[str], root: Path = Path(".")) -> str:
-    """Content digest of files and folders (names and bytes); a missing path counts as 'missing'."""
-    digest = hashlib.md5()
-    for name in paths:
-        path = root / name
-        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
-            if path.is_dir() else [path]
-        for file in files:
-            digest.update(str(file.relative_to(root)).encode())
-            if not file.exists():
-                digest.update(b"missing")
-                continue
-            with open(file, "rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 RECORDS = Path(".multistage/prefect")
@@ -198,6 +183,19 @@ def _inside(workdir: str | None, params: dict):
             os.environ["MLFLOW_TRACKING_URI"] = previous_uri
 
 
+def check_effective_params(params: dict, params_file: str) -> None:
+    """Every section of the effective params (the file with the flow's overrides applied) through the checks of
+    the ``check_params`` stage, before any task runs or any output is touched; a bad value raises ParamsError naming
+    the key."""
+    with tempfile.TemporaryDirectory() as scratch:
+        effective = Path(scratch) / "params.yaml"
+        effective.write_text(yaml.safe_dump(params, sort_keys=False))
+        try:
+            check_params.check_all(effective)
+        except ParamsError as error:
+            raise ParamsError(str(error).replace(str(effective), f"{params_file} (with the flow's overrides)")) from None
+
+
 @flow(name="multistage-pipeline", log_prints=True)
 def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any] | None = None,
                         workdir: str | None = None, sweep: str | None = None,
@@ -211,6 +209,7 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
     inputs, code and outputs are unchanged); stage-two tasks are named ``stage_two@<variant>``.
     """
     params = apply_overrides(read_params_file(params_file), overrides)
+    check_effective_params(params, params_file)
     runtime = params.get("runtime", {})
     graph = pipeline_graph(params)
     states: dict[str, str] = {}

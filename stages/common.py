@@ -286,34 +286,43 @@ def file_digest(path: str | Path, chunk: int = 1 << 24, algorithm: str = "md5") 
 
 
 CODE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the running multistage/ and stages/
-CODE_FOLDERS = ("multistage/", "stages/")
+CODE_ROOTS = ("multistage", "stages", "pipeline")  # a dvc.yaml dep under one of these is code, not data
+
+
+def digest_paths(paths: list[str | Path], root: Path = Path(".")) -> str:
+    """Content digest of files and folders (relative names and bytes, folders walked in order, ``__pycache__``
+    left out); a missing path counts as 'missing'."""
+    digest = hashlib.md5()
+    for name in paths:
+        path = root / name
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+            if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(root)).encode())
+            if not file.exists():
+                digest.update(b"missing")
+                continue
+            with open(file, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def stage_code_files(stage: str, dvc_file: str | Path | None = None) -> list[Path]:
-    """The code files ``stage`` runs: every file under its ``deps`` in dvc.yaml that lies in ``multistage/`` or
-    ``stages/`` (``stage_two@msvae`` reads the deps of ``stage_two``). ``dvc_file`` defaults to the dvc.yaml beside
-    the running code (also when a Prefect sweep runs the stage in another folder); without one (a packaged install)
-    every file of both packages counts. A dvc.yaml without the stage is an :class:`InputError`."""
+    """The code files ``stage`` runs: every file under its code deps in dvc.yaml (`stages.dvc_graph.group_code`;
+    ``stage_two@msvae`` reads the deps of ``stage_two``). ``dvc_file`` defaults to the dvc.yaml beside the running
+    code (also when a Prefect sweep runs the stage in another folder); without one (a packaged install) every file
+    of the code folders counts. A dvc.yaml without the stage is an :class:`InputError`."""
+    from stages.dvc_graph import group_code  # dvc_graph builds on this module
+
     dvc_file = Path(dvc_file) if dvc_file is not None else CODE_ROOT / "dvc.yaml"
-    root = dvc_file.parent
-    if not dvc_file.exists():
-        if dvc_file.parent == CODE_ROOT:
-            deps = list(CODE_FOLDERS)
-        else:
-            raise InputError(f"{dvc_file} not found")
+    if dvc_file.parent == CODE_ROOT and not dvc_file.exists():
+        deps: tuple[str, ...] = CODE_ROOTS
     else:
-        try:
-            entry = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {}).get(stage.split("@")[0])
-        except yaml.YAMLError as error:
-            raise InputError(f"{dvc_file}: not valid YAML: {error}") from None
-        if not isinstance(entry, dict):
-            raise InputError(f"{dvc_file}: no stage {stage.split('@')[0]!r}")
-        deps = (entry.get("do") or entry).get("deps", [])
+        deps = group_code(stage.split("@")[0], dvc_file)
     files: set[Path] = set()
     for dep in deps:
-        if not isinstance(dep, str) or not dep.startswith(CODE_FOLDERS):
-            continue
-        path = root / dep
+        path = dvc_file.parent / dep
         if path.is_dir():
             files.update(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         elif path.is_file():
@@ -322,14 +331,10 @@ def stage_code_files(stage: str, dvc_file: str | Path | None = None) -> list[Pat
 
 
 def code_digest(stage: str, dvc_file: str | Path | None = None) -> str:
-    """A digest of the code ``stage`` runs (:func:`stage_code_files`: names and contents), so that a checkpoint
-    made by other code is not resumed."""
-    digest = hashlib.sha256()
+    """A digest of the code ``stage`` runs (:func:`stage_code_files`), so that a checkpoint made by other code is
+    not resumed."""
     root = Path(dvc_file).parent if dvc_file is not None else CODE_ROOT
-    for path in stage_code_files(stage, dvc_file):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return digest_paths([path.relative_to(root) for path in stage_code_files(stage, dvc_file)], root)[:16]
 
 
 def load_array(path: str | Path, what: str, mmap: bool = False) -> np.ndarray:

@@ -15,10 +15,9 @@ from typing import Any
 
 import yaml
 
-from stages.common import PARAMS_FILE, ParamsError, read_params_file
+from stages.common import CODE_ROOTS, PARAMS_FILE, InputError, ParamsError, read_params_file
 
 DVC_FILE = Path("dvc.yaml")
-CODE_ROOTS = ("multistage", "stages", "pipeline")  # a dep under one of these is code, not data
 REFERENCE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
 
@@ -120,6 +119,22 @@ def read_stages(dvc_file: str | Path = DVC_FILE, params: dict | None = None,
         for stage in _expand(group, body, params, f"{dvc_file}: stage {group!r}"):
             stages[stage.name] = stage
     return stages
+
+
+def group_code(group: str, dvc_file: str | Path = DVC_FILE) -> tuple[str, ...]:
+    """The code deps of the dvc.yaml entry ``group`` as written (a matrix or foreach template's own, the same for
+    every item), without expanding it: what a stage fingerprints as the code it runs. A missing file or group is an
+    :class:`InputError`."""
+    dvc_file = Path(dvc_file)
+    if not dvc_file.exists():
+        raise InputError(f"{dvc_file} not found")
+    try:
+        body = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {}).get(group)
+    except yaml.YAMLError as error:
+        raise InputError(f"{dvc_file}: not valid YAML: {error}") from None
+    if not isinstance(body, dict):
+        raise InputError(f"{dvc_file}: no stage {group!r}")
+    return _stage(group, group, None, body.get("do") or body).code
 
 
 def params_used(stage: DvcStage, params: dict) -> dict:
