@@ -55,12 +55,22 @@ PHOTO_THUMBNAIL = (350, 274)  # disentanglement_lib ScreamDSprites: thumbnail((3
 
 SQUARE_SIDE = 19.2  # px at scale 1
 ELLIPSE_SEMI_AXES = (12.75, 7.25)  # px at scale 1, (horizontal, vertical) at orientation 0
-HEART_WIDTH, HEART_HEIGHT = 20.0, 17.0  # px at scale 1
-# Extent and area centroid of (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0 (computed once by root finding and quadrature;
-# tests/unit/test_data.py checks them against a dense grid).
-HEART_CURVE_HALF_WIDTH = 1.139028164686316
-HEART_CURVE_BOTTOM, HEART_CURVE_TOP = -1.0, 1.2366591700121612
-HEART_CURVE_CENTROID_Y = 0.29348122728179027
+# The heart of the original dSprites, measured on its frames (docs/datasets.md, "Procedural dSprites"): two discs
+# (the lobes) joined by the two tangent lines that run down to a point. px at scale 1, v up, from the position
+# point, which for the heart is not its centre of mass: the lobes' centres sit HEART_LOBE_HEIGHT above it.
+HEART_LOBE_RADIUS = 5.20
+HEART_LOBE_OFFSET = 4.50  # each lobe's centre from the heart's axis
+HEART_LOBE_HEIGHT = 3.96
+HEART_TIP_DEPTH = 12.75  # the point, below the lobes' centres
+# the tangent from the point to a lobe: its slope (|u| per unit of v) and the v where it touches the lobe,
+# v measured from the lobes' centres
+_HEART_TANGENT_ANGLE = math.acos(-HEART_LOBE_RADIUS / math.hypot(HEART_LOBE_OFFSET, HEART_TIP_DEPTH)) - math.atan2(
+    HEART_TIP_DEPTH, HEART_LOBE_OFFSET
+)
+_HEART_TANGENT_SLOPE = math.tan(_HEART_TANGENT_ANGLE)
+_HEART_TANGENT_V = -HEART_TIP_DEPTH + (
+    HEART_TIP_DEPTH * math.cos(_HEART_TANGENT_ANGLE) + HEART_LOBE_OFFSET * math.sin(_HEART_TANGENT_ANGLE)
+) * math.cos(_HEART_TANGENT_ANGLE)
 
 _WINDOW = 32  # every sprite fits in a 32 x 32 window around its centre
 _CENTRE_OFFSET, _CENTRE_SPAN = 16.0, 32.0  # centre = 16 + 32 * pos (px)
@@ -142,11 +152,10 @@ def _sprite_windows(classes: np.ndarray) -> _Windows:
     dy = row0[:, None] + pixel_centres - centre_y[:, None]
 
     # Per shape: size of one unit of shape coordinates along u and v (px), and the v of the sprite centre.
-    unit_u = np.array([SQUARE_SIDE / 2, ELLIPSE_SEMI_AXES[0], HEART_WIDTH / (2 * HEART_CURVE_HALF_WIDTH)])
-    unit_v = np.array(
-        [SQUARE_SIDE / 2, ELLIPSE_SEMI_AXES[1], HEART_HEIGHT / (HEART_CURVE_TOP - HEART_CURVE_BOTTOM)]
-    )
-    centre_v = np.array([0.0, 0.0, HEART_CURVE_CENTROID_Y])
+    # (the heart's unit is the pixel at scale 1, its v measured from the lobes' centres)
+    unit_u = np.array([SQUARE_SIDE / 2, ELLIPSE_SEMI_AXES[0], 1.0])
+    unit_v = np.array([SQUARE_SIDE / 2, ELLIPSE_SEMI_AXES[1], 1.0])
+    centre_v = np.array([0.0, 0.0, -HEART_LOBE_HEIGHT])
     cos, sin = np.cos(theta)[:, None], np.sin(theta)[:, None]
     to_u = 1.0 / (unit_u[shape] * scale)[:, None]
     to_v = 1.0 / (unit_v[shape] * scale)[:, None]
@@ -184,17 +193,14 @@ def _inside_ellipse(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return u <= 1.0
 
 
-def _inside_heart(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(x^2 + y^2 - 1)^3 - x^2 y^3 <= 0 (heart-curve units, y up); overwrites x and y."""
-    np.multiply(x, x, out=x)  # x^2
-    y_squared = y * y
-    ring = x + y_squared
-    ring -= 1.0
-    ring_cubed = ring * ring
-    ring_cubed *= ring
-    np.multiply(y, y_squared, out=y)  # y^3
-    y *= x  # x^2 y^3
-    return ring_cubed <= y
+def _inside_heart(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside a lobe, or inside the V from the point up to where its sides touch the lobes, or between the lobes'
+    centres below them (u, v in px at scale 1 from the lobes' centres, v up); overwrites u."""
+    np.abs(u, out=u)
+    lobes = (u - HEART_LOBE_OFFSET) ** 2 + v * v <= HEART_LOBE_RADIUS**2
+    point = (v >= -HEART_TIP_DEPTH) & (v <= _HEART_TANGENT_V) & (u <= (v + HEART_TIP_DEPTH) * _HEART_TANGENT_SLOPE)
+    between = (v > _HEART_TANGENT_V) & (v <= 0.0) & (u <= HEART_LOBE_OFFSET)
+    return lobes | point | between
 
 
 _WINDOW_OFFSETS = (np.arange(_WINDOW)[:, None] * IMAGE_SIZE + np.arange(_WINDOW)[None, :]).astype(np.int64)

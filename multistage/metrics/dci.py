@@ -85,7 +85,10 @@ def importance_matrix(
         if regressor == "gbt":
             model = GradientBoostingClassifier(n_estimators=gbt_estimators, random_state=seed)
             model.fit(train_x, train_factors[:, k])
-            importance[:, k] = model.feature_importances_
+            # scikit-learn's impurity importances can come out a rounding error below zero (about -1e-19 on
+            # duplicated latents), and one negative entry makes that row's entropy -inf; disentanglement_lib takes
+            # absolute values, and so do we
+            importance[:, k] = np.abs(model.feature_importances_)
             informativeness[k] = float(np.mean(model.predict(test_x) == test_factors[:, k]))
         else:
             target_mean, target_scale = train_factors[:, k].mean(), train_factors[:, k].std()

@@ -3,8 +3,10 @@ section 3).
 
 A d x k matrix S scores how well latent i alone predicts factor j: the R^2 of a least-squares line for a
 continuous factor; for a categorical one the balanced accuracy of thresholds on z_i (here those of a one-feature
-balanced decision tree, fitted and scored on the same examples, as in the paper); 0 for an inactive latent. SAP is
-the mean over factors of the gap between the two largest entries of the column. ``categorical_factors`` names the
+balanced decision tree, fitted and scored on the same examples, as in the paper); 0 for an inactive latent, one
+whose variance is at most ``inactive_fraction`` of the largest latent's (relative, so the score does not depend on
+the code's scale, as disentanglement_lib's does not). SAP is the mean over factors of the gap between the two
+largest entries of the column. ``categorical_factors`` names the
 discrete factors; the others are treated as ordinal.
 """
 
@@ -37,13 +39,16 @@ def sap_score_matrix(
     factor_classes: np.ndarray,
     factor_names: Sequence[str],
     categorical_factors: Sequence[str] = (),
-    inactive_variance: float = 0.01,
+    inactive_fraction: float = 0.01,
 ) -> np.ndarray:
     """The (D, K) score matrix S of DIP-VAE section 3 (see the module docstring); NaN columns for factors with a
     single value."""
     codes = check_codes(codes, "codes")
     factor_classes = check_factors(factor_classes, tuple(factor_names), codes.shape[0])
-    active = codes.var(axis=0) > inactive_variance
+    variance = codes.var(axis=0)
+    # relative to the largest variance, so that a code and the same code scaled score alike; a latent of no
+    # variance at all (below 1e-12) is inactive whatever the others do
+    active = (variance > inactive_fraction * variance.max()) & (variance > 1e-12)
     varying = varying_factors(factor_classes)
     matrix = np.zeros((codes.shape[1], factor_classes.shape[1]))
     for k, name in enumerate(factor_names):
@@ -64,7 +69,7 @@ def sap_score(
     factor_classes: np.ndarray,
     factor_names: Sequence[str],
     categorical_factors: Sequence[str] = (),
-    inactive_variance: float = 0.01,
+    inactive_fraction: float = 0.01,
 ) -> dict[str, float]:
     """SAP (DIP-VAE sec. 3): {"sap": mean top-two gap, "sap.<factor>": the gap per factor (NaN for a factor with
     a single value, left out of the mean)}. Codes (N, D) are encoder means; factor_classes int (N, K)."""
@@ -72,7 +77,7 @@ def sap_score(
     unknown = [name for name in categorical_factors if name not in factor_names]
     if unknown:
         raise ValueError(f"categorical_factors {unknown} are not factors; factors are {list(factor_names)}")
-    matrix = sap_score_matrix(codes, factor_classes, factor_names, categorical_factors, inactive_variance)
+    matrix = sap_score_matrix(codes, factor_classes, factor_names, categorical_factors, inactive_fraction)
     ordered = np.sort(matrix, axis=0)[::-1]
     gaps = ordered[0] - (ordered[1] if ordered.shape[0] > 1 else 0.0)
     finite = gaps[np.isfinite(gaps)]
@@ -83,11 +88,11 @@ def sap_score(
 
 @dataclass(frozen=True)
 class SapConfig:
-    """``images``: rows of the factor set scored (a seeded subset); latents of variance below
-    ``inactive_variance`` are left out."""
+    """``images``: rows of the factor set scored (a seeded subset); latents whose variance is at most
+    ``inactive_fraction`` of the largest latent's are left out."""
 
     images: Annotated[int, Ge(10)] = 10000
-    inactive_variance: Annotated[float, Ge(0)] = 0.01
+    inactive_fraction: Annotated[float, Ge(0)] = 0.01
 
 
 def sap_metric(inputs, config: SapConfig, seed: int) -> dict[str, float]:
@@ -95,5 +100,5 @@ def sap_metric(inputs, config: SapConfig, seed: int) -> dict[str, float]:
     chosen = seeded_subset(len(inputs.representation), config.images, seed)
     categorical = tuple(name for name in inputs.categorical_factors if name in inputs.factor_names)
     scores = sap_score(inputs.representation[chosen], inputs.factor_classes[chosen], inputs.factor_names,
-                       categorical, config.inactive_variance)
+                       categorical, config.inactive_fraction)
     return {f"x.{key}": value for key, value in scores.items()}

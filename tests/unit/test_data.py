@@ -89,16 +89,27 @@ def test_heart_size_and_lobes_up():
         assert np.argmax(mask.sum(axis=1)) < middle and mask[rows[-1]].sum() <= 5
 
 
-def test_heart_curve_constants():
-    x, y = np.meshgrid(np.linspace(-1.3, 1.3, 1301), np.linspace(-1.2, 1.4, 1301))
-    inside = (x**2 + y**2 - 1) ** 3 - x**2 * y**3 <= 0
-    assert x[inside].max() == pytest.approx(dsprites.HEART_CURVE_HALF_WIDTH, abs=3e-3)
-    assert y[inside].min() == pytest.approx(dsprites.HEART_CURVE_BOTTOM, abs=3e-3)
-    assert y[inside].max() == pytest.approx(dsprites.HEART_CURVE_TOP, abs=3e-3)
-    assert y[inside].mean() == pytest.approx(dsprites.HEART_CURVE_CENTROID_Y, abs=3e-3)
+def heart_centroid_height() -> float:
+    """How far above its position point the heart's centre of mass sits, px at scale 1 (a dense-grid quadrature of
+    the module's inside test)."""
+    u, v = np.meshgrid(np.linspace(-12, 12, 1201), np.linspace(-12, 12, 1201))
+    inside = dsprites._inside_heart(u.copy(), v - dsprites.HEART_LOBE_HEIGHT)
+    return float(v[inside].mean())
 
 
-def test_centre_of_mass_is_the_position_and_rendering_is_deterministic():
+def test_heart_sides_are_tangent_to_the_lobes():
+    # the side from the point (0, -depth) with slope k: distance from a lobe's centre equals the lobe's radius
+    k, depth = dsprites._HEART_TANGENT_SLOPE, dsprites.HEART_TIP_DEPTH
+    offset, radius = dsprites.HEART_LOBE_OFFSET, dsprites.HEART_LOBE_RADIUS
+    distance = abs(offset - k * depth) / np.hypot(1.0, k)  # line u - k (v + depth) = 0 against (offset, 0)
+    assert distance == pytest.approx(radius, abs=1e-9)
+    # and it touches the lobe at v = _HEART_TANGENT_V, on the circle
+    v = dsprites._HEART_TANGENT_V
+    assert ((v + depth) * k - offset) ** 2 + v**2 == pytest.approx(radius**2, abs=1e-9)
+    assert 0.5 < heart_centroid_height() < 3.0  # the centre of mass is above the position point, as in the original
+
+
+def test_centre_of_mass_is_the_position_point_and_rendering_is_deterministic():
     rng = np.random.default_rng(0)
     classes = rng.integers(0, FACTOR_SIZES, size=(600, 5))
     masks = render_masks(classes).astype(np.float64)
@@ -107,8 +118,10 @@ def test_centre_of_mass_is_the_position_and_rendering_is_deterministic():
     centre_x = (masks.sum(axis=1) * ROW_CENTRES).sum(axis=1) / mass
     centre_y = (masks.sum(axis=2) * ROW_CENTRES).sum(axis=1) / mass
     values = dsprites.values_from_classes(classes)
-    np.testing.assert_allclose(centre_x, 16 + 32 * values[:, 3], atol=0.5)
-    np.testing.assert_allclose(centre_y, 16 + 32 * values[:, 4], atol=0.5)
+    # squares and ellipses: at the position; hearts: heart_centroid_height() * scale above it, turned with the sprite
+    lift = np.where(classes[:, 0] == 2, heart_centroid_height() * values[:, 1], 0.0)
+    np.testing.assert_allclose(centre_x, 16 + 32 * values[:, 3] - lift * np.sin(values[:, 2]), atol=0.5)
+    np.testing.assert_allclose(centre_y, 16 + 32 * values[:, 4] - lift * np.cos(values[:, 2]), atol=0.5)
     # same factors, same image, whatever else is in the batch
     again = render_masks(classes[::-1])[::-1]
     assert np.array_equal(again, masks.astype(np.uint8))
