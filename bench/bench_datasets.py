@@ -24,14 +24,14 @@ from pathlib import Path
 
 from multistage.data import bundled, dsprites, pendulum, sources
 
-DATASETS = [f"dsprites-{variant}" for variant in dsprites.VARIANTS] + ["pendulum", "digits", "mnist5k",
-                                                                        "fashion_mnist"]
+DATASETS = [f"dsprites-{variant}" for variant in dsprites.VARIANTS] + ["pendulum", "digits", "mnist5k", "fashion_mnist"]
 
 
 def make(name: str, out_dir: Path, n_images: int | None, workers: int):
     if name.startswith("dsprites-"):
-        return dsprites.make_dsprites(out_dir, n_images=n_images, variant=name.removeprefix("dsprites-"),
-                                      num_workers=workers)
+        return dsprites.make_dsprites(
+            out_dir, n_images=n_images, variant=name.removeprefix("dsprites-"), num_workers=workers
+        )
     if name == "pendulum":
         return pendulum.make_pendulum(out_dir, n_images=n_images)
     return sources.write_image_source(getattr(bundled, name)(), out_dir, n_images=n_images)
@@ -64,8 +64,10 @@ def main() -> None:
             del dataset
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
-        print(f"{name}: {n:,} x {' x '.join(map(str, shape))} ({size:.2f} GiB) in {seconds:.1f} s: "
-              f"{n / seconds:,.0f} images/s")
+        print(
+            f"{name}: {n:,} x {' x '.join(map(str, shape))} ({size:.2f} GiB) in {seconds:.1f} s: "
+            f"{n / seconds:,.0f} images/s"
+        )
 
 
 if __name__ == "__main__":

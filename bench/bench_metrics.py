@@ -12,9 +12,9 @@ five active latents, each a noisy monotone function of one factor (shape, scale,
 posterior sigmas log-uniform in [0.02, 0.2] (a decade), and five collapsed latents (means ~ N(0, 0.05^2), sigmas
 uniform in [0.85, 1]). The estimators' cost depends on N, the latents and the sigma range, not on the model.
 
-``suite`` runs the evaluate stage's own code path (``multistage.evaluation.factor_set.factor_set_scores``) with the default
-``evaluate`` params on the full grid: the sampling MIG, SAP, Z-diff, the FactorVAE score and DCI (lasso; ``--gbt``
-adds DCI with gradient-boosted trees), plus the histogram MIG on 5000 held-out codes as the stage computes it.
+``suite`` runs the evaluate stage's own code path (``multistage.evaluation.factor_set.factor_set_scores``) with the
+default ``evaluate`` params on the full grid: the sampling MIG, SAP, Z-diff, the FactorVAE score and DCI (lasso;
+``--gbt`` adds DCI with gradient-boosted trees), plus the histogram MIG on 5000 held-out codes as the stage computes it.
 
 ``memory`` runs the whole evaluate stage (``stages.evaluate.run``) in a child process on the full binary grid
 (generated into ``--work-dir`` with ``multistage.data.dsprites.make_dsprites`` unless ``--data`` names a prepared
@@ -56,11 +56,20 @@ def synthetic_codes(factors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.
     rng = np.random.default_rng(seed)
     count = len(factors)
     scaled = factors / (np.asarray(SIZES) - 1)  # in [0, 1]
-    active = np.stack([2.0 * scaled[:, 0] - 1.0, np.tanh(3 * (scaled[:, 1] - 0.5)),
-                       np.cos(2 * np.pi * scaled[:, 2]), 2.0 * scaled[:, 3] - 1.0, 2.0 * scaled[:, 4] - 1.0], 1)
+    active = np.stack(
+        [
+            2.0 * scaled[:, 0] - 1.0,
+            np.tanh(3 * (scaled[:, 1] - 0.5)),
+            np.cos(2 * np.pi * scaled[:, 2]),
+            2.0 * scaled[:, 3] - 1.0,
+            2.0 * scaled[:, 4] - 1.0,
+        ],
+        1,
+    )
     mu = np.concatenate([active + rng.normal(0, 0.05, active.shape), rng.normal(0, 0.05, (count, 5))], 1)
-    sigma = np.concatenate([np.exp(rng.uniform(np.log(0.02), np.log(0.2), (count, 5))),
-                            rng.uniform(0.85, 1.0, (count, 5))], 1)
+    sigma = np.concatenate(
+        [np.exp(rng.uniform(np.log(0.02), np.log(0.2), (count, 5))), rng.uniform(0.85, 1.0, (count, 5))], 1
+    )
     return mu, 2.0 * np.log(sigma)
 
 
@@ -110,16 +119,20 @@ def bench_mig(args) -> None:
 
     factors = grid_factors()
     mu, logvar, source = load_codes(args.codes, factors)
-    print(f"sampling MIG: {GRID:,} codes x {mu.shape[1]} latents ({source}), {os.environ.get('OMP_NUM_THREADS')} "
-          f"threads")
+    print(
+        f"sampling MIG: {GRID:,} codes x {mu.shape[1]} latents ({source}), {os.environ.get('OMP_NUM_THREADS')} threads"
+    )
     workers = args.workers
     started, cpu = time.perf_counter(), cpu_seconds()
-    result = sampling_mutual_information_gap(mu, logvar, factors, NAMES, SIZES, exclude_factors=("shape",),
-                                             workers=workers)
+    result = sampling_mutual_information_gap(
+        mu, logvar, factors, NAMES, SIZES, exclude_factors=("shape",), workers=workers
+    )
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     print(json.dumps({k: round(v, 4) for k, v in result.items()}))
-    print(f"sampling MIG took {seconds:.1f} s wall, {cpu:.1f} s CPU with {workers} worker thread(s) (target <= 60 s "
-          f"on 2 cores: {seconds / 60:.2f} of it); {load()}; peak RSS {peak_memory_gib():.2f} GiB")
+    print(
+        f"sampling MIG took {seconds:.1f} s wall, {cpu:.1f} s CPU with {workers} worker thread(s) (target <= 60 s "
+        f"on 2 cores: {seconds / 60:.2f} of it); {load()}; peak RSS {peak_memory_gib():.2f} GiB"
+    )
 
 
 class FullGrid:
@@ -147,9 +160,9 @@ class CodesOnly:
 def bench_suite(args) -> None:
     import torch
 
-    from multistage.metrics.mig import mutual_information_gap
     from multistage.evaluation.factor_set import factor_set_scores
     from multistage.evaluation.representation import representation_from_codes, timer
+    from multistage.metrics.mig import mutual_information_gap
     from stages.evaluate import EvaluateParams, evaluation_config
     from stages.train_stage_one import encode_all
 
@@ -159,8 +172,10 @@ def bench_suite(args) -> None:
     factors = grid_factors()
     mu, logvar, source = load_codes(args.codes, factors)
     params = EvaluateParams(metrics=["mig_sampling", "sap", "zdiff", "factorvae_score", "dci"])
-    print(f"ground-truth suite on {GRID:,} codes x {mu.shape[1]} latents ({source}), default evaluate params, "
-          f"{os.environ.get('OMP_NUM_THREADS')} threads")
+    print(
+        f"ground-truth suite on {GRID:,} codes x {mu.shape[1]} latents ({source}), default evaluate params, "
+        f"{os.environ.get('OMP_NUM_THREADS')} threads"
+    )
     work = Path(tempfile.mkdtemp(prefix="bench_metrics_"))
     try:
         write_codes(work / "models" / "stage_one" / "codes.parquet", mu, logvar)
@@ -168,18 +183,22 @@ def bench_suite(args) -> None:
         scores: dict = {}
         started, cpu = time.perf_counter(), cpu_seconds()
         codes_file = work / "models" / "stage_one" / "codes.parquet"
-        scores |= factor_set_scores(evaluation_config(params), FullGrid(), CodesOnly(mu.shape[1]), encode, True,
-                                    timer(scores), codes_file)
+        scores |= factor_set_scores(
+            evaluation_config(params), FullGrid(), CodesOnly(mu.shape[1]), encode, True, timer(scores), codes_file
+        )
         held_out = np.random.default_rng(0).choice(GRID, params.eval_images, replace=False)
         with timer(scores)("mig_histogram"):
-            scores |= mutual_information_gap(representation_from_codes(mu[held_out], None, ()), factors[held_out],
-                                             NAMES, exclude_factors=("shape",))
+            scores |= mutual_information_gap(
+                representation_from_codes(mu[held_out], None, ()), factors[held_out], NAMES, exclude_factors=("shape",)
+            )
         if args.gbt:
-            gbt = params.model_copy(update={"metrics": ["dci"], "dci": params.dci.model_copy(
-                update={"regressor": "gbt"})})
+            gbt = params.model_copy(
+                update={"metrics": ["dci"], "dci": params.dci.model_copy(update={"regressor": "gbt"})}
+            )
             gbt_scores: dict = {}
-            scores |= factor_set_scores(evaluation_config(gbt), FullGrid(), CodesOnly(mu.shape[1]), encode, True,
-                                        timer(gbt_scores), codes_file)
+            scores |= factor_set_scores(
+                evaluation_config(gbt), FullGrid(), CodesOnly(mu.shape[1]), encode, True, timer(gbt_scores), codes_file
+            )
             scores["evaluate.seconds.dci_gbt"] = gbt_scores["evaluate.seconds.dci"]
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     finally:
@@ -188,11 +207,20 @@ def bench_suite(args) -> None:
     for key in sorted(scores):
         if key.startswith("evaluate.seconds."):
             print(f"  {key.removeprefix('evaluate.seconds.'):>18}: {scores[key]:7.1f} s")
-    headline = ("mig.sampling", "mig.histogram20", "sap", "zdiff", "factorvae_score", "dci.lasso.disentanglement",
-                "dci.gbt.disentanglement")
+    headline = (
+        "mig.sampling",
+        "mig.histogram20",
+        "sap",
+        "zdiff",
+        "factorvae_score",
+        "dci.lasso.disentanglement",
+        "dci.gbt.disentanglement",
+    )
     print(json.dumps({k: round(scores.get(k, scores.get(f"x.{k}", float("nan"))), 4) for k in headline}))
-    print(f"ground-truth suite took {seconds:.1f} s wall, {cpu:.1f} s CPU (target <= 180 s on 2 cores: "
-          f"{seconds / 180:.2f} of it); {load()}; peak RSS {peak_memory_gib():.2f} GiB")
+    print(
+        f"ground-truth suite took {seconds:.1f} s wall, {cpu:.1f} s CPU (target <= 180 s on 2 cores: "
+        f"{seconds / 180:.2f} of it); {load()}; peak RSS {peak_memory_gib():.2f} GiB"
+    )
 
 
 def prepare_project(work: Path, data: str | None, mu: np.ndarray, logvar: np.ndarray) -> None:
@@ -210,8 +238,9 @@ def prepare_project(work: Path, data: str | None, mu: np.ndarray, logvar: np.nda
         started = time.perf_counter()
         make_dsprites(prepared, n_images=None, variant="binary", num_workers=len(os.sched_getaffinity(0)))
         print(f"generated the full binary grid in {time.perf_counter() - started:.0f} s")
-    stage_one = build("stage_one", "betatcvae", latent_dim=mu.shape[1], image_channels=1, image_size=64,
-                      dataset_size=GRID)
+    stage_one = build(
+        "stage_one", "betatcvae", latent_dim=mu.shape[1], image_channels=1, image_size=64, dataset_size=GRID
+    )
     stage_two = build("stage_two", "msvae", image_channels=1, image_size=64)
     (work / "models" / "stage_one").mkdir(parents=True, exist_ok=True)
     (work / "models" / "stage_two").mkdir(parents=True, exist_ok=True)
@@ -281,8 +310,13 @@ def bench_memory(args) -> None:
         threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
         env = {**os.environ, "PYTHONPATH": str(project)}
         started = time.perf_counter()
-        child = subprocess.run([sys.executable, "-c", CHILD.format(threads=threads, params=repr(params))], cwd=work,
-                               env=env, capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD.format(threads=threads, params=repr(params))],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if child.returncode != 0:
             sys.exit(f"the evaluate stage failed:\n{child.stderr[-4000:]}")
         wall = time.perf_counter() - started
@@ -290,15 +324,20 @@ def bench_memory(args) -> None:
         # the stage process's high-water mark. Not ru_maxrss: after fork + exec Linux reports at least the forking
         # parent's resident size there (3.7 GB of generated data here), not the new program's own peak
         peak = report["peak_gib"]
-        print(f"evaluate stage on the full grid ({GRID:,} images, codes: {source}), default params but "
-              f"classifier.steps={args.classifier_steps}, {threads} threads")
+        print(
+            f"evaluate stage on the full grid ({GRID:,} images, codes: {source}), default params but "
+            f"classifier.steps={args.classifier_steps}, {threads} threads"
+        )
         print(json.dumps(report["timing"]))
         print("resident GiB at the start of each group:", json.dumps(report["resident_gib_at_group_start"]))
-        print("high-water mark (VmHWM) at the start of each group:",
-              json.dumps(report["high_water_gib_at_group_start"]))
-        print(f"stage run {report['seconds']:.0f} s (process {wall:.0f} s); peak resident memory {peak:.2f} GiB "
-              f"(target <= 4 GiB: {peak / 4:.2f} of it; sampled every 20 ms: {report['sampled_peak_gib']:.2f} GiB, in "
-              f"{report['peak_group']!r}); {load()}")
+        print(
+            "high-water mark (VmHWM) at the start of each group:", json.dumps(report["high_water_gib_at_group_start"])
+        )
+        print(
+            f"stage run {report['seconds']:.0f} s (process {wall:.0f} s); peak resident memory {peak:.2f} GiB "
+            f"(target <= 4 GiB: {peak / 4:.2f} of it; sampled every 20 ms: {report['sampled_peak_gib']:.2f} GiB, in "
+            f"{report['peak_group']!r}); {load()}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -45,14 +45,24 @@ def make_repository(workdir: Path, args) -> None:
     params["runtime"] = {"device": "cpu", "threads": 1}
     params["prepare"].update(dataset="dsprites", n_images=args.n_images, seed=0, test_fraction=0.1, image_size=None)
     params["prepare"]["dsprites"] = {"variant": "binary"}
-    params["stage_one"].update(steps=args.steps, batch_size=args.batch_size, checkpoint_every=args.steps,
-                               log_every=max(1, args.steps // 10), latent_dim=10, architecture="auto")
+    params["stage_one"].update(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        checkpoint_every=args.steps,
+        log_every=max(1, args.steps // 10),
+        latent_dim=10,
+        architecture="auto",
+    )
     for model in args.models:
         params["stage_one"][model]["warmup_steps"] = args.warmup_steps
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"],
-                    ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
-                    ["git", "commit", "-q", "-m", "beta sweep"]):
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "beta sweep"],
+    ):
         run(command, workdir)
 
 
@@ -86,12 +96,18 @@ def score(workdir: Path, images_to_score: int) -> dict[str, float]:
             y = model.decode_mean(code).clamp(1e-6, 1 - 1e-6)
             bce += float(torch.nn.functional.binary_cross_entropy(y, x, reduction="sum"))
             codes.append(code.numpy())
-    mig = mutual_information_gap(np.concatenate(codes), dataset.factor_classes[rows], dataset.factor_names,
-                                 bins=20, exclude_factors=("shape",))
+    mig = mutual_information_gap(
+        np.concatenate(codes), dataset.factor_classes[rows], dataset.factor_names, bins=20, exclude_factors=("shape",)
+    )
     metrics = json.loads((workdir / "metrics/stage_one.json").read_text())
-    return {"reconstruction": bce / len(rows), "mig": mig["mig.histogram20"],
-            "mig_no_shape": mig["mig.histogram20.no_shape"], "kl": metrics.get("stage_one.kl", float("nan")),
-            "seconds": metrics["stage_one.seconds"], "images_scored": int(len(rows))}
+    return {
+        "reconstruction": bce / len(rows),
+        "mig": mig["mig.histogram20"],
+        "mig_no_shape": mig["mig.histogram20.no_shape"],
+        "kl": metrics.get("stage_one.kl", float("nan")),
+        "seconds": metrics["stage_one.seconds"],
+        "images_scored": int(len(rows)),
+    }
 
 
 def draw(rows: list[dict], path: Path) -> None:
@@ -105,8 +121,9 @@ def draw(rows: list[dict], path: Path) -> None:
         points = sorted((r for r in rows if r["model"] == model), key=lambda r: r["beta"])
         axis.plot([p["reconstruction"] for p in points], [p["mig"] for p in points], "o-", label=model)
         for p in points:
-            axis.annotate(f"{p['beta']:g}", (p["reconstruction"], p["mig"]), fontsize=7, xytext=(3, 3),
-                          textcoords="offset points")
+            axis.annotate(
+                f"{p['beta']:g}", (p["reconstruction"], p["mig"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
     axis.set_xlabel("reconstruction error (BCE, nats / image, held out)")
     axis.set_ylabel("MIG (histogram, 20 bins)")
     axis.legend(fontsize=8)
@@ -134,8 +151,21 @@ def main() -> None:
     for model in args.models:
         for beta in args.betas:
             name = f"{model}-beta{beta:g}"
-            run(["dvc", "exp", "run", "-n", name, "-S", f"stage_one.model={model}", "-S",
-                 f"stage_one.{model}.beta={beta:g}", "stage_one"], args.workdir)
+            run(
+                [
+                    "dvc",
+                    "exp",
+                    "run",
+                    "-n",
+                    name,
+                    "-S",
+                    f"stage_one.model={model}",
+                    "-S",
+                    f"stage_one.{model}.beta={beta:g}",
+                    "stage_one",
+                ],
+                args.workdir,
+            )
             rows.append({"model": model, "beta": beta} | score(args.workdir, args.images_to_score))
             print(json.dumps(rows[-1]), flush=True)
     PLOTS.mkdir(exist_ok=True)
@@ -147,9 +177,11 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     draw(rows, PROJECT / "docs" / "beta_sweep.png")
-    print(f"{len(rows)} runs of {args.steps} steps (batch {args.batch_size}, 64x64 binary dSprites, "
-          f"{args.n_images} images, 1 thread) in {time.perf_counter() - started:.0f} s; "
-          f"`dvc exp show` in {args.workdir} lists them")
+    print(
+        f"{len(rows)} runs of {args.steps} steps (batch {args.batch_size}, 64x64 binary dSprites, "
+        f"{args.n_images} images, 1 thread) in {time.perf_counter() - started:.0f} s; "
+        f"`dvc exp show` in {args.workdir} lists them"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,11 @@ def pendulum_figure(dataset: base.GroundTruthDataset, path: Path) -> None:
     figure, axes = plt.subplots(1, 4, figsize=(12, 2.6), sharey=True)
     for axis, row in zip(axes, rows):
         length, damping, mass = dataset.factor_values[row]
-        for name, label, style in (("images", "theta", "-"), (pendulum.EXTRA_UNDAMPED, "Y0 undamped", ":"),
-                                   (pendulum.EXTRA_DAMPED_UNIT_MASS, "Y1 m = 1", "--")):
+        for name, label, style in (
+            ("images", "theta", "-"),
+            (pendulum.EXTRA_UNDAMPED, "Y0 undamped", ":"),
+            (pendulum.EXTRA_DAMPED_UNIT_MASS, "Y1 m = 1", "--"),
+        ):
             series = dataset.images if name == "images" else dataset.extra[name]
             axis.plot(times, pendulum.from_unit_interval(series[row, 0]), style, label=label, linewidth=1.2)
         axis.set_title(f"L={length:.2f} b={damping:.2f} m={mass:.2f}", fontsize=9)

@@ -75,10 +75,21 @@ def main() -> None:
     started = time.perf_counter()
     images, labels = load(args.data)
     train_rows, test_rows = held_out_split(labels, 0.2, args.seed)
-    model = build("stage_one", "jointvae", image_channels=1, image_size=32, latent_dim=10, discrete_dims=(10,),
-                  architecture=args.architecture,
-                  gamma_z=args.gamma, gamma_c=args.gamma, capacity_z_max=args.capacity_z,
-                  capacity_z_steps=args.steps, capacity_c_max=args.capacity_c, capacity_c_steps=args.steps)
+    model = build(
+        "stage_one",
+        "jointvae",
+        image_channels=1,
+        image_size=32,
+        latent_dim=10,
+        discrete_dims=(10,),
+        architecture=args.architecture,
+        gamma_z=args.gamma,
+        gamma_c=args.gamma,
+        capacity_z_max=args.capacity_z,
+        capacity_z_steps=args.steps,
+        capacity_c_max=args.capacity_c,
+        capacity_c_steps=args.steps,
+    )
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.optimised_parameters(), lr=args.learning_rate)
     train_images = to_float(images[train_rows])
@@ -87,10 +98,24 @@ def main() -> None:
         return model.objective(train_images[batch], step)
 
     checkpoint = Path(f".multistage/bench/jointvae_{args.data}_{args.architecture}_{args.seed}.pt")
-    loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, checkpoint_every=args.steps,
-                      log_every=max(1, args.steps // 20), progress_keys=("loss", "recon", "kl_z", "kl_c"))
-    result = train(model, optimizer, step_fn, len(train_rows), loop, checkpoint, json.dumps(vars(args), default=str),
-                   description=f"JointVAE on {args.data}")
+    loop = LoopConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpoint_every=args.steps,
+        log_every=max(1, args.steps // 20),
+        progress_keys=("loss", "recon", "kl_z", "kl_c"),
+    )
+    result = train(
+        model,
+        optimizer,
+        step_fn,
+        len(train_rows),
+        loop,
+        checkpoint,
+        json.dumps(vars(args), default=str),
+        description=f"JointVAE on {args.data}",
+    )
     model.eval()
     with torch.no_grad():
         assigned = {}
@@ -101,11 +126,17 @@ def main() -> None:
     train_accuracy, _ = best_matching_accuracy(assigned["train"], labels[train_rows])
     final = result.history[-1]
     report = {
-        "data": args.data, "train_images": int(len(train_rows)), "test_images": int(len(test_rows)),
-        "steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
+        "data": args.data,
+        "train_images": int(len(train_rows)),
+        "test_images": int(len(test_rows)),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
         "seconds": round(time.perf_counter() - started, 1),
-        "test_accuracy": round(accuracy, 4), "train_accuracy": round(train_accuracy, 4),
-        "discrete_values_used": int(len(np.unique(assigned["test"]))), "matching": matching,
+        "test_accuracy": round(accuracy, 4),
+        "train_accuracy": round(train_accuracy, 4),
+        "discrete_values_used": int(len(np.unique(assigned["test"]))),
+        "matching": matching,
         "final_terms": {k: round(final[k], 3) for k in ("loss", "recon", "kl_z", "kl_c", "capacity_z", "capacity_c")},
         "settings": vars(args) | {"out": str(args.out)},
     }

@@ -97,12 +97,12 @@ def attempt(args) -> dict:
     import torch
 
     from multistage.data.base import to_float
-    from multistage.train import LoopConfig, seed_everything, select_device, train
     from multistage.nn.precision import resolve_precision
+    from multistage.train import LoopConfig, seed_everything, select_device, train
     from stages.common import RuntimeParams, validate_section
     from stages.prepare import PrepareParams
-    from stages.train_stage_one import StageOneParams, build_model, check_model_options, load_data
     from stages.tracking import EXPERIMENT_VARIABLE, stage_run
+    from stages.train_stage_one import StageOneParams, build_model, check_model_options, load_data
 
     overrides = parse_overrides(args.set)
     params = configuration(overrides, Path(args.params))
@@ -136,9 +136,16 @@ def attempt(args) -> dict:
     checkpoint = WORK / "checkpoints" / f"{args.name}.pt"
     checkpoint.unlink(missing_ok=True)  # the clock cannot resume, so neither does the attempt
 
-    config = {"prepare": prepare.model_dump(), "stage_one": stage_one.used(), "threads": torch.get_num_threads(),
-              "device": str(device), "precision": precision, "minutes": args.minutes, "contiguous": bool(args.contiguous),
-              "overrides": overrides}
+    config = {
+        "prepare": prepare.model_dump(),
+        "stage_one": stage_one.used(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "precision": precision,
+        "minutes": args.minutes,
+        "contiguous": bool(args.contiguous),
+        "overrides": overrides,
+    }
     os.environ[EXPERIMENT_VARIABLE] = EXPERIMENT
     with stage_run(args.name, config) as tracker:
         tracker.set_tags({"study": "mig_per_minute", "attempt": args.name})
@@ -146,14 +153,21 @@ def attempt(args) -> dict:
         def evaluate(step: int, elapsed: float) -> None:
             paused = time.perf_counter()
             scores = score(model, dataset, device)
-            row = {"minutes": elapsed / 60.0, "steps": step, "images": step * stage_one.batch_size,
-                   "images_per_second": step * stage_one.batch_size / max(elapsed, 1e-9)} | scores
+            row = {
+                "minutes": elapsed / 60.0,
+                "steps": step,
+                "images": step * stage_one.batch_size,
+                "images_per_second": step * stage_one.batch_size / max(elapsed, 1e-9),
+            } | scores
             row |= {f"train.{k}": v for k, v in clock["last"].items() if k not in ("step", "images_per_second")}
             rows.append(row)
             tracker.log_metrics({k: v for k, v in row.items() if k != "minutes"}, step=int(round(elapsed)))
-            print(f"[{args.name}] {row['minutes']:5.1f} min  step {step:6d}  {row['images_per_second']:6.0f} img/s  "
-                  f"MIG {scores['mig']:.3f}  no shape {scores.get('mig.no_shape', float('nan')):.3f}  "
-                  f"active {scores['active_units']:.0f}", flush=True)
+            print(
+                f"[{args.name}] {row['minutes']:5.1f} min  step {step:6d}  {row['images_per_second']:6.0f} img/s  "
+                f"MIG {scores['mig']:.3f}  no shape {scores.get('mig.no_shape', float('nan')):.3f}  "
+                f"active {scores['active_units']:.0f}",
+                flush=True,
+            )
             clock["paused"] += time.perf_counter() - paused
 
         def callback(step: int, record: dict) -> None:
@@ -165,12 +179,28 @@ def attempt(args) -> dict:
             if elapsed >= budget:
                 raise _BudgetSpent
 
-        loop = LoopConfig(steps=10**9, batch_size=stage_one.batch_size, seed=stage_one.seed,
-                          checkpoint_every=10**9, log_every=args.log_every)
+        loop = LoopConfig(
+            steps=10**9,
+            batch_size=stage_one.batch_size,
+            seed=stage_one.seed,
+            checkpoint_every=10**9,
+            log_every=args.log_every,
+        )
         clock["start"] = time.perf_counter()
         try:
-            train(model, optimizer, step_fn, len(train_indices), loop, checkpoint, "study", callback=callback,
-                  description=args.name, show_progress=False, extra_modules=model.auxiliary_state())
+            train(
+                model,
+                optimizer,
+                step_fn,
+                len(train_indices),
+                loop,
+                checkpoint,
+                "study",
+                callback=callback,
+                description=args.name,
+                show_progress=False,
+                extra_modules=model.auxiliary_state(),
+            )
         except _BudgetSpent:
             pass
     result = {"name": args.name, "config": config, "rows": rows, "run_id": tracker.run_id}
@@ -217,10 +247,12 @@ def summarise(limit_minutes: float = 30.0) -> str:
     for result in results:
         groups.setdefault(_group(result["name"]), []).append(result)
 
-    lines = ["| configuration | what changes | px | seeds | threads | minutes | steps | images/s "
-             f"| MIG at {COMMON_MINUTES} min (median, range) | MIG at the end (median, range) "
-             "| MIG without shape at the end (median, range) | first minute MIG >= 0.2 | best MIG (minute) |",
-             "| --- " * 13 + "|"]
+    lines = [
+        "| configuration | what changes | px | seeds | threads | minutes | steps | images/s "
+        f"| MIG at {COMMON_MINUTES} min (median, range) | MIG at the end (median, range) "
+        "| MIG without shape at the end (median, range) | first minute MIG >= 0.2 | best MIG (minute) |",
+        "| --- " * 13 + "|",
+    ]
     pixels = {group: _pixels(members[0]["config"]["prepare"]) for group, members in groups.items()}
     for group, members in groups.items():
         finals = [m["rows"][-1] for m in members if m["rows"]]
@@ -245,8 +277,14 @@ def summarise(limit_minutes: float = 30.0) -> str:
 
         lengths = "/".join(sorted({f"{f['minutes']:.1f}" for f in finals}, key=float))
         overrides = members[0]["config"]["overrides"]
-        change = ", ".join(f"{k.removeprefix('stage_one.')}={v}" for k, v in overrides.items()
-                           if not k.endswith(".seed") and k != "prepare.image_size") or "params.yaml as is"
+        change = (
+            ", ".join(
+                f"{k.removeprefix('stage_one.')}={v}"
+                for k, v in overrides.items()
+                if not k.endswith(".seed") and k != "prepare.image_size"
+            )
+            or "params.yaml as is"
+        )
         if members[0]["config"].get("contiguous"):
             change += ", contiguous NCHW"
         lines.append(
@@ -256,7 +294,8 @@ def summarise(limit_minutes: float = 30.0) -> str:
             f"{int(np.median([f['steps'] for f in finals]))} | "
             f"{np.median([f['images_per_second'] for f in finals]):.0f} | {spread(common)} | {spread(mig)} | "
             f"{spread(no_shape)} | "
-            f"{', '.join(reached)} | {', '.join(best)} |")
+            f"{', '.join(reached)} | {', '.join(best)} |"
+        )
     table = "\n".join(lines) + "\n"
     TABLE.write_text(table)
 
@@ -267,9 +306,15 @@ def summarise(limit_minutes: float = 30.0) -> str:
         for number, member in enumerate(members):
             minutes = [r["minutes"] for r in member["rows"]]
             for axis, key in zip(axes, ("mig", "mig.no_shape")):
-                axis.plot(minutes, [r.get(key, np.nan) for r in member["rows"]], marker="o", markersize=3,
-                          color=colour, alpha=0.85,
-                          label=f"{group} ({pixels[group]} px)" if number == 0 else None)
+                axis.plot(
+                    minutes,
+                    [r.get(key, np.nan) for r in member["rows"]],
+                    marker="o",
+                    markersize=3,
+                    color=colour,
+                    alpha=0.85,
+                    label=f"{group} ({pixels[group]} px)" if number == 0 else None,
+                )
     for axis, title in zip(axes, ("MIG, all five factors", "MIG without shape")):
         axis.axhline(0.2, color="grey", linestyle="--", linewidth=1)
         axis.axvline(limit_minutes, color="grey", linestyle=":", linewidth=1)
@@ -294,8 +339,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (multistage.train.select_device)")
     parser.add_argument("--log-every", type=int, default=10, help="steps between clock checks")
     parser.add_argument("--contiguous", action="store_true", help="keep NCHW (the layout before channels_last)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="params override, e.g. stage_one.batch_size=256 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params override, e.g. stage_one.batch_size=256 (repeatable)",
+    )
     parser.add_argument("--params", default=str(PROJECT / "params.yaml"))
     parser.add_argument("--summarise", action="store_true", help="write the table and plot from the results")
     args = parser.parse_args(argv)

@@ -82,8 +82,15 @@ def main() -> None:
 
     def fresh_model():
         torch.manual_seed(args.seed)
-        return build("stage_two", "msflow", image_channels=1, image_size=size, coupling_layers=args.coupling_layers,
-                     hidden_units=args.hidden_units, mixture_components=args.components)
+        return build(
+            "stage_two",
+            "msflow",
+            image_channels=1,
+            image_size=size,
+            coupling_layers=args.coupling_layers,
+            hidden_units=args.hidden_units,
+            mixture_components=args.components,
+        )
 
     model = fresh_model()
     reg_covar, validation_scores = choose_reg_covar(model, train_images, args.seed)
@@ -94,8 +101,11 @@ def main() -> None:
     mixture_state = {k: v.clone() for k, v in model.mixture.state_dict().items()}
     test_noise = torch.rand(test_images.shape, generator=torch.Generator().manual_seed(args.seed + 3))
     mixture_alone = model.mixture_log_likelihood(test_images, flow=False, noise=test_noise)
-    mixture_train = model.mixture_log_likelihood(train_images, flow=False, noise=torch.rand(
-        train_images.shape, generator=torch.Generator().manual_seed(args.seed + 4)))
+    mixture_train = model.mixture_log_likelihood(
+        train_images,
+        flow=False,
+        noise=torch.rand(train_images.shape, generator=torch.Generator().manual_seed(args.seed + 4)),
+    )
 
     runs: dict[str, dict] = {}
     models = {}
@@ -117,54 +127,101 @@ def main() -> None:
             # value written into it survives a resume
             model.eval()
             with torch.no_grad():
-                held_out = torch.cat([model.log_likelihood(test_images[i : i + 500], test_y[i : i + 500],
-                                                           noise=test_noise[i : i + 500])
-                                      for i in range(0, len(test_images), 500)])
+                held_out = torch.cat(
+                    [
+                        model.log_likelihood(
+                            test_images[i : i + 500], test_y[i : i + 500], noise=test_noise[i : i + 500]
+                        )
+                        for i in range(0, len(test_images), 500)
+                    ]
+                )
             model.train()
             record["held_out_conditional"] = float(held_out.mean())
 
         checkpoint = Path(f".multistage/bench/msflow_{args.data}_{mode}_{args.seed}.pt")
-        loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                          checkpoint_every=max(args.eval_every, args.steps // 4), log_every=args.eval_every,
-                          progress_keys=("loss", "bits_per_dim"))
+        loop = LoopConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            checkpoint_every=max(args.eval_every, args.steps // 4),
+            log_every=args.eval_every,
+            progress_keys=("loss", "bits_per_dim"),
+        )
         run_started = time.perf_counter()
-        result = train(model, optimizer, step_fn, len(train_images), loop, checkpoint,
-              json.dumps(vars(args) | {"mode": mode, "reg_covar": reg_covar}, default=str),
-              callback=evaluate, description=f"MS-FLOW ({mode}s) on {args.data}")
+        result = train(
+            model,
+            optimizer,
+            step_fn,
+            len(train_images),
+            loop,
+            checkpoint,
+            json.dumps(vars(args) | {"mode": mode, "reg_covar": reg_covar}, default=str),
+            callback=evaluate,
+            description=f"MS-FLOW ({mode}s) on {args.data}",
+        )
         train_seconds = time.perf_counter() - run_started
-        curve = [{"step": int(r["step"]), "train_nll": r["loss"], "held_out_conditional": r["held_out_conditional"]}
-                 for r in result.history]
+        curve = [
+            {"step": int(r["step"]), "train_nll": r["loss"], "held_out_conditional": r["held_out_conditional"]}
+            for r in result.history
+        ]
         model.eval()
-        whole = torch.cat([model.mixture_log_likelihood(test_images[i : i + 250], noise=test_noise[i : i + 250])
-                           for i in range(0, len(test_images), 250)])
-        runs[mode] = {"curve": curve, "train_seconds": round(train_seconds, 1),
-                      "held_out_mixture_plus_flow": round(float(whole.mean()), 2),
-                      "held_out_mixture_plus_flow_bits_per_dim": round(float(-whole.mean() / (dim * math.log(2))), 4),
-                      "final_held_out_conditional": round(curve[-1]["held_out_conditional"], 2)}
+        whole = torch.cat(
+            [
+                model.mixture_log_likelihood(test_images[i : i + 250], noise=test_noise[i : i + 250])
+                for i in range(0, len(test_images), 250)
+            ]
+        )
+        runs[mode] = {
+            "curve": curve,
+            "train_seconds": round(train_seconds, 1),
+            "held_out_mixture_plus_flow": round(float(whole.mean()), 2),
+            "held_out_mixture_plus_flow_bits_per_dim": round(float(-whole.mean() / (dim * math.log(2))), 4),
+            "final_held_out_conditional": round(curve[-1]["held_out_conditional"], 2),
+        }
         models[mode] = model
 
     report = {
-        "data": args.data, "dims": dim, "image_size": size, "train_images": len(train_images),
+        "data": args.data,
+        "dims": dim,
+        "image_size": size,
+        "train_images": len(train_images),
         "test_images": len(test_images),
         "convention": "nats per 8-bit image: E_u log p((k + u) / 256) - D log 256, one u per image (fixed)",
-        "mixture": {"components": args.components, "covariance_type": "diag", "space": "dequantised pixels [0, 1)",
-                    "reg_covar": reg_covar, "reg_covar_validation": validation_scores,
-                    "em_iterations": int(sklearn_mixture.n_iter_), "fit_seconds": round(fit_seconds, 1)},
+        "mixture": {
+            "components": args.components,
+            "covariance_type": "diag",
+            "space": "dequantised pixels [0, 1)",
+            "reg_covar": reg_covar,
+            "reg_covar_validation": validation_scores,
+            "em_iterations": int(sklearn_mixture.n_iter_),
+            "fit_seconds": round(fit_seconds, 1),
+        },
         "held_out_mixture_alone": round(float(mixture_alone.mean()), 2),
         "held_out_mixture_alone_bits_per_dim": round(float(-mixture_alone.mean() / (dim * math.log(2))), 4),
         "train_mixture_alone": round(float(mixture_train.mean()), 2),
-        "runs": runs, "steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
+        "runs": runs,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
         "seconds": round(time.perf_counter() - started, 1),
-        "paper": {"mixture_alone": -1585.086, "mixture_plus_flow": -1356.089,
-                  "note": "MNIST, the paper's convention is not stated; compare the gain, not the level"},
+        "paper": {
+            "mixture_alone": -1585.086,
+            "mixture_plus_flow": -1356.089,
+            "note": "MNIST, the paper's convention is not stated; compare the gain, not the level",
+        },
         "settings": vars(args) | {"out": str(args.out)},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"results_{args.data}.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_curves(args.out / f"means_vs_samples_{args.data}.png", report)
     draw_samples(args.out / f"samples_{args.data}.png", models["mean"], test_images, args.seed)
-    print(json.dumps({k: v for k, v in report.items() if k != "runs"} | {
-        "runs": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in runs.items()}}, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in report.items() if k != "runs"}
+            | {"runs": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in runs.items()}},
+            indent=2,
+        )
+    )
 
 
 def plot_curves(path: Path, report: dict) -> None:
@@ -176,8 +233,12 @@ def plot_curves(path: Path, report: dict) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
     for mode, style in (("mean", "-"), ("sample", "--")):
         curve = report["runs"][mode]["curve"]
-        axis.plot([p["step"] for p in curve], [p["held_out_conditional"] for p in curve], style,
-                  label=f"Y as {mode}s: held-out log p(x | y)")
+        axis.plot(
+            [p["step"] for p in curve],
+            [p["held_out_conditional"] for p in curve],
+            style,
+            label=f"Y as {mode}s: held-out log p(x | y)",
+        )
     axis.axhline(report["held_out_mixture_alone"], color="grey", linestyle=":", label="mixture alone (held out)")
     axis.set_xlabel("training step")
     axis.set_ylabel("nats per image (8-bit convention)")
@@ -190,9 +251,13 @@ def plot_curves(path: Path, report: dict) -> None:
     for mode, run in report["runs"].items():  # points below the axis are named, not hidden
         for point in run["curve"]:
             if point["held_out_conditional"] < bottom - 0.05 * (high - bottom):
-                axis.annotate(f"Y as {mode}s, step {point['step']}: {point['held_out_conditional']:.3g} (off the axis)",
-                              (point["step"], bottom), xytext=(point["step"] + 0.05 * report["steps"], bottom + 0.1 *
-                              (high - bottom)), fontsize=7, arrowprops={"arrowstyle": "->", "lw": 0.5})
+                axis.annotate(
+                    f"Y as {mode}s, step {point['step']}: {point['held_out_conditional']:.3g} (off the axis)",
+                    (point["step"], bottom),
+                    xytext=(point["step"] + 0.05 * report["steps"], bottom + 0.1 * (high - bottom)),
+                    fontsize=7,
+                    arrowprops={"arrowstyle": "->", "lw": 0.5},
+                )
     figure.tight_layout()
     with_path = Path(path)
     figure.savefig(with_path, dpi=120)
@@ -209,8 +274,9 @@ def draw_samples(path: Path, model, test_images: torch.Tensor, seed: int) -> Non
     means = mixture.condition(k).reshape(shape)
     mixture_samples = mixture.condition(k, "sample", generator).reshape(shape)
     with torch.no_grad():
-        flow_rows = [model.generate(means, torch.randn(len(k), model.residual_dim, generator=generator))
-                     for _ in range(2)]
+        flow_rows = [
+            model.generate(means, torch.randn(len(k), model.residual_dim, generator=generator)) for _ in range(2)
+        ]
     save_rows(path, [means, mixture_samples, *flow_rows, dequantise(test_images[: len(k)]).clamp(0, 1)])
 
 

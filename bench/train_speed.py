@@ -110,13 +110,12 @@ def matmul_throughput(device, dtype=None, size: int = 1024, repeats: int = 20) -
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
+    from bench.mig_per_minute import prepared_data
     from multistage.nn.precision import bf16_is_native
     from multistage.train import select_device
     from stages.common import read_params_file, validate_section
     from stages.prepare import PrepareParams
     from stages.train_stage_one import StageOneParams, check_model_options, load_data
-
-    from bench.mig_per_minute import prepared_data
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
@@ -126,9 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup-rounds", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of encoder and decoder")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--image-size", type=int, choices=(32, 64), default=64,
-                        help="prepare.image_size of the measured step: 64, the reference conv 64x64 step "
-                             "(the default); 32, the CPU default's conv32 step")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        choices=(32, 64),
+        default=64,
+        help="prepare.image_size of the measured step: 64, the reference conv 64x64 step "
+        "(the default); 32, the CPU default's conv32 step",
+    )
     parser.add_argument("--params", default=str(PROJECT / "params.yaml"))
     parser.add_argument("--output", default=str(OUTPUT))
     args = parser.parse_args(argv)
@@ -165,8 +169,11 @@ def main(argv: list[str] | None = None) -> dict:
             if round_index >= args.warmup_rounds:
                 samples[variant].append(args.steps * args.batch_size / seconds)
                 data_share[variant].append(data_seconds / seconds)
-        print(f"round {round_index + 1}/{args.warmup_rounds + args.rounds}: " + ", ".join(
-            f"{v} {samples[v][-1]:.0f} img/s" for v in variants if samples[v]), flush=True)
+        print(
+            f"round {round_index + 1}/{args.warmup_rounds + args.rounds}: "
+            + ", ".join(f"{v} {samples[v][-1]:.0f} img/s" for v in variants if samples[v]),
+            flush=True,
+        )
     peak = matmul_throughput(device)
     peak_bf16 = matmul_throughput(device, torch.bfloat16) if bf16_is_native(device) else None
 
@@ -193,18 +200,21 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio_to_before": images_per_second / base,
             "data_share": statistics.median(data_share[variant]),
             # against the peak of the precision the convolutions ran in
-            "fraction_of_matmul_peak": images_per_second * flops / (peak_bf16 if variant.endswith("+bf16")
-                                                                      else peak),
+            "fraction_of_matmul_peak": images_per_second * flops / (peak_bf16 if variant.endswith("+bf16") else peak),
         }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{report['device']}, {report['threads']} threads, batch {args.batch_size}, input "
-          f"{tuple(report['input_shape'])}: {flops / 1e6:.1f} MFLOP per image per step (forward + backward), "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s" + (f" (bf16: {peak_bf16 / 1e9:.1f})" if peak_bf16 else ""))
+    print(
+        f"{report['device']}, {report['threads']} threads, batch {args.batch_size}, input "
+        f"{tuple(report['input_shape'])}: {flops / 1e6:.1f} MFLOP per image per step (forward + backward), "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s" + (f" (bf16: {peak_bf16 / 1e9:.1f})" if peak_bf16 else "")
+    )
     for variant, row in report["variants"].items():
-        print(f"  {variant:24s} {row['images_per_second']:7.0f} img/s (x{row['ratio_to_before']:.2f}), data "
-              f"{100 * row['data_share']:.1f}% of the step, {100 * row['fraction_of_matmul_peak']:.1f}% of the "
-              "matmul peak")
+        print(
+            f"  {variant:24s} {row['images_per_second']:7.0f} img/s (x{row['ratio_to_before']:.2f}), data "
+            f"{100 * row['data_share']:.1f}% of the step, {100 * row['fraction_of_matmul_peak']:.1f}% of the "
+            "matmul peak"
+        )
     return report
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def current_umask() -> int:
@@ -29,8 +29,9 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{final_path.stem}.", suffix=f".tmp{final_path.suffix}",
-                                    dir=final_path.parent)
+    handle, name = tempfile.mkstemp(
+        prefix=f".{final_path.stem}.", suffix=f".tmp{final_path.suffix}", dir=final_path.parent
+    )
     os.close(handle)
     temporary = Path(name)
     os.chmod(temporary, 0o666 & ~current_umask())

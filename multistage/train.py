@@ -18,9 +18,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -159,8 +159,10 @@ def atomic_torch_save(obj: object, path: Path) -> None:
     except (OSError, RuntimeError) as error:
         if is_disk_full(error) or any(text in str(error) for text in TORCH_SHORT_WRITE):
             reason = first_line(error) if isinstance(error, OSError) else "the write came up short"
-            raise WriteError(f"cannot write {path}: {reason} (a full disk, a quota or a file-size limit?); "
-                             "the previous file, if any, is untouched") from None
+            raise WriteError(
+                f"cannot write {path}: {reason} (a full disk, a quota or a file-size limit?); "
+                "the previous file, if any, is untouched"
+            ) from None
         raise
 
 
@@ -175,8 +177,10 @@ def load_tensors_file(path: Path, what: str = "file") -> object:
         text = str(error)
         if "GLOBAL" in text or "Unsupported global" in text:
             found = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line), "")
-            raise ValueError(f"{what} {path} holds pickled objects other than tensors and plain values, which could "
-                             f"run code when loaded ({found.rstrip('.')}); refused") from None
+            raise ValueError(
+                f"{what} {path} holds pickled objects other than tensors and plain values, which could "
+                f"run code when loaded ({found.rstrip('.')}); refused"
+            ) from None
         raise ValueError(f"{what} {path} cannot be read (not a torch file, or damaged)") from None
     except EOFError:
         raise ValueError(f"{what} {path} cannot be read (the file is empty)") from None
@@ -206,8 +210,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
     except ValueError as error:  # a truncated, empty, foreign or unsafe file: say which, do not guess
         raise CheckpointError(f"{error}; delete it to start afresh") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a multistage training checkpoint; delete it to start "
-                              "afresh")
+        raise CheckpointError(f"checkpoint {path} is not a multistage training checkpoint; delete it to start afresh")
     if state.get("fingerprint") != fingerprint:
         os.replace(path, stale_path(path))
         return None
@@ -223,8 +226,10 @@ def _restore(state: dict, path: Path, model, optimizer, extra_modules: Mapping) 
             module.load_state_dict(state["extra"][name])
         torch.set_rng_state(state["torch_rng"])
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"checkpoint {path} was made for these params, data and code but its tensors do not "
-                              f"fit the model ({first_line(error)}); delete it to start afresh") from None
+        raise CheckpointError(
+            f"checkpoint {path} was made for these params, data and code but its tensors do not "
+            f"fit the model ({first_line(error)}); delete it to start afresh"
+        ) from None
 
 
 def _after_nan(checkpoint_path: Path) -> str:
@@ -233,9 +238,11 @@ def _after_nan(checkpoint_path: Path) -> str:
     change = "Change a param (a lower learning rate, a different seed) or the data, then rerun"
     if not Path(checkpoint_path).exists():
         return f"No checkpoint was written yet. {change}."
-    return (f"The last good checkpoint ({checkpoint_path}) is kept: a rerun with the same params resumes from it "
-            f"and meets the same NaN. {change}: training starts again from step 0 and the old checkpoint is set "
-            "aside as a .stale file.")
+    return (
+        f"The last good checkpoint ({checkpoint_path}) is kept: a rerun with the same params resumes from it "
+        f"and meets the same NaN. {change}: training starts again from step 0 and the old checkpoint is set "
+        "aside as a .stale file."
+    )
 
 
 def _finite_gradients(parameters) -> bool:
@@ -313,8 +320,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if not _finite_gradients(model.parameters()):
-                raise NonFiniteLossError(f"{description}: non-finite gradient at step {step}. "
-                                         f"{_after_nan(checkpoint_path)}")
+                raise NonFiniteLossError(
+                    f"{description}: non-finite gradient at step {step}. {_after_nan(checkpoint_path)}"
+                )
             if config.gradient_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
             optimizer.step()

@@ -6,8 +6,8 @@ Every file is written under a temporary name and renamed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

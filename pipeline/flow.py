@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -26,19 +25,19 @@ import yaml
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
+from pipeline.summary import read_scores
 from stages import check_params, evaluate, make_pairs, prepare, report, train_stage_one, train_stage_two
 from stages.common import (
-    digest_paths,
     PARAMS_FILE,
     ParamsError,
     RuntimeParams,
     apply_overrides,
     atomic_write_bytes,
+    digest_paths,
     read_params_file,
     setup_runtime,
     validate_section,
 )
-from pipeline.summary import read_scores
 from stages.dvc_graph import DVC_FILE, DvcStage, params_used, read_stages
 from stages.tracking import log_run_metrics, pipeline_run, recorded_device, set_run_tags, stage_run, tracking_uri
 
@@ -53,8 +52,10 @@ def pipeline_graph(params: dict) -> dict[str, DvcStage]:
     # check_params: the flow validates the effective params itself before its first task (check_effective_params)
     unknown = sorted({stage.group for stage in graph.values()} - set(FLOW_GROUPS) - {"chain", "check_params"})
     if unknown:
-        raise ParamsError(f"{DVC_FILE}: the Prefect flow has no task for the stage(s) {', '.join(unknown)}; add one "
-                          f"to pipeline/flow.py")
+        raise ParamsError(
+            f"{DVC_FILE}: the Prefect flow has no task for the stage(s) {', '.join(unknown)}; add one "
+            f"to pipeline/flow.py"
+        )
     return {name: stage for name, stage in graph.items() if stage.group in FLOW_GROUPS}
 
 
@@ -107,8 +108,13 @@ def stage_one_task(section: dict, runtime: dict, data: str, outputs: list[str], 
     params = validate_section(train_stage_one.StageOneParams, section, "stage_one")
     device = _device(runtime, params.seed)
     with stage_run("stage_one", params.model_dump() | {"device": str(device)}) as tracker:
-        train_stage_one.run(params, device, tracker=tracker, show_progress=False,
-                            precision=validate_section(RuntimeParams, runtime, "runtime").precision)
+        train_stage_one.run(
+            params,
+            device,
+            tracker=tracker,
+            show_progress=False,
+            precision=validate_section(RuntimeParams, runtime, "runtime").precision,
+        )
     return record_outputs("stage_one", outputs)
 
 
@@ -122,8 +128,9 @@ def pairs_task(section: dict, runtime: dict, data: str, stage_one: str, outputs:
 
 
 @_stage_task("stage_two")
-def stage_two_task(section: dict, runtime: dict, data: str, pairs: str, stage_one: str, variant: str,
-                   outputs: list[str], code: str) -> str:
+def stage_two_task(
+    section: dict, runtime: dict, data: str, pairs: str, stage_one: str, variant: str, outputs: list[str], code: str
+) -> str:
     """``stage_two@<variant>``; ``section`` is :func:`variant_section` of params' stage_two."""
     params = validate_section(train_stage_two.StageTwoParams, section, "stage_two")
     device = _device(runtime, params.seed)
@@ -134,8 +141,16 @@ def stage_two_task(section: dict, runtime: dict, data: str, pairs: str, stage_on
 
 
 @_stage_task("evaluate")
-def evaluate_task(section: dict, variants: list[str], runtime: dict, data: str, stage_one: str,
-                  stage_two: list[str], outputs: list[str], code: str) -> str:
+def evaluate_task(
+    section: dict,
+    variants: list[str],
+    runtime: dict,
+    data: str,
+    stage_one: str,
+    stage_two: list[str],
+    outputs: list[str],
+    code: str,
+) -> str:
     params = validate_section(evaluate.EvaluateParams, section, "evaluate")
     device = _device(runtime, params.seed)
     with stage_run("evaluate", params.model_dump() | {"stage_two.variants": ",".join(variants)}) as tracker:
@@ -193,13 +208,19 @@ def check_effective_params(params: dict, params_file: str) -> None:
         try:
             check_params.check_all(effective)
         except ParamsError as error:
-            raise ParamsError(str(error).replace(str(effective), f"{params_file} (with the flow's overrides)")) from None
+            raise ParamsError(
+                str(error).replace(str(effective), f"{params_file} (with the flow's overrides)")
+            ) from None
 
 
 @flow(name="multistage-pipeline", log_prints=True)
-def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any] | None = None,
-                        workdir: str | None = None, sweep: str | None = None,
-                        mlflow_parent_run_id: str | None = None) -> dict:
+def multistage_pipeline(
+    params_file: str = PARAMS_FILE,
+    overrides: dict[str, Any] | None = None,
+    workdir: str | None = None,
+    sweep: str | None = None,
+    mlflow_parent_run_id: str | None = None,
+) -> dict:
     """prepare -> stage one -> pairs -> stage two (one task per ``stage_two.variants`` entry) -> evaluate ->
     report, under one MLflow parent run.
 
@@ -219,27 +240,44 @@ def multistage_pipeline(params_file: str = PARAMS_FILE, overrides: dict[str, Any
         task's outputs and code digest come from dvc.yaml (its outs, metrics, plots; its deps that are code)."""
         outputs = list(graph[stage].written)
         code = digest_paths(list(graph[stage].code), PACKAGE_ROOT)
-        state = stage_task.with_options(refresh_cache=not outputs_intact(stage, outputs))(*args, outputs, code,
-                                                                                        return_state=True)
+        state = stage_task.with_options(refresh_cache=not outputs_intact(stage, outputs))(
+            *args, outputs, code, return_state=True
+        )
         states[stage] = state.name
         return state.result()
 
-    with _inside(workdir, params), pipeline_run(
-        f"prefect flow{f' ({sweep})' if sweep else ''}", tags=_prefect_tags(sweep), parent_run_id=mlflow_parent_run_id
-    ) as parent:
+    with (
+        _inside(workdir, params),
+        pipeline_run(
+            f"prefect flow{f' ({sweep})' if sweep else ''}",
+            tags=_prefect_tags(sweep),
+            parent_run_id=mlflow_parent_run_id,
+        ) as parent,
+    ):
         data = call(prepare_task, "prepare", params.get("prepare"))
         one = call(stage_one_task, "stage_one", params.get("stage_one"), runtime, data)
         pairs = call(pairs_task, "pairs", params.get("pairs"), runtime, data, one)
-        variants = list(validate_section(train_stage_two.StageTwoParams, params.get("stage_two"),
-                                         "stage_two").variants)
-        two = [call(stage_two_task, f"stage_two@{variant}", variant_section(graph[f"stage_two@{variant}"], params),
-                    runtime, data, pairs, one, variant) for variant in variants]
+        variants = list(validate_section(train_stage_two.StageTwoParams, params.get("stage_two"), "stage_two").variants)
+        two = [
+            call(
+                stage_two_task,
+                f"stage_two@{variant}",
+                variant_section(graph[f"stage_two@{variant}"], params),
+                runtime,
+                data,
+                pairs,
+                one,
+                variant,
+            )
+            for variant in variants
+        ]
         scores = call(evaluate_task, "evaluate", params.get("evaluate"), variants, runtime, data, one, two)
         call(report_task, "report", params, scores, two, digest_paths([str(report.SWEEP_DIR)]))
         log_run_metrics(parent, read_scores())
         # MLflow tag keys take no "@": stages.stage_two.msvae for the task stage_two@msvae
-        set_run_tags(parent, {f"stages.{stage.replace('@', '.')}": state for stage, state in states.items()}
-                     | recorded_device())
+        set_run_tags(
+            parent, {f"stages.{stage.replace('@', '.')}": state for stage, state in states.items()} | recorded_device()
+        )
     print("stages: " + ", ".join(f"{stage} {state}" for stage, state in states.items()))
     return {"parent_run_id": parent, "task_states": states}
 
@@ -251,8 +289,13 @@ def _parse_value(text: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param, e.g. --set stage_one.betatcvae.beta=4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. --set stage_one.betatcvae.beta=4 (repeatable)",
+    )
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:

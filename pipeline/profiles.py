@@ -73,7 +73,8 @@ def validate(params: dict, source: str) -> None:
             validate_section(prepare.PrepareParams, params.get("prepare"), "prepare", source)
             train_stage_one.check_model_options(
                 validate_section(train_stage_one.StageOneParams, params.get("stage_one"), "stage_one", source),
-                source=source)
+                source=source,
+            )
             train_stage_two.load_params(path)
         except ParamsError as error:
             raise ParamsError(str(error).replace(str(path), source)) from None

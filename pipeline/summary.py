@@ -11,7 +11,9 @@ from stages.tracking import repository_root, tracking_uri
 
 
 def score_table(scores: dict[str, float]) -> str:
-    rows = [(label, f"{value:.4g}") for label, _, value in headline(scores)]  # numbers only (a missing or null score is left out)
+    rows = [
+        (label, f"{value:.4g}") for label, _, value in headline(scores)
+    ]  # numbers only (a missing or null score is left out)
     if not rows:
         return "(no scores yet)"
     width = max(len(label) for label, _ in rows)
@@ -31,8 +33,10 @@ def mlflow_ui_command(parent_run_id: str | None) -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
         store = Path(uri.removeprefix("sqlite:///")).parent
-        command = (f"make ui   # i.e. .venv/bin/mlflow server --backend-store-uri {uri} --artifacts-destination "
-                   f"{store / 'mlartifacts'} --host 127.0.0.1 --port 5000")
+        command = (
+            f"make ui   # i.e. .venv/bin/mlflow server --backend-store-uri {uri} --artifacts-destination "
+            f"{store / 'mlartifacts'} --host 127.0.0.1 --port 5000"
+        )
         address = "http://127.0.0.1:5000"
     else:
         command, address = f"(tracking server) {uri}", uri

@@ -63,8 +63,10 @@ def beta_key(model: str, stage_one: dict) -> str:
     if "beta" in stage_one and stage_one.get("model") == model:
         return "stage_one.beta"
     having = sorted(k for k, v in stage_one.items() if isinstance(v, dict) and "beta" in v)
-    raise ParamsError(f"sweep: stage-one model {model!r} has no 'beta' in the stage_one section; models with one: "
-                      f"{', '.join(having) or '(none)'}")
+    raise ParamsError(
+        f"sweep: stage-one model {model!r} has no 'beta' in the stage_one section; models with one: "
+        f"{', '.join(having) or '(none)'}"
+    )
 
 
 def point_params(point: dict[str, Any], params: dict) -> dict[str, Any]:
@@ -94,8 +96,9 @@ def apply_key(params: dict, dotted: str) -> Any:
     return node
 
 
-def grid(params: dict, models: list[str] | None = None, betas: list[float] | None = None,
-         seeds: list[int] | None = None) -> list[dict[str, Any]]:
+def grid(
+    params: dict, models: list[str] | None = None, betas: list[float] | None = None, seeds: list[int] | None = None
+) -> list[dict[str, Any]]:
     """Every combination of the axes given; a missing axis keeps the params' value (beta: the model's own)."""
     if not (models or betas or seeds):
         raise ValueError("a sweep needs at least one of models, betas, seeds")
@@ -148,7 +151,7 @@ def plot_mig_vs_beta(rows: list[dict[str, Any]], path: Path) -> None:
         points = [(float(r["beta"]), float(r["mig_x"])) for r in done if str(r.get("model")) == model]
         betas = sorted({beta for beta, _ in points})
         means = [sum(m for b, m in points if b == beta) / sum(1 for b, _ in points if b == beta) for beta in betas]
-        line, = axis.plot(betas, means, "-", label=model)
+        (line,) = axis.plot(betas, means, "-", label=model)
         axis.plot(*zip(*points), "o", color=line.get_color(), alpha=0.7)
     axis.set_xlabel("beta (stage_one.<model>.beta)")
     axis.set_ylabel("MIG on X (histogram, 20 bins)")
@@ -165,8 +168,13 @@ def plot_mig_vs_beta(rows: list[dict[str, Any]], path: Path) -> None:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     columns = ["model", "beta", "seed", "state", *COLUMNS]
-    cells = [[("" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c]))
-              for c in columns] for row in rows]
+    cells = [
+        [
+            ("" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c]))
+            for c in columns
+        ]
+        for row in rows
+    ]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in cells]
@@ -189,8 +197,9 @@ def _wait_for(flow_run_ids: list, poll_seconds: float, timeout_s: float | None) 
                         final[run_id] = run
             if len(final) < len(flow_run_ids):
                 if timeout_s is not None and time.monotonic() - started > timeout_s:
-                    raise TimeoutError(f"sweep: {len(flow_run_ids) - len(final)} point(s) not finished after "
-                                       f"{timeout_s:.0f} s")
+                    raise TimeoutError(
+                        f"sweep: {len(flow_run_ids) - len(final)} point(s) not finished after {timeout_s:.0f} s"
+                    )
                 time.sleep(poll_seconds)
     return final
 
@@ -204,10 +213,17 @@ def _pipeline_run_scores(flow_run_id: str) -> tuple[str | None, dict[str, float]
 
 
 @flow(name="multistage-sweep", log_prints=True)
-def multistage_sweep(models: list[str] | None = None, betas: list[float] | None = None,
-                     seeds: list[int] | None = None, overrides: dict[str, Any] | None = None,
-                     deployment: str = "multistage-pipeline/pipeline", params_file: str = PARAMS_FILE,
-                     name: str | None = None, poll_seconds: float = 5.0, timeout_s: float | None = None) -> dict:
+def multistage_sweep(
+    models: list[str] | None = None,
+    betas: list[float] | None = None,
+    seeds: list[int] | None = None,
+    overrides: dict[str, Any] | None = None,
+    deployment: str = "multistage-pipeline/pipeline",
+    params_file: str = PARAMS_FILE,
+    name: str | None = None,
+    poll_seconds: float = 5.0,
+    timeout_s: float | None = None,
+) -> dict:
     """Run the pipeline deployment once per grid point (all at once), wait, and gather one table.
 
     ``models``, ``betas``, ``seeds``: the grid (``stage_one.model``, the model's ``beta``, ``stage_one.seed``);
@@ -219,17 +235,24 @@ def multistage_sweep(models: list[str] | None = None, betas: list[float] | None 
     params = apply_overrides(read_params_file(params_file), overrides)
     points = grid(params, models, betas, seeds)
     name = name or f"sweep-{str(flow_run.id or 'local')[:8]}"
-    with pipeline_run(f"sweep {name}", tags={"multistage.sweep": name, "prefect.flow_run_id": str(flow_run.id)},
-                      stage="sweep") as sweep_run:
+    with pipeline_run(
+        f"sweep {name}", tags={"multistage.sweep": name, "prefect.flow_run_id": str(flow_run.id)}, stage="sweep"
+    ) as sweep_run:
         launched = []
         for point in points:
             label = point_label(point)
             child = run_deployment(
-                deployment, timeout=0, flow_run_name=f"{name}/{label}", tags=["sweep", name],
-                parameters={"params_file": params_file,
-                            "overrides": {**(overrides or {}), **point_params(point, params)},
-                            "workdir": str(WORKSPACES / name / label), "sweep": name,
-                            "mlflow_parent_run_id": sweep_run},
+                deployment,
+                timeout=0,
+                flow_run_name=f"{name}/{label}",
+                tags=["sweep", name],
+                parameters={
+                    "params_file": params_file,
+                    "overrides": {**(overrides or {}), **point_params(point, params)},
+                    "workdir": str(WORKSPACES / name / label),
+                    "sweep": name,
+                    "mlflow_parent_run_id": sweep_run,
+                },
             )
             print(f"{label}: flow run {child.id} ({child.name})")
             launched.append((point, child.id))
@@ -237,8 +260,11 @@ def multistage_sweep(models: list[str] | None = None, betas: list[float] | None 
         rows = []
         for point, run_id in launched:
             mlflow_run, scores = _pipeline_run_scores(str(run_id))
-            rows.append(table_row(point, scores, state=finished[run_id].state.name, flow_run_id=str(run_id),
-                                  mlflow_run_id=mlflow_run))
+            rows.append(
+                table_row(
+                    point, scores, state=finished[run_id].state.name, flow_run_id=str(run_id), mlflow_run_id=mlflow_run
+                )
+            )
         write_table(rows)
         for path in (SWEEP_TABLE, SWEEP_CSV, SWEEP_PLOT):
             log_artifact_to_run(sweep_run, path, "sweep")
@@ -248,8 +274,10 @@ def multistage_sweep(models: list[str] | None = None, betas: list[float] | None 
     print(format_table(rows))
     failed = [r for r in rows if r["state"] != "Completed"]
     if failed:
-        raise RuntimeError(f"sweep {name}: {len(failed)} of {len(rows)} points did not complete: "
-                           + ", ".join(f"{point_label(r)} {r['state']}" for r in failed))
+        raise RuntimeError(
+            f"sweep {name}: {len(failed)} of {len(rows)} points did not complete: "
+            + ", ".join(f"{point_label(r)} {r['state']}" for r in failed)
+        )
     return {"name": name, "rows": rows, "table": str(SWEEP_TABLE), "plot": str(SWEEP_PLOT), "best": registry}
 
 

@@ -16,7 +16,7 @@ import dataclasses
 import time
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model
 
@@ -56,8 +56,12 @@ def _params_from_dataclass(name: str, config_class: type, exclude: tuple[str, ..
 
 GRID_FIELDS = ("length_steps", "damping_steps", "mass_steps", "initial_angle_steps")
 PendulumDataParams = _params_from_dataclass(
-    "PendulumDataParams", PendulumOptions, exclude=GRID_FIELDS,
-    source=(Literal["pendulum"], "pendulum"), series=(int, Field(8000, ge=2)), test_series=(int, Field(1000, ge=1)),
+    "PendulumDataParams",
+    PendulumOptions,
+    exclude=GRID_FIELDS,
+    source=(Literal["pendulum"], "pendulum"),
+    series=(int, Field(8000, ge=2)),
+    test_series=(int, Field(1000, ge=1)),
     seed=(int, 0),
 )
 PendulumDataParams.__doc__ = (
@@ -72,16 +76,21 @@ PendulumEvaluationParams.__doc__ = "``chains.<name>.evaluation``: ``multistage.c
 class ChainTrainingParams(TrainingParams):
     """``chains.<name>.training``: every node's training-loop defaults (stage one's keys, and gradient_clip)."""
 
-    gradient_clip: Optional[float] = Field(None, gt=0.0)
+    gradient_clip: float | None = Field(None, gt=0.0)
 
 
 NodeTrainingParams = create_model(
-    "NodeTrainingParams", __base__=StageParams,
-    **{name: (Optional[Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation], None)
-       for name, field in ChainTrainingParams.model_fields.items()},
+    "NodeTrainingParams",
+    __base__=StageParams,
+    **{
+        name: ((Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation) | None, None)
+        for name, field in ChainTrainingParams.model_fields.items()
+    },
 )
-NodeTrainingParams.__doc__ = ("``chains.<name>.nodes.<node>.training``: what this node sets differently from the "
-                              "chain's ``training`` (null: the chain's value).")
+NodeTrainingParams.__doc__ = (
+    "``chains.<name>.nodes.<node>.training``: what this node sets differently from the "
+    "chain's ``training`` (null: the chain's value)."
+)
 
 
 class NodeParams(StageParams):
@@ -101,7 +110,7 @@ class ChainParams(StageParams):
     training: ChainTrainingParams = ChainTrainingParams()
     # validated one by one below (NodeParams, PendulumEvaluationParams), so that an error lists the right keys
     nodes: dict[str, Any]
-    evaluation: Optional[dict[str, Any]] = None
+    evaluation: dict[str, Any] | None = None
 
 
 def _bad(source: str, key: str, message: str) -> ParamsError:
@@ -117,10 +126,17 @@ def load_params(name: str, params_file: str | Path = PARAMS_FILE) -> ChainParams
     params = validate_section(ChainParams, chains[name], f"chains.{name}", str(params_file))
     if not params.nodes:
         raise _bad(str(params_file), f"chains.{name}.nodes", "a chain needs at least one node")
-    nodes = {node: validate_section(NodeParams, raw, f"chains.{name}.nodes.{node}", str(params_file))
-             for node, raw in params.nodes.items()}
-    evaluation = None if params.evaluation is None else validate_section(
-        PendulumEvaluationParams, params.evaluation, f"chains.{name}.evaluation", str(params_file))
+    nodes = {
+        node: validate_section(NodeParams, raw, f"chains.{name}.nodes.{node}", str(params_file))
+        for node, raw in params.nodes.items()
+    }
+    evaluation = (
+        None
+        if params.evaluation is None
+        else validate_section(
+            PendulumEvaluationParams, params.evaluation, f"chains.{name}.evaluation", str(params_file)
+        )
+    )
     params = params.model_copy(update={"nodes": nodes, "evaluation": evaluation})
     declaration(name, params, str(params_file))
     return params
@@ -135,8 +151,12 @@ def declaration(name: str, params: ChainParams, source: str = PARAMS_FILE):
     prefix = f"chains.{name}"
     data = params.data.model_dump(exclude={"source"})
     try:
-        options = PendulumTableOptions(series=data.pop("series"), test_series=data.pop("test_series"),
-                                       seed=data.pop("seed"), simulator=PendulumOptions(**data))
+        options = PendulumTableOptions(
+            series=data.pop("series"),
+            test_series=data.pop("test_series"),
+            seed=data.pop("seed"),
+            simulator=PendulumOptions(**data),
+        )
     except ValueError as error:
         raise _bad(source, f"{prefix}.data", str(error)) from None
     nodes = {node: spec.model_dump() for node, spec in params.nodes.items()}
@@ -151,18 +171,21 @@ def declaration(name: str, params: ChainParams, source: str = PARAMS_FILE):
             evaluation = PendulumEvaluation(**params.evaluation.model_dump())
         except ValueError as error:
             raise _bad(source, f"{prefix}.evaluation", str(error)) from None
-        if evaluation.latent_node not in spec.node_names or \
-                params.nodes[evaluation.latent_node].kind != "residual_vae":
-            raise _bad(source, f"{prefix}.evaluation.latent_node",
-                       f"{evaluation.latent_node!r} is not a residual_vae node of the chain "
-                       f"(nodes: {', '.join(spec.node_names)})")
+        if evaluation.latent_node not in spec.node_names or params.nodes[evaluation.latent_node].kind != "residual_vae":
+            raise _bad(
+                source,
+                f"{prefix}.evaluation.latent_node",
+                f"{evaluation.latent_node!r} is not a residual_vae node of the chain "
+                f"(nodes: {', '.join(spec.node_names)})",
+            )
         if evaluation.observed not in {node.output for node in ordered}:
-            raise _bad(source, f"{prefix}.evaluation.observed",
-                       f"{evaluation.observed!r} is not the output of a node")
+            raise _bad(source, f"{prefix}.evaluation.observed", f"{evaluation.observed!r} is not the output of a node")
         if options.test_series < evaluation.held_out:
-            raise _bad(source, f"{prefix}.evaluation.held_out",
-                       f"{evaluation.held_out} held-out sequences asked for, but data.test_series is "
-                       f"{options.test_series}")
+            raise _bad(
+                source,
+                f"{prefix}.evaluation.held_out",
+                f"{evaluation.held_out} held-out sequences asked for, but data.test_series is {options.test_series}",
+            )
     return spec, options, evaluation
 
 
@@ -170,8 +193,7 @@ def _write_held_out(path: Path, figure_data: dict, table, rows) -> None:
     import numpy as np
 
     z = figure_data["z"]
-    columns = {"row": rows, **{f: np.asarray(table.values[f][rows]).reshape(-1) for f in ("length", "damping",
-                                                                                        "mass")}}
+    columns = {"row": rows, **{f: np.asarray(table.values[f][rows]).reshape(-1) for f in ("length", "damping", "mass")}}
     columns |= {f"z_{j}": z[:, j] for j in range(z.shape[1])}
     lines = [",".join(columns)]
     lines += [",".join(f"{columns[c][i]:.6g}" for c in columns) for i in range(len(rows))]
@@ -193,27 +215,34 @@ def run(name: str, params: ChainParams, device, tracker=None, show_progress: boo
             tracker.log_metrics({f"chain.{node}.train.{k}": v for k, v in record.items() if k != "step"}, step=step)
 
     try:
-        chain = train_chain(spec, table, Path(CHECKPOINT_PATTERN.format(name=name)), device,
-                            # the simulated data and the code the chain stage runs (a code change retrains)
-                            data_fingerprint=fingerprint(params.data.model_dump(), code_digest("chain")),
-                            callback=callback,
-                            show_progress=show_progress)
+        chain = train_chain(
+            spec,
+            table,
+            Path(CHECKPOINT_PATTERN.format(name=name)),
+            device,
+            # the simulated data and the code the chain stage runs (a code change retrains)
+            data_fingerprint=fingerprint(params.data.model_dump(), code_digest("chain")),
+            callback=callback,
+            show_progress=show_progress,
+        )
     except ChainError as error:  # an option that only the data's shapes reveal as wrong
         raise _bad(PARAMS_FILE, f"chains.{name}.{error.key}", error.message) from None
     summary: dict[str, float] = {}
     for node, report in chain.reports.items():
         summary |= training_summary(f"chain.{node}", report.result)
         summary |= {f"chain.{node}.test.{k}": v for k, v in report.test_logs.items()}
-    metrics, figure_data = (evaluate_pendulum(chain, table, options, evaluation, device)
-                            if evaluation is not None else ({}, None))
+    metrics, figure_data = (
+        evaluate_pendulum(chain, table, options, evaluation, device) if evaluation is not None else ({}, None)
+    )
     summary |= metrics
     output = OUTPUT_ROOT / name
     with StagingDirectory(output) as tmp:
         save_chain(chain, tmp / "nodes", extra={"data": params.data.model_dump(), "device": str(device)})
         for node, report in chain.reports.items():
             terms = ("loss", *chain.nodes[node].logged_terms)
-            plot_curves(tmp / "figures" / f"curves_{node}.png", report.result.history, terms,
-                        f"{name}: {node} ({report.kind})")
+            plot_curves(
+                tmp / "figures" / f"curves_{node}.png", report.result.history, terms, f"{name}: {node} ({report.kind})"
+            )
         if figure_data is not None:
             pendulum_figures(tmp / "figures", figure_data, metrics)
             _write_held_out(tmp / "held_out_z.csv", figure_data, table, table.test_rows[: evaluation.held_out])
@@ -243,11 +272,15 @@ def main(argv: list[str] | None = None) -> dict:
         summary = run(args.name, params, device, tracker=tracker, show_progress=not args.no_progress)
     pieces = [f"chain {args.name}: {len(params.nodes)} nodes in {summary['chain.seconds']:.0f} s"]
     if "pendulum.mass_abs_pearson_r.posterior_mean" in summary:
-        pieces.append(f"|r(z, mass)| = {summary['pendulum.mass_abs_pearson_r.posterior_mean']:.3f} on "
-                      f"{summary['pendulum.held_out_sequences']} held-out sequences")
+        pieces.append(
+            f"|r(z, mass)| = {summary['pendulum.mass_abs_pearson_r.posterior_mean']:.3f} on "
+            f"{summary['pendulum.held_out_sequences']} held-out sequences"
+        )
         for factor in ("length", "damping"):
-            period, decay = (summary[f"pendulum.traverse_{factor}.{quantity}_relative_change.model"]
-                             for quantity in ("period", "decay"))
+            period, decay = (
+                summary[f"pendulum.traverse_{factor}.{quantity}_relative_change.model"]
+                for quantity in ("period", "decay")
+            )
             pieces.append(f"traversing {factor}: period {period:+.2f}, decay {decay:+.2f} (relative changes)")
     print(", ".join(pieces))
     return summary

@@ -61,8 +61,9 @@ def check_all(params_file: str | Path = PARAMS_FILE) -> list[str]:
     checked = ["runtime", "prepare", "stage_one", "pairs", "stage_two", "evaluate", "registry"]
     chains = params.get("chains") or {}
     if not isinstance(chains, dict):
-        raise ParamsError(f"{params_file}: section 'chains' must be a mapping of chain names, got "
-                          f"{type(chains).__name__}")
+        raise ParamsError(
+            f"{params_file}: section 'chains' must be a mapping of chain names, got {type(chains).__name__}"
+        )
     for name in chains:
         chain.load_params(name, params_file)
         checked.append(f"chains.{name}")

@@ -16,8 +16,9 @@ import sys
 import tempfile
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import yaml
@@ -71,8 +72,11 @@ class StageParams(BaseModel):
             return value
         if isinstance(value, bool) and _takes_number_not_bool(field.annotation):
             raise ValueError(f"a number is needed, not the boolean {str(value).lower()}")
-        if isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value) \
-                and _element_takes_number_not_bool(field.annotation):
+        if (
+            isinstance(value, (list, tuple))
+            and any(isinstance(item, bool) for item in value)
+            and _element_takes_number_not_bool(field.annotation)
+        ):
             raise ValueError("a list of numbers is needed, not booleans")
         return value
 
@@ -193,8 +197,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             temporary.write_bytes(data)
     except OSError as error:
         if is_disk_full(error) and not isinstance(error, WriteError):
-            raise WriteError(f"cannot write {path}: {error.strerror or error}; the previous file, if any, is "
-                             "untouched") from None
+            raise WriteError(
+                f"cannot write {path}: {error.strerror or error}; the previous file, if any, is untouched"
+            ) from None
         raise
 
 
@@ -253,8 +258,9 @@ class StagingDirectory:
             from multistage.train import WriteError, is_disk_full
 
             if isinstance(exc, OSError) and is_disk_full(exc) and not isinstance(exc, WriteError):
-                raise WriteError(f"cannot write {self.target}: {exc.strerror or exc}; the previous {self.target} "
-                                 "is untouched") from None
+                raise WriteError(
+                    f"cannot write {self.target}: {exc.strerror or exc}; the previous {self.target} is untouched"
+                ) from None
             return
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old")
@@ -295,8 +301,11 @@ def digest_paths(paths: list[str | Path], root: Path = Path(".")) -> str:
     digest = hashlib.md5()
     for name in paths:
         path = root / name
-        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
-            if path.is_dir() else [path]
+        files = (
+            sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+            if path.is_dir()
+            else [path]
+        )
         for file in files:
             digest.update(str(file.relative_to(root)).encode())
             if not file.exists():

@@ -82,8 +82,17 @@ def _paths(entries: list | None) -> tuple[str, ...]:
 
 
 def _stage(name: str, group: str, item: str | None, body: dict) -> DvcStage:
-    return DvcStage(name, group, item, str(body.get("cmd", "")), _paths(body.get("deps")), _paths(body.get("outs")),
-                    _paths(body.get("params")), _paths(body.get("metrics")), _paths(body.get("plots")))
+    return DvcStage(
+        name,
+        group,
+        item,
+        str(body.get("cmd", "")),
+        _paths(body.get("deps")),
+        _paths(body.get("outs")),
+        _paths(body.get("params")),
+        _paths(body.get("metrics")),
+        _paths(body.get("plots")),
+    )
 
 
 def _expand(group: str, body: dict, params: dict, where: str) -> list[DvcStage]:
@@ -99,13 +108,16 @@ def _expand(group: str, body: dict, params: dict, where: str) -> list[DvcStage]:
     if "foreach" in body:
         items = _fill(body["foreach"], params, where)
         pairs = items.items() if isinstance(items, dict) else ((value, value) for value in items or [])
-        return [_stage(f"{group}@{key}", group, str(key), _fill(body["do"], params | {"key": key, "item": value},
-                                                                 where)) for key, value in pairs]
+        return [
+            _stage(f"{group}@{key}", group, str(key), _fill(body["do"], params | {"key": key, "item": value}, where))
+            for key, value in pairs
+        ]
     return [_stage(group, group, None, _fill(body, params, where))]
 
 
-def read_stages(dvc_file: str | Path = DVC_FILE, params: dict | None = None,
-                params_file: str | Path = PARAMS_FILE) -> dict[str, DvcStage]:
+def read_stages(
+    dvc_file: str | Path = DVC_FILE, params: dict | None = None, params_file: str | Path = PARAMS_FILE
+) -> dict[str, DvcStage]:
     """Every stage of ``dvc_file``, expanded against ``params`` (read from ``params_file`` when not given), in the
     file's order."""
     dvc_file = Path(dvc_file)

@@ -71,18 +71,27 @@ def section_model(config_class: type, name: str | None = None, **extra: Any) -> 
         if dataclasses.is_dataclass(default):
             default = annotation(**dataclasses.asdict(default))
         fields[field.name] = (annotation, list(default) if isinstance(default, tuple) else default)
-    return create_model(name or f"{config_class.__name__.removesuffix('Config')}Params", __base__=StageParams,
-                        **fields, **extra)
+    return create_model(
+        name or f"{config_class.__name__.removesuffix('Config')}Params", __base__=StageParams, **fields, **extra
+    )
 
 
 MetricName = Literal[tuple(METRICS)]
 ALL_METRICS: list[str] = list(METRICS)
 EvaluateParams = section_model(
-    EvaluationConfig, "EvaluateParams", metrics=(list[MetricName], ALL_METRICS),
-    **{name: (section_model(metric.config), section_model(metric.config)())
-       for name, metric in METRICS.items() if dataclasses.fields(metric.config)})
-EvaluateParams.__doc__ = ("params.yaml's ``evaluate``: the fields of EvaluationConfig and one sub-section per "
-                          "registered metric with settings (``evaluate.sap.images``).")
+    EvaluationConfig,
+    "EvaluateParams",
+    metrics=(list[MetricName], ALL_METRICS),
+    **{
+        name: (section_model(metric.config), section_model(metric.config)())
+        for name, metric in METRICS.items()
+        if dataclasses.fields(metric.config)
+    },
+)
+EvaluateParams.__doc__ = (
+    "params.yaml's ``evaluate``: the fields of EvaluationConfig and one sub-section per "
+    "registered metric with settings (``evaluate.sap.images``)."
+)
 
 
 def _from_section(config_class: type, values: dict) -> Any:
@@ -129,8 +138,9 @@ def print_skipped(scores: dict) -> None:
         print(f"evaluate: skipped {groups} ({reason}); see skipped.<group> in {SCORES}")
 
 
-def run(params, device: torch.device, tracker=None, show_progress: bool = True,
-        variants: list[str] | None = None) -> dict:
+def run(
+    params, device: torch.device, tracker=None, show_progress: bool = True, variants: list[str] | None = None
+) -> dict:
     started = time.perf_counter()
     stage_one = load_stage_one(device)
     stage_one.eval()
@@ -141,8 +151,9 @@ def run(params, device: torch.device, tracker=None, show_progress: bool = True,
         return encode_all(model, rows, device, batch_size)
 
     try:
-        scores, examples = compute(evaluation_config(params), device, dataset, stage_one, stage_two, encode,
-                                   STAGE_ONE_CODES, show_progress)
+        scores, examples = compute(
+            evaluation_config(params), device, dataset, stage_one, stage_two, encode, STAGE_ONE_CODES, show_progress
+        )
     except EvaluationInputError as error:
         raise InputError(f"{DATA}, models/stage_one: {error}") from None
     print_skipped(scores)
@@ -175,11 +186,13 @@ def main(params_file: str | Path = PARAMS_FILE) -> dict:
         value = scores.get(key)
         return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
-    print(f"evaluate: MIG (histogram) on X {show(f'x.mig.histogram{bins}')}, on Y {show(f'y.mig.histogram{bins}')}, "
-          f"on X-hat {show(f'x_hat.mig.histogram{bins}')}; MIG (sampling) on X {show('x.mig.sampling')}; "
-          f"SAP {show('x.sap')}; FactorVAE score {show('x.factorvae_score')}; Fréchet (factor classifier) Y "
-          f"{show('frechet.factor_classifier.y')} -> X-hat {show('frechet.factor_classifier.x_hat')}; "
-          f"TC {show('tc_decomposition.total_correlation')}")
+    print(
+        f"evaluate: MIG (histogram) on X {show(f'x.mig.histogram{bins}')}, on Y {show(f'y.mig.histogram{bins}')}, "
+        f"on X-hat {show(f'x_hat.mig.histogram{bins}')}; MIG (sampling) on X {show('x.mig.sampling')}; "
+        f"SAP {show('x.sap')}; FactorVAE score {show('x.factorvae_score')}; Fréchet (factor classifier) Y "
+        f"{show('frechet.factor_classifier.y')} -> X-hat {show('frechet.factor_classifier.x_hat')}; "
+        f"TC {show('tc_decomposition.total_correlation')}"
+    )
     return scores
 
 

@@ -21,8 +21,8 @@ from stages.common import (
     StagingDirectory,
     atomic_write_json,
     load_runtime,
-    load_trained_model,
     load_section,
+    load_trained_model,
     run_cli,
     setup_runtime,
 )
@@ -51,8 +51,7 @@ def run(params: PairsParams, device, show_progress: bool = True) -> dict:
     dataset = load_data(DATA)
     model = load_stage_one(device)
     indices = dataset.train_indices
-    with tqdm(total=len(indices) * params.samples_per_x, desc="pairs", unit="pair",
-              disable=not show_progress) as bar:
+    with tqdm(total=len(indices) * params.samples_per_x, desc="pairs", unit="pair", disable=not show_progress) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -60,18 +59,34 @@ def run(params: PairsParams, device, show_progress: bool = True) -> dict:
             bar.refresh()
 
         pairs = make_pairs(
-            model, dataset.images, indices, samples_per_x=params.samples_per_x, use_mean=params.use_mean,
-            batch_size=params.batch_size, seed=params.seed, device=device, progress=progress,
+            model,
+            dataset.images,
+            indices,
+            samples_per_x=params.samples_per_x,
+            use_mean=params.use_mean,
+            batch_size=params.batch_size,
+            seed=params.seed,
+            device=device,
+            progress=progress,
         )
     with StagingDirectory(OUTPUT) as tmp:
         for name in ("x_index", "c", "y"):
             np.save(tmp / f"{name}.npy", pairs[name])
-        atomic_write_json(tmp / "meta.json", {
-            "pairs": int(len(pairs["x_index"])), "samples_per_x": params.samples_per_x,
-            "use_mean": params.use_mean, "y": "probabilities E[p(y|c)], float16", "stage_one": str(STAGE_ONE_MODEL),
-        })
-    return {"pairs.count": int(len(pairs["x_index"])), "pairs.seconds": time.perf_counter() - started,
-            "pairs.y_mean": float(pairs["y"][: 4096].astype(np.float32).mean())}
+        atomic_write_json(
+            tmp / "meta.json",
+            {
+                "pairs": int(len(pairs["x_index"])),
+                "samples_per_x": params.samples_per_x,
+                "use_mean": params.use_mean,
+                "y": "probabilities E[p(y|c)], float16",
+                "stage_one": str(STAGE_ONE_MODEL),
+            },
+        )
+    return {
+        "pairs.count": int(len(pairs["x_index"])),
+        "pairs.seconds": time.perf_counter() - started,
+        "pairs.y_mean": float(pairs["y"][:4096].astype(np.float32).mean()),
+    }
 
 
 def main(params_file: str | Path = PARAMS_FILE) -> dict:

@@ -27,8 +27,18 @@ PROCEDURAL = ("dsprites", "pendulum")
 BUNDLED = ("digits", "mnist5k", "fashion_mnist")
 ON_DISK = ("dsprites_npz", "shapes3d_h5", "smallnorb", "cars3d", "mpi3d_npz", "mnist_idx", "image_folder")
 DatasetName = Literal[
-    "dsprites", "pendulum", "digits", "mnist5k", "fashion_mnist", "dsprites_npz", "shapes3d_h5", "smallnorb",
-    "cars3d", "mpi3d_npz", "mnist_idx", "image_folder",
+    "dsprites",
+    "pendulum",
+    "digits",
+    "mnist5k",
+    "fashion_mnist",
+    "dsprites_npz",
+    "shapes3d_h5",
+    "smallnorb",
+    "cars3d",
+    "mpi3d_npz",
+    "mnist_idx",
+    "image_folder",
 ]
 
 
@@ -145,14 +155,18 @@ def check_selection(params: PrepareParams) -> None:
     if name in ON_DISK:
         key = "images" if name == "mnist_idx" else "path"
         if getattr(options, key) is None:
-            raise ParamsError(f"prepare.{name}.{key} is required when prepare.dataset is {name!r}: the path of the "
-                              f"dataset in its published format (see multistage/data/ondisk.py)")
+            raise ParamsError(
+                f"prepare.{name}.{key} is required when prepare.dataset is {name!r}: the path of the "
+                f"dataset in its published format (see multistage/data/ondisk.py)"
+            )
     if name in ("dsprites", "pendulum") and params.resize_mode != "auto":
         raise ParamsError(f"prepare.resize_mode applies to stored images; {name} is generated at its own size")
     if name == "pendulum":
         if params.image_size is not None:
-            raise ParamsError("bad value for 'prepare.image_size': the pendulum is a time series (N x 1 x T), not "
-                              "images; leave it null")
+            raise ParamsError(
+                "bad value for 'prepare.image_size': the pendulum is a time series (N x 1 x T), not "
+                "images; leave it null"
+            )
         pendulum_options(params)
 
 
@@ -194,18 +208,38 @@ def _make(params: PrepareParams, out_dir: Path, progress):
     if params.dataset == "dsprites":
         options = params.dsprites.texture.model_dump() if params.dsprites.variant == "textured" else {}
         n_images = None if params.n_images is None else min(params.n_images, dsprites.GRID_SIZE)
-        return dsprites.make_dsprites(out_dir, n_images=n_images, seed=params.seed, variant=params.dsprites.variant,
-                                      test_fraction=params.test_fraction,
-                                      image_size=params.image_size or dsprites.IMAGE_SIZE, progress=progress, **options)
+        return dsprites.make_dsprites(
+            out_dir,
+            n_images=n_images,
+            seed=params.seed,
+            variant=params.dsprites.variant,
+            test_fraction=params.test_fraction,
+            image_size=params.image_size or dsprites.IMAGE_SIZE,
+            progress=progress,
+            **options,
+        )
     if params.dataset == "pendulum":
         options = pendulum_options(params)
         total = math.prod(len(values) for values in options.factor_grid().values())
         n_images = None if params.n_images is None else min(params.n_images, total)
-        return pendulum.make_pendulum(out_dir, n_images=n_images, seed=params.seed,
-                                      test_fraction=params.test_fraction, options=options, progress=progress)
-    return sources.write_image_source(_source(params), out_dir, n_images=params.n_images, seed=params.seed,
-                                      test_fraction=params.test_fraction, image_size=params.image_size,
-                                      resize_mode=params.resize_mode, progress=progress)
+        return pendulum.make_pendulum(
+            out_dir,
+            n_images=n_images,
+            seed=params.seed,
+            test_fraction=params.test_fraction,
+            options=options,
+            progress=progress,
+        )
+    return sources.write_image_source(
+        _source(params),
+        out_dir,
+        n_images=params.n_images,
+        seed=params.seed,
+        test_fraction=params.test_fraction,
+        image_size=params.image_size,
+        resize_mode=params.resize_mode,
+        progress=progress,
+    )
 
 
 def run(params: PrepareParams, show_progress: bool = True) -> dict:
@@ -241,8 +275,11 @@ def run(params: PrepareParams, show_progress: bool = True) -> dict:
 def selected_params(params: PrepareParams) -> dict:
     """The params that shaped the data: the common keys and the chosen dataset's sub-section (for MLflow)."""
     every = params.model_dump()
-    common = {key: value for key, value in every.items() if key not in PrepareParams.model_fields or
-              not isinstance(value, dict)}
+    common = {
+        key: value
+        for key, value in every.items()
+        if key not in PrepareParams.model_fields or not isinstance(value, dict)
+    }
     return {**common, params.dataset: every.get(params.dataset, {})}
 
 
@@ -254,8 +291,10 @@ def main(params_file: str | Path = PARAMS_FILE) -> dict:
         tracker.log_metrics({f"prepare.{k}": v for k, v in summary.items()})
     series = params.dataset == "pendulum"
     shape = f"{summary['channels']} x {summary['image_size']}" + ("" if series else f" x {summary['image_size']}")
-    print(f"prepare: {params.dataset}, {summary['images']} {'series' if series else 'images'} "
-          f"({summary['train_images']} train), {shape}, {summary['factors']} factors, in {summary['seconds']:.1f} s")
+    print(
+        f"prepare: {params.dataset}, {summary['images']} {'series' if series else 'images'} "
+        f"({summary['train_images']} train), {shape}, {summary['factors']} factors, in {summary['seconds']:.1f} s"
+    )
     return summary
 
 

@@ -18,7 +18,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field
 
@@ -50,10 +50,14 @@ STAGE_ONE_METRICS, EVALUATE_METRICS = Path("metrics/stage_one.json"), Path("metr
 FIGURES_DIR = Path("figures")
 CAPTIONS = FIGURES_DIR / "captions.json"
 DEFAULT_FIGURES = [
-    ("Reconstructions: x (top), y = stage one (middle), x-hat = stage two (bottom)",
-     FIGURES_DIR / "reconstructions.png"),
-    ("Traversal of the stage-one code C, decoded by stage one (Y): one row per latent",
-     FIGURES_DIR / "traversal_y.png"),
+    (
+        "Reconstructions: x (top), y = stage one (middle), x-hat = stage two (bottom)",
+        FIGURES_DIR / "reconstructions.png",
+    ),
+    (
+        "Traversal of the stage-one code C, decoded by stage one (Y): one row per latent",
+        FIGURES_DIR / "traversal_y.png",
+    ),
     ("The same traversal rendered by stage two (X-hat = G(Y, z), z fixed)", FIGURES_DIR / "traversal_x_hat.png"),
     ("Traversal of the residual z with Y fixed (X-hat = G(Y, z))", FIGURES_DIR / "traversal_z.png"),
 ]
@@ -72,16 +76,27 @@ COMPARISON_COLUMNS = [
     ("Fréchet sample", "frechet.factor_classifier.x_sample", "lower"),
     ("MIG of its code", "code.mig.histogram20", "higher"),
     ("MIG stage one on X-hat", "x_hat.mig.histogram20", "higher"),
-    ("M1", "conditioning.M1", None), ("M2", "conditioning.M2", "higher"), ("M3", "conditioning.M3", "higher"),
+    ("M1", "conditioning.M1", None),
+    ("M2", "conditioning.M2", "higher"),
+    ("M3", "conditioning.M3", "higher"),
     ("M4", "conditioning.M4", "lower"),
-    ("MLP acc. C", "downstream.mlp.c.mean", None), ("MLP acc. Z", "downstream.mlp.z.mean", None),
+    ("MLP acc. C", "downstream.mlp.c.mean", None),
+    ("MLP acc. Z", "downstream.mlp.z.mean", None),
     ("MLP acc. C+Z", "downstream.mlp.c_z.mean", "higher"),
     ("L1 X-hat", "reconstruction.x_hat.l1", "lower"),
 ]
-ROW_LABELS = {"stage_one": "beta-TCVAE, |C| (stage one)", "msvae": "MS-VAE", "msgan": "MS-GAN",
-              "msflow": "MS-FLOW", "betatcvae_l": "beta-TCVAE-L, |C|+|Z|", "bigvae": "Big-VAE",
-              "end_to_end": "ablation: end-to-end (M1)", "c_input": "ablation: C instead of Y (M3)",
-              "concat": "ablation: concat, no AdaIN (M2)", "z_first": "ablation: Z first (M5)"}
+ROW_LABELS = {
+    "stage_one": "beta-TCVAE, |C| (stage one)",
+    "msvae": "MS-VAE",
+    "msgan": "MS-GAN",
+    "msflow": "MS-FLOW",
+    "betatcvae_l": "beta-TCVAE-L, |C|+|Z|",
+    "bigvae": "Big-VAE",
+    "end_to_end": "ablation: end-to-end (M1)",
+    "c_input": "ablation: C instead of Y (M3)",
+    "concat": "ablation: concat, no AdaIN (M2)",
+    "z_first": "ablation: Z first (M5)",
+}
 
 HEADLINE = [  # the headline file's scores, then a few more for the page and the run summary
     *EVALUATION_HEADLINE,
@@ -96,7 +111,7 @@ class RegistryParams(StageParams):
     """The ``registry`` section: where the stage-two model is filed and what ``best`` means."""
 
     enabled: bool = True  # false: no registry (e.g. a tracking server without one)
-    variant: Optional[str] = None  # which stage-two variant is filed; null: the first of stage_two.variants
+    variant: str | None = None  # which stage-two variant is filed; null: the first of stage_two.variants
     model_name: str = Field("multistage-stage-two", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     best_metric: str = "frechet.factor_classifier.x_hat"
     best_is: Literal["lower", "higher"] = "lower"
@@ -117,8 +132,10 @@ def metric_files(variants: list[str] | None = None) -> list[Path]:
 
 
 def curve_figures(variants: list[str] | None = None) -> list[tuple[str, Path]]:
-    return [STAGE_ONE_CURVES] + [(f"Stage-two training curves ({variant})", output_folder(variant) / "curves.png")
-                                 for variant in variants or DEFAULT_VARIANTS]
+    return [STAGE_ONE_CURVES] + [
+        (f"Stage-two training curves ({variant})", output_folder(variant) / "curves.png")
+        for variant in variants or DEFAULT_VARIANTS
+    ]
 
 
 METRIC_FILES, CURVES = metric_files(), curve_figures()  # those of the default variants
@@ -147,12 +164,18 @@ def comparison_section(scores: dict, variants: list[str]) -> str:
     rows = comparison_rows(scores, variants)
     if len(rows) < 2:
         return ""
-    columns = [(header, key, better) for header, key, better in COMPARISON_COLUMNS
-               if any(isinstance(values.get(key), (int, float)) for _, values in rows)]
+    columns = [
+        (header, key, better)
+        for header, key, better in COMPARISON_COLUMNS
+        if any(isinstance(values.get(key), (int, float)) for _, values in rows)
+    ]
     best = {}
     for _, key, better in columns:
-        numbers = [values[key] for _, values in rows if isinstance(values.get(key), (int, float))
-                   and math.isfinite(values[key])]
+        numbers = [
+            values[key]
+            for _, values in rows
+            if isinstance(values.get(key), (int, float)) and math.isfinite(values[key])
+        ]
         if better and numbers:
             best[key] = min(numbers) if better == "lower" else max(numbers)
     head = "".join(f"<th>{html.escape(header)}</th>" for header, _, _ in columns)
@@ -166,12 +189,14 @@ def comparison_section(scores: dict, variants: list[str]) -> str:
         label = html.escape(ROW_LABELS.get(name, name))
         body.append(f"<tr><td>{label} <code>{html.escape(name)}</code></td>{''.join(cells)}</tr>")
     figure = comparison_figure(rows)
-    return (f"<h2>Comparison of the stage-two variants</h2>\n<p>Held-out images; Fréchet distance and KID in the "
-            f"factor-classifier features; MIG (histogram, 20 bins) of each model's disentangled code (stage one's C "
-            f"for the conditioned variants) and of the stage-one encoder on the model's reconstructions; M1..M4 of "
-            f"MS-VAE sec. 4; MLP accuracy from C, Z, C+Z (mean over factors). Keys: <code>compare.&lt;row&gt;."
-            f"&lt;metric&gt;</code> in {EVALUATE_METRICS}. n/a: the model has no such output.</p>\n"
-            f"<table><tr><th>model</th>{head}</tr>\n" + "\n".join(body) + "\n</table>\n" + figure)
+    return (
+        f"<h2>Comparison of the stage-two variants</h2>\n<p>Held-out images; Fréchet distance and KID in the "
+        f"factor-classifier features; MIG (histogram, 20 bins) of each model's disentangled code (stage one's C "
+        f"for the conditioned variants) and of the stage-one encoder on the model's reconstructions; M1..M4 of "
+        f"MS-VAE sec. 4; MLP accuracy from C, Z, C+Z (mean over factors). Keys: <code>compare.&lt;row&gt;."
+        f"&lt;metric&gt;</code> in {EVALUATE_METRICS}. n/a: the model has no such output.</p>\n"
+        f"<table><tr><th>model</th>{head}</tr>\n" + "\n".join(body) + "\n</table>\n" + figure
+    )
 
 
 def comparison_figure(rows: list[tuple[str, dict]]) -> str:
@@ -190,10 +215,19 @@ def comparison_figure(rows: list[tuple[str, dict]]) -> str:
     positions = list(range(len(rows)))
     left.barh(positions, [number(v, "frechet.factor_classifier.x_hat") for _, v in rows], color="#4477aa")
     left.set_title("Fréchet distance of X-hat (lower is better)")
-    for offset, (key, label, colour) in enumerate([("code.mig.histogram20", "MIG of its code", "#228833"),
-                                                   ("x_hat.mig.histogram20", "MIG stage one on X-hat", "#ccbb44")]):
-        right.barh([p + (offset - 0.5) * 0.4 for p in positions], [number(v, key) for _, v in rows], height=0.4,
-                   color=colour, label=label)
+    for offset, (key, label, colour) in enumerate(
+        [
+            ("code.mig.histogram20", "MIG of its code", "#228833"),
+            ("x_hat.mig.histogram20", "MIG stage one on X-hat", "#ccbb44"),
+        ]
+    ):
+        right.barh(
+            [p + (offset - 0.5) * 0.4 for p in positions],
+            [number(v, key) for _, v in rows],
+            height=0.4,
+            color=colour,
+            label=label,
+        )
     right.set_title("MIG (higher is better)")
     right.legend(loc="lower right", fontsize=8)
     for axis in (left, right):
@@ -206,8 +240,10 @@ def comparison_figure(rows: list[tuple[str, dict]]) -> str:
     plt.close(figure)
     caption = "Comparison: reconstruction Fréchet distance and MIG per model (missing bar: n/a)"
     uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    return (f"<figure><img alt='{html.escape(caption, quote=True)}' src='{uri}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{html.escape(caption, quote=True)}' src='{uri}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def headline(scores: dict[str, float]) -> list[tuple[str, str, float]]:
@@ -220,12 +256,14 @@ def figure_list(variants: list[str] | None = None) -> list[tuple[str, Path]]:
         try:
             entries = json.loads(CAPTIONS.read_text())
         except json.JSONDecodeError as error:
-            raise InputError(f"{CAPTIONS}: not valid JSON ({error}); expected a list of {{\"file\", \"caption\"}}")
+            raise InputError(
+                f'{CAPTIONS}: not valid JSON ({error}); expected a list of {{"file", "caption"}}'
+            ) from None
         if not isinstance(entries, list) or not all(
             isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("caption"), str)
             for e in entries
         ):
-            raise InputError(f"{CAPTIONS}: expected a list of {{\"file\": \"<name>.png\", \"caption\": \"...\"}}")
+            raise InputError(f'{CAPTIONS}: expected a list of {{"file": "<name>.png", "caption": "..."}}')
         figures = []
         for entry in entries:
             relative = Path(entry["file"])
@@ -243,8 +281,10 @@ def _image(path: Path) -> str:
 
 
 def _figure(caption: str, path: Path) -> str:
-    return (f"<figure><img alt='{html.escape(caption, quote=True)}' src='{_image(path)}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{html.escape(caption, quote=True)}' src='{_image(path)}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _cell(value) -> str:
@@ -269,8 +309,11 @@ def sweep_section() -> str:
     columns = point + [c for c in seen if c not in point and c not in ids] + ids  # grid point, scores, run ids
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "\n".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
-    plot = _figure("Sweep: MIG of stage one on X against beta (one point per run, line through the means)",
-                   SWEEP_PLOT) if SWEEP_PLOT.exists() else ""
+    plot = (
+        _figure("Sweep: MIG of stage one on X against beta (one point per run, line through the means)", SWEEP_PLOT)
+        if SWEEP_PLOT.exists()
+        else ""
+    )
     return f"<h2>Sweep</h2>\n<table><tr>{head}</tr>\n{body}\n</table>\n{plot}"
 
 
@@ -282,7 +325,8 @@ def render(scores: dict[str, float], params: dict) -> str:
     )
     all_rows = "\n".join(
         f"<tr><td><code>{html.escape(k)}</code></td><td>{v:.6g}</td></tr>"
-        for k, v in sorted(scores.items()) if isinstance(v, (int, float))
+        for k, v in sorted(scores.items())
+        if isinstance(v, (int, float))
     )
     figures = "\n".join(_figure(caption, path) for caption, path in figure_list(variants))
     prepare = params.get("prepare", {})
@@ -300,9 +344,9 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; image-rendering: pixelated
 figcaption {{ font-size: 0.9em; color: #555; }} details {{ margin: 1em 0; }}
 </style></head><body>
 <h1>multistage report</h1>
-<p>Commit <code>{git_commit()}</code>; dataset <code>{html.escape(dataset or 'unknown')}</code>,
-stage one <code>{html.escape(str(params.get('stage_one', {}).get('model')))}</code>,
-stage two <code>{html.escape(', '.join(variants))}</code> (headline: <code>{html.escape(variants[0])}</code>).</p>
+<p>Commit <code>{git_commit()}</code>; dataset <code>{html.escape(dataset or "unknown")}</code>,
+stage one <code>{html.escape(str(params.get("stage_one", {}).get("model")))}</code>,
+stage two <code>{html.escape(", ".join(variants))}</code> (headline: <code>{html.escape(variants[0])}</code>).</p>
 <h2>Scores</h2>
 <table><tr><th>what</th><th>key</th><th>value</th></tr>
 {rows}
@@ -322,13 +366,16 @@ def filed_variant(registry: RegistryParams, variants: list[str], source: str = P
     if registry.variant is None:
         return variants[0]
     if registry.variant not in variants:
-        raise ParamsError(f"{source}: bad value for 'registry.variant': {registry.variant!r} is not in "
-                          f"stage_two.variants ({', '.join(variants)})")
+        raise ParamsError(
+            f"{source}: bad value for 'registry.variant': {registry.variant!r} is not in "
+            f"stage_two.variants ({', '.join(variants)})"
+        )
     return registry.variant
 
 
-def check_registry(registry: RegistryParams, scores: dict[str, float], source: str = PARAMS_FILE,
-                   variants: list[str] | None = None) -> None:
+def check_registry(
+    registry: RegistryParams, scores: dict[str, float], source: str = PARAMS_FILE, variants: list[str] | None = None
+) -> None:
     filed_variant(registry, variants or DEFAULT_VARIANTS, source)
     if registry.enabled and registry.best_metric not in scores:
         near = sorted(k for k in scores if registry.best_metric.split(".")[0] in k)[:8] or sorted(scores)[:8]
@@ -345,19 +392,30 @@ def run(params: dict) -> Path:
     return OUTPUT / "index.html"
 
 
-def register(registry: RegistryParams, tracker, scores: dict[str, float], variant: str = "msvae"
-             ) -> dict[str, str | None]:
+def register(
+    registry: RegistryParams, tracker, scores: dict[str, float], variant: str = "msvae"
+) -> dict[str, str | None]:
     """File ``variant``'s stage-two model in the registry (alias ``newest``) and move ``best``; returns the
     versions. ``registry.best_metric`` is read under ``compare.<variant>.`` when the variant is not the headline
     and the key exists there."""
     model_file = require_file(variant_model_file(variant), f"stage-two model ({variant})")
-    tags = {"git_commit": git_commit(), "pipeline_run_id": os.environ.get(PARENT_RUN_VARIABLE, ""),
-            "stage_two.variant": variant}
+    tags = {
+        "git_commit": git_commit(),
+        "pipeline_run_id": os.environ.get(PARENT_RUN_VARIABLE, ""),
+        "stage_two.variant": variant,
+    }
     if os.environ.get("DVC_EXP_NAME"):
         tags["DVC_EXP_NAME"] = os.environ["DVC_EXP_NAME"]
     value = scores.get(f"compare.{variant}.{registry.best_metric}", scores.get(registry.best_metric))
-    version = register_model_version(tracker, model_file, registry.model_name, file_digest(model_file),
-                                     registry.best_metric, value if isinstance(value, (int, float)) else None, tags)
+    version = register_model_version(
+        tracker,
+        model_file,
+        registry.model_name,
+        file_digest(model_file),
+        registry.best_metric,
+        value if isinstance(value, (int, float)) else None,
+        tags,
+    )
     best = refresh_best_alias(registry.model_name, registry.best_metric, registry.best_is == "higher")
     result = {"model": registry.model_name, "version": version, "best": best, "variant": variant}
     tracker.set_tags({"registry.model": registry.model_name, "registry.version": version})
@@ -372,8 +430,9 @@ def publish(params: dict, tracker, source: str = PARAMS_FILE) -> tuple[Path, dic
     check_registry(registry, scores, source, variants)
     path = run(params)
     tracker.log_artifact(path, "report")
-    return path, register(registry, tracker, scores, filed_variant(registry, variants, source)) \
-        if registry.enabled else None
+    return path, register(
+        registry, tracker, scores, filed_variant(registry, variants, source)
+    ) if registry.enabled else None
 
 
 def main(params_file: str | Path = PARAMS_FILE) -> Path:
@@ -385,8 +444,10 @@ def main(params_file: str | Path = PARAMS_FILE) -> Path:
         path, registered = publish(params, tracker, str(params_file))
     print(f"report: {path}")
     if registered:
-        print(f"registry: {registered['model']} version {registered['version']} ({registered['variant']}) is 'newest'; "
-              f"'best' ({registry.best_metric}, {registry.best_is} is better) is version {registered['best']}")
+        print(
+            f"registry: {registered['model']} version {registered['version']} ({registered['variant']}) is 'newest'; "
+            f"'best' ({registry.best_metric}, {registry.best_is} is better) is version {registered['best']}"
+        )
     return path
 
 

@@ -20,8 +20,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 PARENT_RUN_VARIABLE = "MULTISTAGE_PARENT_RUN_ID"
 PARENT_TAG = "mlflow.parentRunId"
@@ -193,9 +194,13 @@ def end_orphaned_runs(mlflow, experiment: str, stage: str) -> list[str]:
     client = mlflow.MlflowClient()
     host = socket.gethostname().replace("'", "")
     ended = []
-    for run in client.search_runs([experiment], filter_string=(
-            f"attributes.status = 'RUNNING' and tags.`multistage.stage` = '{stage}' "
-            f"and tags.`{HOST_TAG}` = '{host}'"), max_results=1000):
+    for run in client.search_runs(
+        [experiment],
+        filter_string=(
+            f"attributes.status = 'RUNNING' and tags.`multistage.stage` = '{stage}' and tags.`{HOST_TAG}` = '{host}'"
+        ),
+        max_results=1000,
+    ):
         pid = run.data.tags.get(PID_TAG, "")
         if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
             client.set_tag(run.info.run_id, "multistage.ended_by", "the next run of this stage: its process was gone")
@@ -312,8 +317,12 @@ def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def pipeline_run(name: str = "pipeline", tags: Mapping[str, str] | None = None,
-                 parent_run_id: str | None = None, stage: str = "pipeline") -> Iterator[str]:
+def pipeline_run(
+    name: str = "pipeline",
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    stage: str = "pipeline",
+) -> Iterator[str]:
     """Open the parent run of one pipeline execution and export its id to every stage started inside.
 
     ``parent_run_id`` nests the pipeline itself under another run (a sweep's run, one level up).
@@ -361,8 +370,15 @@ def _ensure_registered_model(client, name: str, description: str) -> None:
             raise  # created concurrently by another pipeline (a sweep point): fine; anything else is not
 
 
-def register_model_version(handle: StageRun, model_file: str | Path, name: str, digest: str,
-                           metric: str, value: float | None, tags: Mapping[str, str] | None = None) -> str:
+def register_model_version(
+    handle: StageRun,
+    model_file: str | Path,
+    name: str,
+    digest: str,
+    metric: str,
+    value: float | None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
     """File ``model_file`` as a version of the registered model ``name`` and point the alias ``newest`` at it.
 
     The file is logged as an artifact of ``handle``'s run (``stage_two_model/``) and the version's source is that

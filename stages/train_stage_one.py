@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,9 +33,8 @@ from pydantic import Field, create_model
 from multistage.models.registry import STAGE_ONE
 from multistage.models.stage_one.base import ConfigError, StageOneConfig
 from multistage.nn.likelihoods import LIKELIHOODS
-from multistage.nn.precision import resolve_precision, train_networks_in_bf16
 from multistage.nn.networks import ARCHITECTURES
-
+from multistage.nn.precision import resolve_precision, train_networks_in_bf16
 from stages.common import (
     PARAMS_FILE,
     InputError,
@@ -62,8 +61,9 @@ CURVES = Path("plots/stage_one_curves.json")
 METRICS = Path("metrics/stage_one.json")
 CHECKPOINT = Path("checkpoints/stage_one.pt")
 DATA_FIELDS = ("image_channels", "image_size", "series_length", "dataset_size")
-SHARED_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(StageOneConfig)
-                             if field.name not in DATA_FIELDS)
+SHARED_CONFIG_FIELDS = tuple(
+    field.name for field in dataclasses.fields(StageOneConfig) if field.name not in DATA_FIELDS
+)
 
 
 class TrainingParams(StageParams):
@@ -82,7 +82,7 @@ class SharedStageOneParams(TrainingParams):
     latent_dim: int = Field(10, gt=0, le=512)
     architecture: Literal[ARCHITECTURES] = "auto"
     likelihood: Literal[LIKELIHOODS] = "bernoulli"
-    gaussian_variance: Optional[float] = Field(None, gt=0.0)  # Gaussian likelihoods only (fixed / initial value)
+    gaussian_variance: float | None = Field(None, gt=0.0)  # Gaussian likelihoods only (fixed / initial value)
 
     def section(self) -> StageParams:
         """The chosen model's sub-section (``stage_one.<model>``)."""
@@ -98,14 +98,18 @@ def _section_model(name: str, config_class: type) -> type[StageParams]:
     """The pydantic model of ``stage_one.<name>``: the config dataclass's own fields (types and defaults taken from
     it, the one source of truth); value ranges are checked by the dataclass (``check_model_options``)."""
     hints = typing.get_type_hints(config_class)
-    own = {field.name: (hints[field.name], field.default) for field in dataclasses.fields(config_class)
-           if field.name not in SHARED_CONFIG_FIELDS and field.name not in DATA_FIELDS}
+    own = {
+        field.name: (hints[field.name], field.default)
+        for field in dataclasses.fields(config_class)
+        if field.name not in SHARED_CONFIG_FIELDS and field.name not in DATA_FIELDS
+    }
     return create_model(f"{config_class.__name__.removesuffix('Config')}Params", __base__=StageParams, **own)
 
 
 SECTIONS = {name: _section_model(name, config_class) for name, (_, config_class) in STAGE_ONE.items()}
 StageOneParams = create_model(
-    "StageOneParams", __base__=SharedStageOneParams,
+    "StageOneParams",
+    __base__=SharedStageOneParams,
     **{name: (section, section()) for name, section in SECTIONS.items()},
 )
 StageOneParams.__doc__ = (
@@ -139,14 +143,16 @@ def check_model_options(params, data_options: dict | None = None, source: str = 
     the chosen model's config."""
     chosen = None
     for name, (_, config_class) in STAGE_ONE.items():
-        options = model_options(params.model_copy(update={"model": name}),
-                                data_options if name == params.model and data_options else
-                                _placeholder_data(params.architecture))
+        options = model_options(
+            params.model_copy(update={"model": name}),
+            data_options if name == params.model and data_options else _placeholder_data(params.architecture),
+        )
         try:
             config = config_class(**options)
         except ConfigError as error:
-            key = f"stage_one.{error.field}" if error.field in SHARED_CONFIG_FIELDS else \
-                f"stage_one.{name}.{error.field}"
+            key = (
+                f"stage_one.{error.field}" if error.field in SHARED_CONFIG_FIELDS else f"stage_one.{name}.{error.field}"
+            )
             if error.field in DATA_FIELDS:
                 key = "stage_one.architecture (for this data)"
             raise ParamsError(f"{source}: bad value for '{key}': {error.message}") from None
@@ -163,9 +169,11 @@ def load_params(params_file: str | Path = PARAMS_FILE):
 
 def data_fingerprint(data: Path) -> str:
     """The prepared data's contents: metadata, factor table and every byte of images.npy."""
-    return fingerprint(file_digest(require_file(data / "meta.json", "dataset metadata")),
-                       file_digest(require_file(data / "factors.parquet", "factor table")),
-                       file_digest(require_file(data / "images.npy", "dataset images"), algorithm="sha256"))
+    return fingerprint(
+        file_digest(require_file(data / "meta.json", "dataset metadata")),
+        file_digest(require_file(data / "factors.parquet", "factor table")),
+        file_digest(require_file(data / "images.npy", "dataset images"), algorithm="sha256"),
+    )
 
 
 def load_data(data: Path):
@@ -215,8 +223,9 @@ def data_options(dataset) -> dict:
     if len(shape) == 2:
         return options | {"series_length": shape[1]}
     if len(shape) != 3 or shape[1] != shape[2]:
-        raise InputError(f"{DATA}: stage one needs (N, C, S, S) images or (N, C, T) series, got "
-                         f"{tuple(dataset.images.shape)}")
+        raise InputError(
+            f"{DATA}: stage one needs (N, C, S, S) images or (N, C, T) series, got {tuple(dataset.images.shape)}"
+        )
     return options | {"image_size": shape[1]}
 
 
@@ -233,8 +242,14 @@ def build_model(params, dataset, device: torch.device, precision: str = "fp32"):
     if device.type == "cpu" and len(config.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     if resolve_precision(precision, device) == "bf16":
-        train_networks_in_bf16(device, *(getattr(model, name) for name in ("encoder", "decoder")
-                                         if isinstance(getattr(model, name, None), torch.nn.Module)))
+        train_networks_in_bf16(
+            device,
+            *(
+                getattr(model, name)
+                for name in ("encoder", "decoder")
+                if isinstance(getattr(model, name, None), torch.nn.Module)
+            ),
+        )
     return model
 
 
@@ -263,19 +278,33 @@ def run(
 
     terms = ("loss", "recon", *model.logged_terms)
     loop = LoopConfig(
-        steps=params.steps, batch_size=params.batch_size, seed=params.seed,
-        checkpoint_every=params.checkpoint_every, log_every=params.log_every, progress_keys=terms,
+        steps=params.steps,
+        batch_size=params.batch_size,
+        seed=params.seed,
+        checkpoint_every=params.checkpoint_every,
+        log_every=params.log_every,
+        progress_keys=terms,
     )
     result = train(
-        model, optimizer, step_fn, len(train_indices), loop, CHECKPOINT,
-        fingerprint(params.used(), data_fingerprint(data), code_digest("stage_one")), callback=step_logger(tracker),
-        description=f"stage one ({params.model})", show_progress=show_progress,
+        model,
+        optimizer,
+        step_fn,
+        len(train_indices),
+        loop,
+        CHECKPOINT,
+        fingerprint(params.used(), data_fingerprint(data), code_digest("stage_one")),
+        callback=step_logger(tracker),
+        description=f"stage one ({params.model})",
+        show_progress=show_progress,
         extra_modules=model.auxiliary_state(),
     )
     model.eval()
     # the per-unit KL is reported over the whole dataset below, not from the last batch
-    summary = {k: v for k, v in training_summary("stage_one", result).items()
-               if ".kl_unit." not in k and ".kl_discrete." not in k}
+    summary = {
+        k: v
+        for k, v in training_summary("stage_one", result).items()
+        if ".kl_unit." not in k and ".kl_discrete." not in k
+    }
 
     with StagingDirectory(output) as tmp:
         save_model(tmp / "model.pt", "stage_one", params.model, model, extra={"data": str(data)})
@@ -309,11 +338,19 @@ def main(params_file: str | Path = PARAMS_FILE) -> dict:
     device = setup_runtime(runtime, params.seed)
     precision = resolve_precision(runtime.precision, device)
     with stage_run("stage_one", params.used() | {"device": str(device), "precision": precision}) as tracker:
-        tracker.set_tags({"device": str(device), "stage_one.model": params.model,
-                          "stage_one.likelihood": params.likelihood, "stage_one.precision": precision})
+        tracker.set_tags(
+            {
+                "device": str(device),
+                "stage_one.model": params.model,
+                "stage_one.likelihood": params.likelihood,
+                "stage_one.precision": precision,
+            }
+        )
         summary = run(params, device, tracker=tracker, precision=precision)
-    print(f"stage one ({params.model}): {params.steps} steps, {summary['stage_one.images_per_second']:.0f} "
-          f"images/s, final loss {summary.get('stage_one.loss', float('nan')):.2f}")
+    print(
+        f"stage one ({params.model}): {params.steps} steps, {summary['stage_one.images_per_second']:.0f} "
+        f"images/s, final loss {summary.get('stage_one.loss', float('nan')):.2f}"
+    )
     return summary
 
 

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -68,13 +68,16 @@ def _section_model(name: str, config_class: type) -> type[StageParams]:
         if field.name in DATA_FIELDS or field.name == "residual_dim":
             continue
         if field.name in inherited or (name == "bigvae" and field.name == "target_parameters"):
-            own[field.name] = (Optional[hints[field.name]], None)
+            own[field.name] = (hints[field.name] | None, None)
         else:
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             own[field.name] = (hints[field.name], default)
-    own |= {"residual_dim": (Optional[int], Field(None, gt=0, le=256)), "steps": (Optional[int], Field(None, gt=0)),
-            "batch_size": (Optional[int], Field(None, gt=1)),
-            "learning_rate": (Optional[float], Field(None, gt=0.0, le=1.0))}
+    own |= {
+        "residual_dim": (int | None, Field(None, gt=0, le=256)),
+        "steps": (int | None, Field(None, gt=0)),
+        "batch_size": (int | None, Field(None, gt=1)),
+        "learning_rate": (float | None, Field(None, gt=0.0, le=1.0)),
+    }
     return create_model(f"{config_class.__name__.removesuffix('Config')}StageTwoParams", __base__=StageParams, **own)
 
 
@@ -104,8 +107,10 @@ class SharedStageTwoParams(TrainingParams):
         with seed, checkpoint_every, log_every."""
         section = self.section(variant)
         keys = ("steps", "batch_size", "learning_rate", "seed", "checkpoint_every", "log_every", "residual_dim")
-        return {key: getattr(section, key, None) if getattr(section, key, None) is not None else getattr(self, key)
-                for key in keys}
+        return {
+            key: getattr(section, key, None) if getattr(section, key, None) is not None else getattr(self, key)
+            for key in keys
+        }
 
     def used(self, variant: str) -> dict:
         """What ``variant`` reads (fingerprint and MLflow params): its training keys and its sub-section."""
@@ -113,11 +118,14 @@ class SharedStageTwoParams(TrainingParams):
 
 
 StageTwoParams = create_model(
-    "StageTwoParams", __base__=SharedStageTwoParams,
+    "StageTwoParams",
+    __base__=SharedStageTwoParams,
     **{name: (section, section()) for name, section in SECTIONS.items()},
 )
-StageTwoParams.__doc__ = ("params.yaml's ``stage_two``: the variants list, shared keys and one sub-section per "
-                          "variant (``stage_two.msvae.beta``...); every sub-section is validated.")
+StageTwoParams.__doc__ = (
+    "params.yaml's ``stage_two``: the variants list, shared keys and one sub-section per "
+    "variant (``stage_two.msvae.beta``...); every sub-section is validated."
+)
 
 
 def load_params(params_file: str | Path = PARAMS_FILE):
@@ -125,16 +133,18 @@ def load_params(params_file: str | Path = PARAMS_FILE):
 
 
 # ------------------------------------------------------------------------------------------------- building
-def model_options(params, variant: str, image_shape: tuple[int, ...], stage_one=None,
-                  dataset_size: int = 0) -> dict:
+def model_options(params, variant: str, image_shape: tuple[int, ...], stage_one=None, dataset_size: int = 0) -> dict:
     """The keyword options of ``variant``'s config dataclass (see the module docstring for where each comes from)."""
     _, config_class = STAGE_TWO[variant]
     fields = {field.name for field in dataclasses.fields(config_class)}
     model_class = STAGE_TWO[variant][0]
     section = params.section(variant).model_dump()
     options = {k: v for k, v in section.items() if k in fields and k not in OVERRIDABLE and v is not None}
-    options |= {"image_channels": int(image_shape[0]), "image_size": int(image_shape[-1]),
-                "residual_dim": params.training(variant)["residual_dim"]}
+    options |= {
+        "image_channels": int(image_shape[0]),
+        "image_size": int(image_shape[-1]),
+        "residual_dim": params.training(variant)["residual_dim"],
+    }
     if "dataset_size" in fields:
         options["dataset_size"] = int(dataset_size)
     for name in getattr(model_class, "stage_one_options", ()):
@@ -155,8 +165,9 @@ def msvae_parameter_count(params, image_shape: tuple[int, ...], stage_one) -> in
     return parameter_count(stage_one) + parameter_count(msvae)
 
 
-def build_variant(params, variant: str, image_shape: tuple[int, ...], stage_one=None, dataset_size: int = 0,
-                  source: str = PARAMS_FILE):
+def build_variant(
+    params, variant: str, image_shape: tuple[int, ...], stage_one=None, dataset_size: int = 0, source: str = PARAMS_FILE
+):
     """The model of ``variant`` (a bad option is a ParamsError naming ``stage_two.<variant>.<key>``)."""
     model_class, config_class = STAGE_TWO[variant]
     try:
@@ -176,11 +187,15 @@ def load_pairs(n_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not len(x_index) == len(y) == len(c):
         raise InputError(f"{PAIRS}: x_index has {len(x_index)} rows, y {len(y)}, c {len(c)}; rerun the pairs stage")
     if x_index.ndim != 1 or not np.issubdtype(x_index.dtype, np.integer):
-        raise InputError(f"{PAIRS / 'x_index.npy'}: expected a 1-d integer index, got {x_index.dtype} "
-                         f"{x_index.shape}; rerun the pairs stage")
+        raise InputError(
+            f"{PAIRS / 'x_index.npy'}: expected a 1-d integer index, got {x_index.dtype} "
+            f"{x_index.shape}; rerun the pairs stage"
+        )
     if len(x_index) and (x_index.min() < 0 or x_index.max() >= n_images):
-        raise InputError(f"{PAIRS / 'x_index.npy'}: indices outside the dataset's {n_images} images "
-                         f"({x_index.min()}..{x_index.max()}); rerun the pairs stage")
+        raise InputError(
+            f"{PAIRS / 'x_index.npy'}: indices outside the dataset's {n_images} images "
+            f"({x_index.min()}..{x_index.max()}); rerun the pairs stage"
+        )
     return x_index, y, c
 
 
@@ -224,13 +239,27 @@ def run(params, variant: str, device: torch.device, tracker=None, show_progress:
 
     terms = ("loss", *model.logged_terms)
     loop = LoopConfig(
-        steps=training["steps"], batch_size=training["batch_size"], seed=training["seed"],
-        checkpoint_every=training["checkpoint_every"], log_every=training["log_every"], progress_keys=terms,
+        steps=training["steps"],
+        batch_size=training["batch_size"],
+        seed=training["seed"],
+        checkpoint_every=training["checkpoint_every"],
+        log_every=training["log_every"],
+        progress_keys=terms,
     )
     run_fingerprint = fingerprint(params.used(variant), data_fingerprint(DATA), code_digest("stage_two"), *inputs)
-    result = train(model, optimizer, step_fn, n_items, loop, checkpoint_file(variant), run_fingerprint,
-                   callback=step_logger(tracker), description=f"stage two ({variant})", show_progress=show_progress,
-                   extra_modules=model.auxiliary_state())
+    result = train(
+        model,
+        optimizer,
+        step_fn,
+        n_items,
+        loop,
+        checkpoint_file(variant),
+        run_fingerprint,
+        callback=step_logger(tracker),
+        description=f"stage two ({variant})",
+        show_progress=show_progress,
+        extra_modules=model.auxiliary_state(),
+    )
     model.eval()
     prefix = f"stage_two.{variant}"
     summary = training_summary(prefix, result)
@@ -238,8 +267,13 @@ def run(params, variant: str, device: torch.device, tracker=None, show_progress:
     summary[f"{prefix}.parameters_with_stage_one"] = parameter_count(model) + stage_one_parameters
     folder = output_folder(variant)
     with StagingDirectory(folder) as tmp:
-        save_model(tmp / "model.pt", "stage_two", variant, model,
-                   extra={"conditioning": conditioning, "stage_one_parameters": stage_one_parameters})
+        save_model(
+            tmp / "model.pt",
+            "stage_two",
+            variant,
+            model,
+            extra={"conditioning": conditioning, "stage_one_parameters": stage_one_parameters},
+        )
         plot_curves(tmp / "curves.png", result.history, [t for t in terms if t != "phase"], f"stage two ({variant})")
     atomic_write_json(curves_file(variant), result.history)
     atomic_write_json(metrics_file(variant), summary)
@@ -260,9 +294,11 @@ def main(variant: str | None = None, params_file: str | Path = PARAMS_FILE) -> d
         tracker.set_tags({"device": str(device), "stage_two.variant": variant})
         summary = run(params, variant, device, tracker=tracker)
     prefix = f"stage_two.{variant}"
-    print(f"stage two ({variant}): {params.training(variant)['steps']} steps, "
-          f"{summary[f'{prefix}.images_per_second']:.0f} images/s, final loss "
-          f"{summary.get(f'{prefix}.loss', float('nan')):.2f}, {summary[f'{prefix}.parameters']} parameters")
+    print(
+        f"stage two ({variant}): {params.training(variant)['steps']} steps, "
+        f"{summary[f'{prefix}.images_per_second']:.0f} images/s, final loss "
+        f"{summary.get(f'{prefix}.loss', float('nan')):.2f}, {summary[f'{prefix}.parameters']} parameters"
+    )
     return summary
 
 

@@ -21,32 +21,73 @@ BIN = Path(sys.executable).parent
 
 TINY_PARAMS = {
     "runtime": {"device": "cpu", "threads": 1},
-    "prepare": {"dataset": "dsprites", "n_images": 600, "seed": 0, "test_fraction": 0.25,
-                "dsprites": {"variant": "textured",
-                             "texture": {"colour_min": 0.5, "colour_max": 1.0, "grating_contrast": 0.5,
-                                         "grating_frequency_min": 0.08, "grating_frequency_max": 0.2,
-                                         "background_noise": 0.0}}},
-    "stage_one": {"model": "betatcvae", "latent_dim": 4, "steps": 12, "batch_size": 32, "learning_rate": 0.001,
-                  "seed": 0, "checkpoint_every": 4, "log_every": 4,
-                  "betatcvae": {"alpha": 1.0, "beta": 2.0, "gamma": 1.0, "estimator": "stratified", "warmup_steps": 4},
-                  "jointvae": {"discrete_dims": [3], "capacity_z_steps": 12, "capacity_c_steps": 12},
-                  "factorvae": {"discriminator_hidden": 32, "discriminator_layers": 3}},
+    "prepare": {
+        "dataset": "dsprites",
+        "n_images": 600,
+        "seed": 0,
+        "test_fraction": 0.25,
+        "dsprites": {
+            "variant": "textured",
+            "texture": {
+                "colour_min": 0.5,
+                "colour_max": 1.0,
+                "grating_contrast": 0.5,
+                "grating_frequency_min": 0.08,
+                "grating_frequency_max": 0.2,
+                "background_noise": 0.0,
+            },
+        },
+    },
+    "stage_one": {
+        "model": "betatcvae",
+        "latent_dim": 4,
+        "steps": 12,
+        "batch_size": 32,
+        "learning_rate": 0.001,
+        "seed": 0,
+        "checkpoint_every": 4,
+        "log_every": 4,
+        "betatcvae": {"alpha": 1.0, "beta": 2.0, "gamma": 1.0, "estimator": "stratified", "warmup_steps": 4},
+        "jointvae": {"discrete_dims": [3], "capacity_z_steps": 12, "capacity_c_steps": 12},
+        "factorvae": {"discriminator_hidden": 32, "discriminator_layers": 3},
+    },
     "pairs": {"samples_per_x": 1, "use_mean": False, "seed": 0, "batch_size": 128},
-    "stage_two": {"variants": ["msvae"], "residual_dim": 2, "steps": 8, "batch_size": 16, "learning_rate": 0.001,
-                  "seed": 0, "checkpoint_every": 4, "log_every": 4,
-                  "msvae": {"beta": 1.0, "base_channels": 8, "adain_hidden": 64, "residual_encoder_sees_y": False},
-                  "end_to_end": {"base_channels": 8}, "z_first": {"z_steps": 4},
-                  "msgan": {"base_channels": 8, "adain_hidden": 8, "discriminator_channels": 8},
-                  "msflow": {"coupling_layers": 2, "hidden_units": 8}},
-    "evaluate": {"eval_images": 60, "batch_size": 30, "mig_bins": 20, "seed": 0, "figure_images": 4,
-                 "classifier": {"steps": 10, "batch_size": 32, "train_images": 200, "seed": 0},
-                 "sap": {"images": 200}, "zdiff": {"pairs": 8, "train_points": 100, "test_points": 50},
-                 "factorvae_score": {"batch_size": 8, "train_votes": 100, "eval_votes": 50, "variance_images": 200},
-                 "dci": {"regressor": "lasso", "train_images": 200, "test_images": 100},
-                 "tc_decomposition": {"samples": 200}, "kid": {"subsets": 5, "subset_size": 30},
-                 "downstream": {"hidden_units": [8], "max_iter": 30}},
-    "registry": {"enabled": True, "model_name": "multistage-stage-two",
-                 "best_metric": "frechet.factor_classifier.x_hat", "best_is": "lower"},
+    "stage_two": {
+        "variants": ["msvae"],
+        "residual_dim": 2,
+        "steps": 8,
+        "batch_size": 16,
+        "learning_rate": 0.001,
+        "seed": 0,
+        "checkpoint_every": 4,
+        "log_every": 4,
+        "msvae": {"beta": 1.0, "base_channels": 8, "adain_hidden": 64, "residual_encoder_sees_y": False},
+        "end_to_end": {"base_channels": 8},
+        "z_first": {"z_steps": 4},
+        "msgan": {"base_channels": 8, "adain_hidden": 8, "discriminator_channels": 8},
+        "msflow": {"coupling_layers": 2, "hidden_units": 8},
+    },
+    "evaluate": {
+        "eval_images": 60,
+        "batch_size": 30,
+        "mig_bins": 20,
+        "seed": 0,
+        "figure_images": 4,
+        "classifier": {"steps": 10, "batch_size": 32, "train_images": 200, "seed": 0},
+        "sap": {"images": 200},
+        "zdiff": {"pairs": 8, "train_points": 100, "test_points": 50},
+        "factorvae_score": {"batch_size": 8, "train_votes": 100, "eval_votes": 50, "variance_images": 200},
+        "dci": {"regressor": "lasso", "train_images": 200, "test_images": 100},
+        "tc_decomposition": {"samples": 200},
+        "kid": {"subsets": 5, "subset_size": 30},
+        "downstream": {"hidden_units": [8], "max_iter": 30},
+    },
+    "registry": {
+        "enabled": True,
+        "model_name": "multistage-stage-two",
+        "best_metric": "frechet.factor_classifier.x_hat",
+        "best_is": "lower",
+    },
     "chains": {},  # no stage chain: dvc.yaml's chain@<name> stages come from this section (issue 9)
 }
 
@@ -61,11 +102,11 @@ def tool_env(root: Path) -> dict[str, str]:
 
 
 def sh(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True, timeout: int = 600):
-    completed = subprocess.run(args, cwd=cwd, env=env or tool_env(cwd), capture_output=True, text=True,
-                               timeout=timeout)
+    completed = subprocess.run(args, cwd=cwd, env=env or tool_env(cwd), capture_output=True, text=True, timeout=timeout)
     if check and completed.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({completed.returncode}):\n{completed.stdout}\n"
-                             f"{completed.stderr}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}"
+        )
     return completed
 
 
@@ -206,15 +247,18 @@ def dvc_experiments(dvc_baseline, tmp_path_factory) -> DvcExperiments:
     return result
 
 
-
 # `make test` runs the suite on two pytest-xdist workers (`-n 2`): most integration tests spend their time in
 # single-threaded stage processes, so two at once use both cores. Tests that share an expensive fixture must run in
 # one worker, or each worker would build it again: every module is one unit of work (module-scoped fixtures such
 # as the Prefect and MLflow servers), and the modules using the session-wide DVC baseline (`dvc_baseline`,
 # `dvc_experiments` above) form one unit together. (xdist's `--dist loadgroup` marks would say the same, but they
 # are ignored under pytest 9: the group suffix never reaches the node ids.)
-DVC_BASELINE_MODULES = {"test_dvc_pipeline.py", "test_dvc_experiments.py", "test_report_browser.py",
-                        "test_stage_two_variants.py"}
+DVC_BASELINE_MODULES = {
+    "test_dvc_pipeline.py",
+    "test_dvc_experiments.py",
+    "test_report_browser.py",
+    "test_stage_two_variants.py",
+}
 # modules whose cases are long and whose shared fixture is cheap to build twice: each case is its own unit
 CASE_UNIT_MODULES = {"test_datasets_pipeline.py"}
 
@@ -229,6 +273,7 @@ def xdist_unit(nodeid: str) -> str:
 
 
 if importlib.util.find_spec("xdist") is not None:
+
     def pytest_xdist_make_scheduler(config, log):
         from xdist.scheduler import LoadScopeScheduling
 
@@ -243,7 +288,12 @@ def pytest_collection_finish(session):
     """Every module that asks for the shared DVC fixtures must be in DVC_BASELINE_MODULES (else it would build them
     once more in the other worker)."""
     shared = {"dvc_baseline", "dvc_experiments"}
-    strays = sorted({Path(item.nodeid.split("::", 1)[0]).name for item in session.items
-                     if shared & set(getattr(item, "fixturenames", ())) and xdist_unit(item.nodeid) != "dvc-baseline"})
+    strays = sorted(
+        {
+            Path(item.nodeid.split("::", 1)[0]).name
+            for item in session.items
+            if shared & set(getattr(item, "fixturenames", ())) and xdist_unit(item.nodeid) != "dvc-baseline"
+        }
+    )
     if strays:
         raise pytest.UsageError(f"tests/conftest.py: add {', '.join(strays)} to DVC_BASELINE_MODULES")

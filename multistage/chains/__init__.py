@@ -13,6 +13,15 @@ from multistage.chains.dag import ChainError, ChainSpec, NodeSpec, chain_from_ma
 from multistage.chains.runner import TrainedChain, VariableTable, load_chain, save_chain, train_chain
 
 __all__ = [
-    "ChainError", "ChainSpec", "NodeSpec", "TrainedChain", "VariableTable", "chain_from_mapping", "load_chain",
-    "save_chain", "train_chain", "validate_chain", "with_training",
+    "ChainError",
+    "ChainSpec",
+    "NodeSpec",
+    "TrainedChain",
+    "VariableTable",
+    "chain_from_mapping",
+    "load_chain",
+    "save_chain",
+    "train_chain",
+    "validate_chain",
+    "with_training",
 ]

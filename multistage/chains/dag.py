@@ -16,7 +16,8 @@ by declaration order.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from multistage.chains.nodes import NODE_KINDS, kind_class
 from multistage.chains.spec import ChainError, ChainSpec, NodeSpec
@@ -45,9 +46,16 @@ def chain_from_mapping(name: str, nodes: Mapping[str, Mapping[str, Any]]) -> Cha
         inputs = declaration.get("inputs") or ()
         if isinstance(inputs, str) or not all(isinstance(item, str) for item in inputs):
             raise ChainError(f"{key}.inputs", f"must be a list of variable names, got {inputs!r}")
-        specs.append(NodeSpec(name=str(node_name), kind=str(declaration["kind"]), output=str(declaration["output"]),
-                              inputs=tuple(inputs), options=dict(declaration.get("options") or {}),
-                              training=dict(declaration.get("training") or {})))
+        specs.append(
+            NodeSpec(
+                name=str(node_name),
+                kind=str(declaration["kind"]),
+                output=str(declaration["output"]),
+                inputs=tuple(inputs),
+                options=dict(declaration.get("options") or {}),
+                training=dict(declaration.get("training") or {}),
+            )
+        )
     return ChainSpec(name=name, nodes=tuple(specs))
 
 
@@ -59,7 +67,7 @@ def _find_cycle(remaining: list[str], consumers: Mapping[str, list[str]]) -> lis
     while True:
         previous = next(m for m in predecessors[path[-1]] if m in remaining_set)
         if previous in seen:
-            cycle = path[seen[previous]:] + [previous]
+            cycle = path[seen[previous] :] + [previous]
             return list(reversed(cycle))
         seen[previous] = len(path)
         path.append(previous)
@@ -81,17 +89,20 @@ def validate_chain(spec: ChainSpec, data_variables: Iterable[str]) -> list[NodeS
     provided: dict[str, tuple[str, ...]] = {}
     for node in spec.nodes:
         if node.kind not in NODE_KINDS:
-            raise ChainError(f"nodes.{node.name}.kind",
-                             f"unknown kind {node.kind!r}; allowed kinds: {', '.join(NODE_KINDS)}")
+            raise ChainError(
+                f"nodes.{node.name}.kind", f"unknown kind {node.kind!r}; allowed kinds: {', '.join(NODE_KINDS)}"
+            )
         kind = kind_class(node.kind)
         kind.check_declaration(node)  # options and arity; ChainError naming the option
         provided[node.name] = kind.provided_variables(node)
         for variable in provided[node.name]:
             if variable in producer:
                 key = "output" if variable == node.output else "options"
-                raise ChainError(f"nodes.{node.name}.{key}",
-                                 f"variable {variable!r} is already produced by node {producer[variable]!r}; "
-                                 "each variable has at most one node that generates it")
+                raise ChainError(
+                    f"nodes.{node.name}.{key}",
+                    f"variable {variable!r} is already produced by node {producer[variable]!r}; "
+                    "each variable has at most one node that generates it",
+                )
             producer[variable] = node.name
 
     consumers: dict[str, list[str]] = {name: [] for name in names}
@@ -104,8 +115,10 @@ def validate_chain(spec: ChainSpec, data_variables: Iterable[str]) -> list[NodeS
                     f"produced by a node ({', '.join(sorted(producer)) or 'none'})",
                 )
             if producer.get(variable) == node.name:
-                raise ChainError(f"nodes.{node.name}.inputs",
-                                 f"cycle: node {node.name!r} takes its own output {variable!r} as an input")
+                raise ChainError(
+                    f"nodes.{node.name}.inputs",
+                    f"cycle: node {node.name!r} takes its own output {variable!r} as an input",
+                )
             if variable in producer and node.name not in consumers[producer[variable]]:
                 consumers[producer[variable]].append(node.name)
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -67,8 +68,9 @@ class Standardizer(nn.Module):
         return u * self.scale + self.mean
 
 
-def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor,
-                 log_scale: torch.Tensor) -> torch.Tensor:
+def gaussian_nll(
+    target: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
     """-log N(v; m, s^2 sigma^2) per row (summed over elements) for standardised u = (v - mean_v) / s:
     1/2 log 2 pi + log s + 1/2 log sigma^2 + (u - m)^2 / (2 sigma^2) — nats in the variable's own units."""
     per_element = 0.5 * (LOG_2PI + log_variance + (target - mean) ** 2 * torch.exp(-log_variance)) + log_scale
@@ -98,8 +100,9 @@ def config_from_options(config_class: type, options: Mapping[str, Any]):
         hint = hints[name]
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if hint in (int, float, bool, str) and not (isinstance(value, hint) and
-                                                    (hint is bool or not isinstance(value, bool))):
+        if hint in (int, float, bool, str) and not (
+            isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+        ):
             raise ConfigError(name, f"must be {hint.__name__}, got {value!r}")
         if typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
@@ -174,8 +177,9 @@ class ChainNode(nn.Module):
     def prepare(self, train_values: Mapping[str, np.ndarray]) -> None:
         """Fit what depends on the training rows (nothing by default)."""
 
-    def objective(self, values: Mapping[str, torch.Tensor],
-                  step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(
+        self, values: Mapping[str, torch.Tensor], step: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def optimised_parameters(self) -> Iterator[nn.Parameter]:
@@ -198,8 +202,9 @@ class ChainNode(nn.Module):
         device = next(self.parameters()).device
         return torch.randn(n, self.latent_dim, generator=generator).to(device)
 
-    def derive(self, arrays: Mapping[str, np.ndarray], device: torch.device,
-               batch_size: int = 512) -> dict[str, np.ndarray]:
+    def derive(
+        self, arrays: Mapping[str, np.ndarray], device: torch.device, batch_size: int = 512
+    ) -> dict[str, np.ndarray]:
         """The derived variables over every row (none by default)."""
         return {}
 
@@ -229,14 +234,16 @@ class _GaussianOutputNode(ChainNode):
     """What the two MLP kinds share: standardised inputs (one :class:`Standardizer` each, concatenated; a node
     without inputs sees a constant 0) and a Gaussian output whose log-variance per element is a parameter."""
 
-    def __init__(self, spec: NodeSpec, config: GaussianMLPConfig, shapes: Mapping[str, tuple[int, ...]],
-                 n_train: int) -> None:
+    def __init__(
+        self, spec: NodeSpec, config: GaussianMLPConfig, shapes: Mapping[str, tuple[int, ...]], n_train: int
+    ) -> None:
         super().__init__(spec, config, shapes, n_train)
         self.input_scalers = nn.ModuleDict({name: Standardizer(features(self.shapes[name])) for name in spec.inputs})
         self.in_features = max(sum(features(self.shapes[name]) for name in spec.inputs), 1)
         self.out_features = features(self.shapes[spec.output])
-        self.log_variance = nn.Parameter(torch.full((self.out_features,), float(config.log_variance_init)),
-                                         requires_grad=config.learn_variance)
+        self.log_variance = nn.Parameter(
+            torch.full((self.out_features,), float(config.log_variance_init)), requires_grad=config.learn_variance
+        )
 
     def prepare(self, train_values: Mapping[str, np.ndarray]) -> None:
         for name, scaler in self.input_scalers.items():
@@ -268,8 +275,9 @@ class GaussianMLPNode(_GaussianOutputNode):
     config_class: ClassVar[type] = GaussianMLPConfig
     logged_terms: ClassVar[tuple[str, ...]] = ("nll", "rmse")
 
-    def __init__(self, spec: NodeSpec, config: GaussianMLPConfig, shapes: Mapping[str, tuple[int, ...]],
-                 n_train: int) -> None:
+    def __init__(
+        self, spec: NodeSpec, config: GaussianMLPConfig, shapes: Mapping[str, tuple[int, ...]], n_train: int
+    ) -> None:
         super().__init__(spec, config, shapes, n_train)
         self.output_scaler = Standardizer(self.out_features)
         self.mean_network = self._network(self.in_features, config.hidden, self.out_features)
@@ -348,14 +356,16 @@ class ResidualVAENode(_GaussianOutputNode):
     config_class: ClassVar[type] = ResidualVAEConfig
     logged_terms: ClassVar[tuple[str, ...]] = ("nll", "kl", "rmse")
 
-    def __init__(self, spec: NodeSpec, config: ResidualVAEConfig, shapes: Mapping[str, tuple[int, ...]],
-                 n_train: int) -> None:
+    def __init__(
+        self, spec: NodeSpec, config: ResidualVAEConfig, shapes: Mapping[str, tuple[int, ...]], n_train: int
+    ) -> None:
         out_shape = tuple(shapes[spec.output])
         if config.residual and (not spec.inputs or tuple(shapes[spec.inputs[0]]) != out_shape):
             first = tuple(shapes[spec.inputs[0]]) if spec.inputs else None
-            raise ChainError(f"nodes.{spec.name}.options.residual",
-                             f"needs a first input of the output's shape {out_shape}, got {first}; "
-                             "set residual: false")
+            raise ChainError(
+                f"nodes.{spec.name}.options.residual",
+                f"needs a first input of the output's shape {out_shape}, got {first}; set residual: false",
+            )
         super().__init__(spec, config, shapes, n_train)
         self.target_scaler = Standardizer(self.out_features)  # of the residual (or of the output when not residual)
         widths = [self.in_features, *config.hidden]
@@ -421,8 +431,7 @@ class ResidualVAENode(_GaussianOutputNode):
         loss = nll + self.kl_weight(step) * kl
         with torch.no_grad():
             rmse = torch.sqrt(((self.target_scaler.inverse(mean) - self.target_scaler.inverse(u)) ** 2).mean())
-        logs = {"loss": float(loss.detach()), "nll": float(nll.detach()), "kl": float(kl.detach()),
-                "rmse": float(rmse)}
+        logs = {"loss": float(loss.detach()), "nll": float(nll.detach()), "kl": float(kl.detach()), "rmse": float(rmse)}
         logs |= {f"kl_unit.{j}": float(v) for j, v in enumerate(kl_per_unit.detach())}
         return loss, logs
 
@@ -453,14 +462,18 @@ class _RegistryConfig:
         config = config_from_options(cls, {k: v for k, v in options.items() if k in own})
         table = registry.REGISTRIES[cls.stage]
         if config.model not in table:
-            raise ConfigError("model", f"unknown {cls.stage} model {config.model!r}; allowed: "
-                              f"{', '.join(sorted(table))}")
+            raise ConfigError(
+                "model", f"unknown {cls.stage} model {config.model!r}; allowed: {', '.join(sorted(table))}"
+            )
         allowed = [f.name for f in dataclasses.fields(table[config.model][1])]
         model_options = {k: v for k, v in options.items() if k not in own}
         for name in model_options:
             if name not in allowed:
-                raise ConfigError(name, f"unknown option of {cls.stage} model {config.model!r} (and not one of the "
-                                  f"node's own: {', '.join(sorted(own))}); its options: {', '.join(allowed)}")
+                raise ConfigError(
+                    name,
+                    f"unknown option of {cls.stage} model {config.model!r} (and not one of the "
+                    f"node's own: {', '.join(sorted(own))}); its options: {', '.join(allowed)}",
+                )
         config.model_options = model_options
         return config
 
@@ -499,8 +512,9 @@ class _RegistryNode(ChainNode):
 
     logged_terms: ClassVar[tuple[str, ...]] = ("recon", "kl")
 
-    def __init__(self, spec: NodeSpec, config: _RegistryConfig, shapes: Mapping[str, tuple[int, ...]],
-                 n_train: int) -> None:
+    def __init__(
+        self, spec: NodeSpec, config: _RegistryConfig, shapes: Mapping[str, tuple[int, ...]], n_train: int
+    ) -> None:
         super().__init__(spec, config, shapes, n_train)
         self.model = _build_wrapped(spec, config, self.shapes[self.modelled_variable(spec, config)], n_train)
 
@@ -551,8 +565,11 @@ class StageOneNode(_RegistryNode):
     def check_declaration(cls, node):
         config = super().check_declaration(node)
         if node.inputs:
-            raise ChainError(f"nodes.{node.name}.inputs", "a stage_one node has no inputs (its code c is its own "
-                             f"latent variable); it reads options.observed ({config.observed!r})")
+            raise ChainError(
+                f"nodes.{node.name}.inputs",
+                "a stage_one node has no inputs (its code c is its own "
+                f"latent variable); it reads options.observed ({config.observed!r})",
+            )
         return config
 
     @classmethod
@@ -587,8 +604,15 @@ class StageOneNode(_RegistryNode):
     def derive(self, arrays, device, batch_size=512):
         from multistage.models.stage_two.pairing import make_pairs
 
-        pairs = make_pairs(self.model, arrays[self.config.observed], samples_per_x=1, use_mean=self.config.use_mean,
-                           batch_size=batch_size, seed=self.config.pairing_seed, device=device)
+        pairs = make_pairs(
+            self.model,
+            arrays[self.config.observed],
+            samples_per_x=1,
+            use_mean=self.config.use_mean,
+            batch_size=batch_size,
+            seed=self.config.pairing_seed,
+            device=device,
+        )
         return {self.config.code: pairs["c"], self.spec.output: pairs["y"].astype(np.float32)}
 
 
@@ -609,13 +633,17 @@ class StageTwoNode(_RegistryNode):
     kind: ClassVar[str] = "stage_two"
     config_class: ClassVar[type] = StageTwoNodeConfig
 
-    def __init__(self, spec: NodeSpec, config: StageTwoNodeConfig, shapes: Mapping[str, tuple[int, ...]],
-                 n_train: int) -> None:
+    def __init__(
+        self, spec: NodeSpec, config: StageTwoNodeConfig, shapes: Mapping[str, tuple[int, ...]], n_train: int
+    ) -> None:
         super().__init__(spec, config, shapes, n_train)
         conditioning = self.model.conditioning
         if (conditioning == "none") != (not spec.inputs):
-            raise ChainError(f"nodes.{spec.name}.inputs", f"stage-two model {config.model!r} is conditioned on "
-                             f"{conditioning!r}: it takes {'no input' if conditioning == 'none' else 'one input'}")
+            raise ChainError(
+                f"nodes.{spec.name}.inputs",
+                f"stage-two model {config.model!r} is conditioned on "
+                f"{conditioning!r}: it takes {'no input' if conditioning == 'none' else 'one input'}",
+            )
 
     @classmethod
     def check_declaration(cls, node):

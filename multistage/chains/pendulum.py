@@ -14,9 +14,9 @@ measures: docs/chains.md, "The pendulum (MS-VAE appendix C)".
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,8 +41,7 @@ class PendulumTableOptions:
 
     def __post_init__(self) -> None:
         if self.series < 2 or not 1 <= self.test_series < self.series:
-            raise ValueError(f"need series >= 2 and 1 <= test_series < series, got {self.series}, "
-                             f"{self.test_series}")
+            raise ValueError(f"need series >= 2 and 1 <= test_series < series, got {self.series}, {self.test_series}")
 
     def range(self, factor: str) -> tuple[float, float]:
         return getattr(self.simulator, f"{factor}_min"), getattr(self.simulator, f"{factor}_max")
@@ -81,8 +80,7 @@ def simulate_table(options: PendulumTableOptions) -> VariableTable:
     split[rng.permutation(options.series)[: options.test_series]] = 1
     factors["initial_angle"] = rng.uniform(*options.range("initial_angle"), options.series)
     values = {name: value.astype(np.float32)[:, None] for name, value in factors.items()}
-    values |= simulate_series(factors["length"], factors["damping"], factors["mass"], options,
-                              factors["initial_angle"])
+    values |= simulate_series(factors["length"], factors["damping"], factors["mass"], options, factors["initial_angle"])
     return VariableTable(values, split)
 
 
@@ -187,12 +185,19 @@ def z_for_mass(mass: np.ndarray, z: np.ndarray, targets: Sequence[float], neighb
 
 
 def _root_tensors(device, **factors) -> dict[str, torch.Tensor]:
-    return {name: torch.as_tensor(np.asarray(value, np.float32).reshape(-1, 1), device=device)
-            for name, value in factors.items()}
+    return {
+        name: torch.as_tensor(np.asarray(value, np.float32).reshape(-1, 1), device=device)
+        for name, value in factors.items()
+    }
 
 
-def evaluate_pendulum(chain: TrainedChain, table: VariableTable, options: PendulumTableOptions,
-                      evaluation: PendulumEvaluation, device: torch.device | str = "cpu") -> tuple[dict, dict]:
+def evaluate_pendulum(
+    chain: TrainedChain,
+    table: VariableTable,
+    options: PendulumTableOptions,
+    evaluation: PendulumEvaluation,
+    device: torch.device | str = "cpu",
+) -> tuple[dict, dict]:
     """(metrics, figure data): the checks of the module docstring. Metrics are flat, keys ``pendulum.<...>``;
     the figure data holds the held-out z and mass and the traversals (simulator and model series)."""
     from scipy.stats import pearsonr, spearmanr
@@ -214,8 +219,9 @@ def evaluate_pendulum(chain: TrainedChain, table: VariableTable, options: Pendul
     # would add the first two nodes' errors: that is the traversals' business)
     recon = node.generate({v: values[v] for v in node.spec.inputs}, torch.as_tensor(z, device=device))
     truth = values[node.spec.output].reshape(len(rows), -1).cpu().numpy()
-    metrics["pendulum.theta_rmse.reconstruction"] = float(np.sqrt(np.mean((recon.cpu().numpy().reshape(
-        len(rows), -1) - truth) ** 2)))
+    metrics["pendulum.theta_rmse.reconstruction"] = float(
+        np.sqrt(np.mean((recon.cpu().numpy().reshape(len(rows), -1) - truth) ** 2))
+    )
 
     times = options.times
     points = evaluation.traversal_points
@@ -226,14 +232,18 @@ def evaluate_pendulum(chain: TrainedChain, table: VariableTable, options: Pendul
         length = grid if factor == "length" else np.full(points, evaluation.fixed_length)
         damping = grid if factor == "damping" else np.full(points, evaluation.fixed_damping)
         masses = grid if factor == "mass" else np.full(points, evaluation.fixed_mass)
-        latents = (z_for_mass(mass, z, grid, evaluation.neighbours) if factor == "mass"
-                   else np.repeat(fixed_z[None], points, axis=0))
+        latents = (
+            z_for_mass(mass, z, grid, evaluation.neighbours)
+            if factor == "mass"
+            else np.repeat(fixed_z[None], points, axis=0)
+        )
         simulated = simulate_series(length, damping, masses, options)["theta"]
-        roots = _root_tensors(device, length=length, damping=damping,
-                              initial_angle=np.full(points, options.initial_angle))
-        generated = chain.generate(roots,
-                                   {evaluation.latent_node: torch.as_tensor(latents, dtype=torch.float32,
-                                                                            device=device)})
+        roots = _root_tensors(
+            device, length=length, damping=damping, initial_angle=np.full(points, options.initial_angle)
+        )
+        generated = chain.generate(
+            roots, {evaluation.latent_node: torch.as_tensor(latents, dtype=torch.float32, device=device)}
+        )
         model = generated[evaluation.observed].reshape(points, -1).cpu().numpy()
         name = "z" if factor == "mass" else factor
         for source, series in (("simulator", simulated), ("model", model)):
@@ -242,9 +252,16 @@ def evaluate_pendulum(chain: TrainedChain, table: VariableTable, options: Pendul
             metrics[f"pendulum.traverse_{name}.period_relative_change.{source}"] = relative_change(periods)
             metrics[f"pendulum.traverse_{name}.decay_relative_change.{source}"] = relative_change(decays)
         metrics[f"pendulum.traverse_{name}.theta_rmse.model_vs_simulator"] = float(
-            np.sqrt(np.mean((model - simulated) ** 2)))
-        figure_data["traversals"][name] = {"length": length, "damping": damping, "mass": masses,
-                                           "z": latents[:, unit], "simulator": simulated, "model": model}
+            np.sqrt(np.mean((model - simulated) ** 2))
+        )
+        figure_data["traversals"][name] = {
+            "length": length,
+            "damping": damping,
+            "mass": masses,
+            "z": latents[:, unit],
+            "simulator": simulated,
+            "model": model,
+        }
     return metrics, figure_data
 
 
@@ -279,8 +296,12 @@ def traversal_figure(path: str | Path, name: str, data: Mapping, times: np.ndarr
     figure, axes = plt.subplots(2, points, figsize=(2.3 * points, 3.8), sharex=True, sharey=True, squeeze=False)
     for column in range(points):
         label = f"L: {data['length'][column]:.2f}, b: {data['damping'][column]:.2f}"
-        for row, (source, colour, tail) in enumerate((("simulator", "tab:blue", f"m: {data['mass'][column]:.2f}"),
-                                                      ("model", "tab:red", f"z: {data['z'][column]:.2f}"))):
+        for row, (source, colour, tail) in enumerate(
+            (
+                ("simulator", "tab:blue", f"m: {data['mass'][column]:.2f}"),
+                ("model", "tab:red", f"z: {data['z'][column]:.2f}"),
+            )
+        ):
             axis = axes[row, column]
             axis.plot(times, data[source][column], color=colour, linewidth=1.2)
             axis.set_title(f"{label}, {tail}", fontsize=7)
@@ -314,8 +335,17 @@ def correlation_figure(path: str | Path, z: np.ndarray, mass: np.ndarray, unit: 
 def pendulum_figures(folder: str | Path, figure_data: Mapping, metrics: Mapping) -> list[Path]:
     """traverse_length.png, traverse_damping.png, traverse_z.png (Figure 15) and z_vs_mass.png (Figure 16)."""
     folder = Path(folder)
-    paths = [traversal_figure(folder / f"traverse_{name}.png", name, data, figure_data["times"])
-             for name, data in figure_data["traversals"].items()]
-    paths.append(correlation_figure(folder / "z_vs_mass.png", figure_data["z"], figure_data["mass"],
-                                    figure_data["unit"], metrics["pendulum.mass_abs_pearson_r.posterior_mean"]))
+    paths = [
+        traversal_figure(folder / f"traverse_{name}.png", name, data, figure_data["times"])
+        for name, data in figure_data["traversals"].items()
+    ]
+    paths.append(
+        correlation_figure(
+            folder / "z_vs_mass.png",
+            figure_data["z"],
+            figure_data["mass"],
+            figure_data["unit"],
+            metrics["pendulum.mass_abs_pearson_r.posterior_mean"],
+        )
+    )
     return paths

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,8 +65,11 @@ class VariableTable:
         """The rows of ``names`` as tensors on ``device`` (float arrays as float32; uint8 images stay uint8)."""
         out = {}
         for name in names:
-            array = np.asarray(self.values[name][np.sort(rows)] if isinstance(self.values[name], np.memmap)
-                               else self.values[name][rows])
+            array = np.asarray(
+                self.values[name][np.sort(rows)]
+                if isinstance(self.values[name], np.memmap)
+                else self.values[name][rows]
+            )
             if array.dtype == np.float64:
                 array = array.astype(np.float32)
             out[name] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
@@ -93,8 +97,11 @@ def loop_config(spec: NodeSpec) -> tuple[LoopConfig, float]:
     if "steps" not in training or "batch_size" not in training:
         raise ValueError(f"node {spec.name!r}: training needs steps and batch_size")
     return LoopConfig(
-        steps=int(training["steps"]), batch_size=int(training["batch_size"]), seed=int(training.get("seed", 0)),
-        checkpoint_every=int(training.get("checkpoint_every", 500)), log_every=int(training.get("log_every", 50)),
+        steps=int(training["steps"]),
+        batch_size=int(training["batch_size"]),
+        seed=int(training.get("seed", 0)),
+        checkpoint_every=int(training.get("checkpoint_every", 500)),
+        log_every=int(training.get("log_every", 50)),
         gradient_clip=training.get("gradient_clip"),
     ), float(training.get("learning_rate", 1e-3))
 
@@ -125,8 +132,11 @@ class TrainedChain:
     @property
     def produced(self) -> dict[str, str]:
         """Variable -> the node that generates it."""
-        return {variable: name for name, node in self.nodes.items()
-                for variable in kind_class(node.spec.kind).provided_variables(node.spec)}
+        return {
+            variable: name
+            for name, node in self.nodes.items()
+            for variable in kind_class(node.spec.kind).provided_variables(node.spec)
+        }
 
     @property
     def roots(self) -> list[str]:
@@ -135,8 +145,12 @@ class TrainedChain:
         return list(dict.fromkeys(v for node in self.nodes.values() for v in node.spec.inputs if v not in produced))
 
     @torch.no_grad()
-    def generate(self, values: Mapping[str, torch.Tensor], latents: Mapping[str, torch.Tensor] | None = None,
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def generate(
+        self,
+        values: Mapping[str, torch.Tensor],
+        latents: Mapping[str, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Ancestral sampling: the root variables in ``values`` (N rows each), every node's output mean in order;
         a node with a latent uses ``latents[node]`` or, when absent, z ~ p(z). Returns every variable."""
         latents = dict(latents or {})
@@ -219,9 +233,17 @@ def train_chain(
                 callback(name, step, record)
 
         result = train(
-            node, optimizer, step_fn, len(train_rows), loop, checkpoint_dir / f"{node_spec.name}.pt",
-            node_fingerprint, callback=node_callback, description=f"{spec.name}: {node_spec.name} ({node_spec.kind})",
-            show_progress=show_progress, extra_modules=node.auxiliary_state(),
+            node,
+            optimizer,
+            step_fn,
+            len(train_rows),
+            loop,
+            checkpoint_dir / f"{node_spec.name}.pt",
+            node_fingerprint,
+            callback=node_callback,
+            description=f"{spec.name}: {node_spec.name} ({node_spec.kind})",
+            show_progress=show_progress,
+            extra_modules=node.auxiliary_state(),
         )
         node.eval()
         test_logs = _test_logs(node, table, names, device, evaluation_batch_size)
@@ -240,14 +262,17 @@ def save_chain(chain: TrainedChain, folder: str | Path, extra: Mapping[str, Any]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, node in chain.nodes.items():
-        atomic_torch_save({
-            "format": NODE_FORMAT,
-            "spec": node.spec.as_dict(),
-            "config": dataclasses.asdict(node.config),
-            "shapes": {k: list(v) for k, v in node.shapes.items()},
-            "n_train": node.n_train,
-            "state_dict": {k: v.detach().cpu() for k, v in node.state_dict().items()},
-        }, folder / f"{name}.pt")
+        atomic_torch_save(
+            {
+                "format": NODE_FORMAT,
+                "spec": node.spec.as_dict(),
+                "config": dataclasses.asdict(node.config),
+                "shapes": {k: list(v) for k, v in node.shapes.items()},
+                "n_train": node.n_train,
+                "state_dict": {k: v.detach().cpu() for k, v in node.state_dict().items()},
+            },
+            folder / f"{name}.pt",
+        )
     payload = {"chain": chain.spec.as_dict(), "order": chain.order, **dict(extra or {})}
     with atomic_path(folder / "chain.json") as temporary:
         temporary.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
@@ -261,8 +286,17 @@ def load_chain(folder: str | Path, device: torch.device | str = "cpu") -> Traine
         raise ValueError(f"{index} not found (train the chain first)")
     payload = json.loads(index.read_text())
     chain_dict = payload["chain"]
-    specs = tuple(NodeSpec(name=n["name"], kind=n["kind"], output=n["output"], inputs=tuple(n["inputs"]),
-                           options=n["options"], training=n["training"]) for n in chain_dict["nodes"])
+    specs = tuple(
+        NodeSpec(
+            name=n["name"],
+            kind=n["kind"],
+            output=n["output"],
+            inputs=tuple(n["inputs"]),
+            options=n["options"],
+            training=n["training"],
+        )
+        for n in chain_dict["nodes"]
+    )
     spec = ChainSpec(chain_dict["name"], specs)
     nodes = {}
     for name in payload["order"]:

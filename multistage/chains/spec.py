@@ -4,8 +4,9 @@ chain; :mod:`multistage.chains.nodes` holds the node kinds."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 class ChainError(ValueError):
@@ -30,8 +31,14 @@ class NodeSpec:
     training: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "output": self.output, "inputs": list(self.inputs),
-                "options": dict(self.options), "training": dict(self.training)}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "output": self.output,
+            "inputs": list(self.inputs),
+            "options": dict(self.options),
+            "training": dict(self.training),
+        }
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ import dataclasses
 import importlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -244,7 +245,7 @@ def _valid_image_array(dtype: np.dtype, ndim: int) -> bool:
     return (dtype == np.uint8 and ndim == 4) or (dtype == np.float32 and ndim == 3)
 
 
-def to_float(batch: "np.ndarray | torch.Tensor") -> "torch.Tensor":
+def to_float(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Turn a uint8 image batch (numpy, memmap or tensor) into a float32 tensor in [0, 1] (x / 255).
 
     Bool batches map to 0/1; floating batches are taken as already in [0, 1] and only cast to float32.

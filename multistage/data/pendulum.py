@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -98,13 +98,15 @@ class PendulumOptions:
     def factor_grid(self) -> dict[str, np.ndarray]:
         """Factor name -> its grid of values (initial_angle only when it varies)."""
         grid = {
-            factor: np.linspace(getattr(self, f"{factor}_min"), getattr(self, f"{factor}_max"),
-                                getattr(self, f"{factor}_steps"))
+            factor: np.linspace(
+                getattr(self, f"{factor}_min"), getattr(self, f"{factor}_max"), getattr(self, f"{factor}_steps")
+            )
             for factor in ("length", "damping", "mass")
         }
         if self.initial_angle_steps > 1:
-            grid["initial_angle"] = np.linspace(self.initial_angle_min, self.initial_angle_max,
-                                                self.initial_angle_steps)
+            grid["initial_angle"] = np.linspace(
+                self.initial_angle_min, self.initial_angle_max, self.initial_angle_steps
+            )
         return grid
 
 
@@ -222,8 +224,10 @@ def make_pendulum(
     rows = choose_rows(total, n_images, int(seed))
     classes = np.stack(np.unravel_index(rows, sizes), axis=1).astype(np.int64)
     n = len(rows)
-    series = {name: np.empty((n, 1, options.series_length), dtype=np.float32)
-              for name in ("theta", EXTRA_UNDAMPED, EXTRA_DAMPED_UNIT_MASS)}
+    series = {
+        name: np.empty((n, 1, options.series_length), dtype=np.float32)
+        for name in ("theta", EXTRA_UNDAMPED, EXTRA_DAMPED_UNIT_MASS)
+    }
     for start in range(0, n, chunk_size):
         for name, values in render_series(classes[start : start + chunk_size], options).items():
             series[name][start : start + chunk_size] = values

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class ImageSource:
         if self.factor_values is None:
             self.factor_values = self.factor_classes.astype(np.float64)
 
-    def without_factors(self) -> "ImageSource":
+    def without_factors(self) -> ImageSource:
         """The same images with no ground truth (labels dropped)."""
         return dataclasses.replace(
             self, factor_names=(), factor_sizes=(), factor_classes=None, factor_values=None, nuisance={}
@@ -99,8 +99,9 @@ def fit_images(images: np.ndarray, size: int, resize_mode: str = "auto") -> np.n
     import torch
 
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    resized = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False,
-                                              antialias=side > size)
+    resized = torch.nn.functional.interpolate(
+        batch, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size
+    )
     return resized.round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
@@ -205,6 +206,7 @@ def write_image_source(
     with base.atomic_path(out_dir / base.IMAGES_FILE) as temporary:
         images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
         done = 0
+
         def fit(batch: np.ndarray) -> np.ndarray:
             return fit_images(batch, size, resize_mode)
 

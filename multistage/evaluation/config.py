@@ -4,7 +4,7 @@ place their defaults live; the evaluate stage derives its params section from th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from annotated_types import Ge, Gt, Le
 
@@ -45,7 +45,7 @@ class EvaluationConfig:
     figure_images: Annotated[int, Ge(1), Le(64)] = 8
     classifier: ClassifierConfig = ClassifierConfig()
     metrics: tuple[str, ...] = tuple(METRICS)
-    factor_images: Optional[Annotated[int, Ge(10)]] = None
+    factor_images: Annotated[int, Ge(10)] | None = None
     exclude_factors: tuple[str, ...] = ("shape",)
     categorical_factors: tuple[str, ...] = ("shape", "label", "category", "object")
     inception_fid: InceptionFidConfig = InceptionFidConfig()

@@ -21,14 +21,27 @@ from multistage.metrics.checks import varying_factors
 from multistage.metrics.indicators import discrete_code_accuracy
 
 
-def factor_set_scores(config: EvaluationConfig, dataset, stage_one, encode: Callable, ground_truth: bool, timed,
-                      codes_file: str | Path | None = None, show_progress: bool = False) -> dict[str, float | str]:
+def factor_set_scores(
+    config: EvaluationConfig,
+    dataset,
+    stage_one,
+    encode: Callable,
+    ground_truth: bool,
+    timed,
+    codes_file: str | Path | None = None,
+    show_progress: bool = False,
+) -> dict[str, float | str]:
     """Scores of the registered factor-set metrics in ``config.metrics`` (those needing ground truth only when the
     data has it); ``skipped.<metric>`` notes where the factor set cannot feed one. ``timed(group)`` records each
     metric's seconds; ``encode``/``codes_file`` as in :func:`factor_set_codes`."""
     names = tuple(dataset.factor_names)
-    runnable = [metric for metric in METRICS.values() if metric.scope == "factor_set" and metric.name in config.metrics
-                and (ground_truth or "ground_truth" not in metric.needs)]
+    runnable = [
+        metric
+        for metric in METRICS.values()
+        if metric.scope == "factor_set"
+        and metric.name in config.metrics
+        and (ground_truth or "ground_truth" not in metric.needs)
+    ]
     if not runnable:
         return {}
     scores: dict[str, float | str] = {}
@@ -42,12 +55,16 @@ def factor_set_scores(config: EvaluationConfig, dataset, stage_one, encode: Call
     scores["factor_set.images"] = float(count)
     factor_classes = dataset.factor_classes[indices] if ground_truth else None
     inputs = MetricInputs(
-        mu=codes["mu"], logvar=codes["logvar"], representation=representation_from_codes(
-            codes["mu"], codes.get("alpha"), blocks),
-        code_names=tuple(code_names(stage_one)), factor_classes=factor_classes, factor_names=names,
+        mu=codes["mu"],
+        logvar=codes["logvar"],
+        representation=representation_from_codes(codes["mu"], codes.get("alpha"), blocks),
+        code_names=tuple(code_names(stage_one)),
+        factor_classes=factor_classes,
+        factor_names=names,
         factor_sizes=tuple(dataset.factor_sizes) if ground_truth else (),
         exclude_factors=tuple(name for name in config.exclude_factors if name in names),
-        categorical_factors=tuple(config.categorical_factors))
+        categorical_factors=tuple(config.categorical_factors),
+    )
 
     if ground_truth and blocks:  # JointVAE: class accuracy of each discrete code (Hungarian matching), per factor
         start = 0

@@ -8,8 +8,7 @@ from pathlib import Path
 from multistage.viz import latent_traversal, plot_bars, reconstruction_triplets, save_rows, traversal_values
 
 
-def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, device, count: int
-                 ) -> list[dict[str, str]]:
+def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, device, count: int) -> list[dict[str, str]]:
     """Reconstruction triplets of the first (headline) variant, the reconstructions of every variant side by side,
     traversals of Y (stage-one decoder), of X-hat (G over the traversed condition, z fixed) and of the residual z
     with the condition fixed (conditioned headline variants), and the stage-one KL per latent unit ranked
@@ -22,9 +21,12 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, devic
     captions = []
     if x.ndim == 4:
         reconstruction_triplets(folder / "reconstructions.png", x, y, own[shown][:count])
-        captions.append({"file": "reconstructions.png",
-                         "caption": f"Reconstructions: x (top), y = stage one (middle), {what} = stage two "
-                                    f"({name}, bottom)"})
+        captions.append(
+            {
+                "file": "reconstructions.png",
+                "caption": f"Reconstructions: x (top), y = stage one (middle), {what} = stage two ({name}, bottom)",
+            }
+        )
         rows, labels = [x, y], ["x", "y (stage one)"]
         for variant, outputs in examples["variants"].items():
             key = "x_hat" if "x_hat" in outputs else "x_sample"
@@ -32,10 +34,15 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, devic
             labels.append(f"{variant}" + ("" if key == "x_hat" else " (sample)"))
         if len(rows) > 3:
             save_rows(folder / "comparison_reconstructions.png", rows)
-            captions.append({"file": "comparison_reconstructions.png",
-                             "caption": "Every variant on the same held-out images, one row each: "
-                                        + ", ".join(labels) + " (X-hat; a variant without an encoder shows "
-                                        "a sample G(y, eps) instead)"})
+            captions.append(
+                {
+                    "file": "comparison_reconstructions.png",
+                    "caption": "Every variant on the same held-out images, one row each: "
+                    + ", ".join(labels)
+                    + " (X-hat; a variant without an encoder shows "
+                    "a sample G(y, eps) instead)",
+                }
+            )
         values = traversal_values(2.5, 9)
         c0 = examples["c"][0].to(device)
 
@@ -43,8 +50,12 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, devic
             return stage_one.decode_mean(c)
 
         save_rows(folder / "traversal_y.png", [r.cpu() for r in latent_traversal(decode_y, c0, values)])
-        captions.append({"file": "traversal_y.png",
-                         "caption": "Traversal of the stage-one code C, decoded by stage one (Y): one row per latent"})
+        captions.append(
+            {
+                "file": "traversal_y.png",
+                "caption": "Traversal of the stage-one code C, decoded by stage one (Y): one row per latent",
+            }
+        )
         if model.conditioning != "none" and "z" in own:
             z0 = own["z"][0].to(device)
 
@@ -62,18 +73,30 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, devic
             save_rows(folder / "traversal_x_hat.png", [r.cpu() for r in latent_traversal(decode_x_hat, c0, values)])
             save_rows(folder / "traversal_z.png", [r.cpu() for r in latent_traversal(decode_z, z0, values)])
             captions += [
-                {"file": "traversal_x_hat.png",
-                 "caption": f"The same traversal rendered by stage two ({name}: X-hat = G({symbol}, z), z fixed)"},
-                {"file": "traversal_z.png",
-                 "caption": f"Traversal of the residual z with {symbol} fixed ({name}: X-hat = G({symbol}, z))"},
+                {
+                    "file": "traversal_x_hat.png",
+                    "caption": f"The same traversal rendered by stage two ({name}: X-hat = G({symbol}, z), z fixed)",
+                },
+                {
+                    "file": "traversal_z.png",
+                    "caption": f"Traversal of the residual z with {symbol} fixed ({name}: X-hat = G({symbol}, z))",
+                },
             ]
     if "kl_ranked" in examples:
         labels, values = zip(*examples["kl_ranked"])
-        plot_bars(folder / "kl_per_unit.png", values, labels,
-                  "Stage-one KL per latent unit, ranked (held-out images)", "mean KL (nats)")
-        captions.append({"file": "kl_per_unit.png",
-                         "caption": "KL divergence of each stage-one latent unit from the prior, averaged over the "
-                                    "held-out images and ranked (JointVAE figure 8): the information each unit "
-                                    "carries, in nats; units near 0 are unused"})
+        plot_bars(
+            folder / "kl_per_unit.png",
+            values,
+            labels,
+            "Stage-one KL per latent unit, ranked (held-out images)",
+            "mean KL (nats)",
+        )
+        captions.append(
+            {
+                "file": "kl_per_unit.png",
+                "caption": "KL divergence of each stage-one latent unit from the prior, averaged over the "
+                "held-out images and ranked (JointVAE figure 8): the information each unit "
+                "carries, in nats; units near 0 are unused",
+            }
+        )
     return captions
-

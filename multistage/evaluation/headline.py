@@ -34,5 +34,8 @@ HEADLINE: list[tuple[str, str]] = [
 
 def headline_scores(scores: dict) -> dict[str, float]:
     """The headline keys of ``scores`` that hold numbers (a missing or None score is left out)."""
-    return {key: scores[key] for _, key in HEADLINE
-            if isinstance(scores.get(key), (int, float)) and not isinstance(scores.get(key), bool)}
+    return {
+        key: scores[key]
+        for _, key in HEADLINE
+        if isinstance(scores.get(key), (int, float)) and not isinstance(scores.get(key), bool)
+    }

@@ -18,8 +18,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from multistage.metrics import dci, downstream, factorvae_score, indicators, kid, mig_sampling, sap, tc_decomposition
-from multistage.metrics import zdiff
+from multistage.metrics import (
+    dci,
+    downstream,
+    factorvae_score,
+    indicators,
+    kid,
+    mig_sampling,
+    sap,
+    tc_decomposition,
+    zdiff,
+)
 
 Scope = Literal["factor_set", "held_out"]
 NEEDS = ("ground_truth", "two_varying_factors", "features")
@@ -94,16 +103,29 @@ def register(metric: Metric) -> Metric:
 
 GROUND_TRUTH = frozenset({"ground_truth"})
 # one line per metric; the order is the order the stage runs them in and the default of evaluate.metrics
-register(Metric("tc_decomposition", tc_decomposition.tc_decomposition_metric,
-                tc_decomposition.TcDecompositionConfig, "factor_set"))
+register(
+    Metric(
+        "tc_decomposition",
+        tc_decomposition.tc_decomposition_metric,
+        tc_decomposition.TcDecompositionConfig,
+        "factor_set",
+    )
+)
 register(Metric("indicators", indicators.indicators_metric, indicators.IndicatorsConfig, "factor_set"))
-register(Metric("mig_sampling", mig_sampling.mig_sampling_metric, mig_sampling.MigSamplingConfig, "factor_set",
-                GROUND_TRUTH))
+register(
+    Metric("mig_sampling", mig_sampling.mig_sampling_metric, mig_sampling.MigSamplingConfig, "factor_set", GROUND_TRUTH)
+)
 register(Metric("sap", sap.sap_metric, sap.SapConfig, "factor_set", GROUND_TRUTH))
-register(Metric("zdiff", zdiff.zdiff_metric, zdiff.ZdiffConfig, "factor_set",
-                GROUND_TRUTH | {"two_varying_factors"}))
-register(Metric("factorvae_score", factorvae_score.factorvae_score_metric, factorvae_score.FactorVaeScoreConfig,
-                "factor_set", GROUND_TRUTH | {"two_varying_factors"}))
+register(Metric("zdiff", zdiff.zdiff_metric, zdiff.ZdiffConfig, "factor_set", GROUND_TRUTH | {"two_varying_factors"}))
+register(
+    Metric(
+        "factorvae_score",
+        factorvae_score.factorvae_score_metric,
+        factorvae_score.FactorVaeScoreConfig,
+        "factor_set",
+        GROUND_TRUTH | {"two_varying_factors"},
+    )
+)
 register(Metric("dci", dci.dci_metric, dci.DciConfig, "factor_set", GROUND_TRUTH))
 register(Metric("kl_per_unit", indicators.kl_per_unit_metric, indicators.KlPerUnitConfig, "held_out"))
 register(Metric("kid", kid.kid_metric, kid.KidConfig, "held_out", GROUND_TRUTH | {"features"}))

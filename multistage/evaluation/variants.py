@@ -77,8 +77,9 @@ class VariantOutputs:
             if z is not None:
                 self.examples["z"] = z.cpu()
 
-    def scores(self, shared: dict[str, np.ndarray], x_features, config: EvaluationConfig, mig, downstream,
-               headline: dict) -> dict:
+    def scores(
+        self, shared: dict[str, np.ndarray], x_features, config: EvaluationConfig, mig, downstream, headline: dict
+    ) -> dict:
         """The comparison row (keys as the single-model stage names them; None where the variant has no such
         output): Fréchet distance / KID of X-hat and X-sample, MIG of the stage-one encoder on them and of the
         variant's own code, M1..M4, L1/L2/BCE of X-hat, downstream accuracies from its residual, its size."""
@@ -86,8 +87,9 @@ class VariantOutputs:
         codes = {k: np.concatenate(v).astype(np.float64) for k, v in self.codes.items()}
         row: dict[str, float | None] = {"parameters": float(parameter_count(model))}
         conditioned = model.conditioning != "none"
-        row["parameters_with_stage_one"] = row["parameters"] + (headline["compare.stage_one.parameters"]
-                                                                if conditioned else 0.0)
+        row["parameters_with_stage_one"] = row["parameters"] + (
+            headline["compare.stage_one.parameters"] if conditioned else 0.0
+        )
         outputs = ("x_hat", "x_sample") if conditioned else ("x_hat",)
         if mig is not None:
             key = f"mig.histogram{bins}"
@@ -99,8 +101,9 @@ class VariantOutputs:
                 row |= mig(codes["code"], "code") if "code" in codes else {f"code.{key}": None}
             y_mig = headline.get(f"y.{key}", 0.0)
             top = row[f"x_hat.{key}"]
-            row["mig_ratio.x_hat_over_y"] = (None if not isinstance(top, float) else
-                                             top / y_mig if y_mig > 0 else float("nan"))
+            row["mig_ratio.x_hat_over_y"] = (
+                None if not isinstance(top, float) else top / y_mig if y_mig > 0 else float("nan")
+            )
         if x_features is not None:
             for name in ("x_hat", "x_sample"):
                 if name not in self.features:
@@ -109,25 +112,34 @@ class VariantOutputs:
                 other = np.concatenate(self.features[name])
                 row[f"frechet.factor_classifier.{name}"] = frechet_distance(x_features, other)
                 if "kid" in config.metrics:
-                    row |= METRICS["kid"](MetricInputs(features=x_features, other_features=other, label=name),
-                                          config.config_of("kid"), config.seed)
+                    row |= METRICS["kid"](
+                        MetricInputs(features=x_features, other_features=other, label=name),
+                        config.config_of("kid"),
+                        config.seed,
+                    )
             fd_hat, fd_y = row["frechet.factor_classifier.x_hat"], headline.get("frechet.factor_classifier.y")
             row["frechet.factor_classifier.ratio_x_hat_over_y"] = (
-                fd_hat / max(fd_y, 1e-12) if isinstance(fd_hat, float) and fd_y is not None else None)
+                fd_hat / max(fd_y, 1e-12) if isinstance(fd_hat, float) and fd_y is not None else None
+            )
         if self.errors is not None:
             row |= {f"reconstruction.x_hat.{name}": float(v) for name, v in self.errors.result().items()}
         c_r = shared["x"]
-        terms = {"M1": shared["y"], "M2": codes.get("x_hat"), "M3": codes.get("x_sample") if conditioned else None,
-                 "M4": codes.get("eps_z")}
+        terms = {
+            "M1": shared["y"],
+            "M2": codes.get("x_hat"),
+            "M3": codes.get("x_sample") if conditioned else None,
+            "M4": codes.get("eps_z"),
+        }
         for term, other in terms.items():
-            row[f"conditioning.{term}"] = (normalized_code_mutual_information(c_r, other, bins) if other is not None
-                                           else None)
+            row[f"conditioning.{term}"] = (
+                normalized_code_mutual_information(c_r, other, bins) if other is not None else None
+            )
         if downstream is not None and "z" in codes:
             latent = codes["z"]
             if conditioned:
                 inputs = {"z": latent, "c_z": np.concatenate([c_r, latent], axis=1)}
             elif "code" in codes and codes["code"].shape[1] < latent.shape[1]:  # (C, Z), C first
-                inputs = {"c": codes["code"], "z": latent[:, codes["code"].shape[1]:], "c_z": latent}
+                inputs = {"c": codes["code"], "z": latent[:, codes["code"].shape[1] :], "c_z": latent}
             else:
                 inputs = {"c_z": latent}
             row |= downstream(inputs)
@@ -137,9 +149,12 @@ class VariantOutputs:
 def stage_one_comparison_row(scores: dict, bins: int, stage_one) -> dict:
     """The beta-TCVAE-with-|C|-latents row of the comparison (MS-VAE sec. 4): stage one itself, its output Y in the
     place of X-hat, its code C."""
-    renamed = {"frechet.factor_classifier.y": "frechet.factor_classifier.x_hat",
-               "kid.factor_classifier.y": "kid.factor_classifier.x_hat",
-               "kid.factor_classifier.y.std": "kid.factor_classifier.x_hat.std", "conditioning.M1": "conditioning.M2"}
+    renamed = {
+        "frechet.factor_classifier.y": "frechet.factor_classifier.x_hat",
+        "kid.factor_classifier.y": "kid.factor_classifier.x_hat",
+        "kid.factor_classifier.y.std": "kid.factor_classifier.x_hat.std",
+        "conditioning.M1": "conditioning.M2",
+    }
     row = {new: scores[old] for old, new in renamed.items() if old in scores}
     row |= {k.replace("x.", "code.", 1): v for k, v in scores.items() if k.startswith(f"x.mig.histogram{bins}")}
     row |= {k.replace("y.", "x_hat.", 1): v for k, v in scores.items() if k.startswith(f"y.mig.histogram{bins}")}
@@ -147,4 +162,3 @@ def stage_one_comparison_row(scores: dict, bins: int, stage_one) -> dict:
     row |= {k: v for k, v in scores.items() if k.startswith("downstream.mlp.c.")}
     row["parameters"] = row["parameters_with_stage_one"] = float(parameter_count(stage_one))
     return row
-

@@ -45,8 +45,9 @@ class GridSettings:
     gets a coarser grid (``GridSettings.last_coarsened`` counts such mixtures).
     """
 
-    def __init__(self, points_per_sigma: float = 8.0, level_ratio: float = 1.01, tail: float = 9.0,
-                 max_grid: int = 1 << 22) -> None:
+    def __init__(
+        self, points_per_sigma: float = 8.0, level_ratio: float = 1.01, tail: float = 9.0, max_grid: int = 1 << 22
+    ) -> None:
         if not points_per_sigma >= 2:
             raise ValueError(f"points_per_sigma must be >= 2, got {points_per_sigma}")
         if not 1.0 < level_ratio <= 2.0:
@@ -143,8 +144,9 @@ def grid_log_density(
         component, level, share = component[keep], level[keep], share[keep]
     used_levels = np.flatnonzero(np.bincount(level, minlength=top + 2))
     level_decimation = np.zeros(top + 2, dtype=np.int64)
-    level_decimation[used_levels] = np.maximum(0, np.floor(
-        np.log2(level_sigmas[used_levels] / (settings.points_per_sigma * spacing)) + 1e-9)).astype(np.int64)
+    level_decimation[used_levels] = np.maximum(
+        0, np.floor(np.log2(level_sigmas[used_levels] / (settings.points_per_sigma * spacing)) + 1e-9)
+    ).astype(np.int64)
     coarsest = int(level_decimation.max())
     # two coarsest nodes of margin below the lowest point, so that no deposit or evaluation index wraps around
     origin = low - 2.0 * spacing * (1 << coarsest)
@@ -185,8 +187,7 @@ def grid_log_density(
                 deposits += np.bincount(index.ravel(), weights=weights.ravel(), minlength=deposits.size)
             deposits = deposits.reshape(chunk_levels.size, -1)
             # each level's Gaussian kernel by its exact transform, the levels summed in the frequency domain
-            transfer = np.exp(-2.0 * math.pi**2 * level_sigmas[chunk_levels][:, None] ** 2
-                              * frequencies[None, :] ** 2)
+            transfer = np.exp(-2.0 * math.pi**2 * level_sigmas[chunk_levels][:, None] ** 2 * frequencies[None, :] ** 2)
             spectrum[: frequencies.size] += np.einsum("lf,lf->f", scipy.fft.rfft(deposits, axis=1), transfer)
     density_grid = scipy.fft.irfft(spectrum, n=nodes) / spacing
 
@@ -237,8 +238,13 @@ def grouped_log_density(
     result = np.empty(points.shape)
     for members in members_of_groups:
         if method == "grid":
-            result[members] = grid_log_density(points[members], means[members], sigmas[members],
-                                               own_component=np.arange(members.size), settings=settings)
+            result[members] = grid_log_density(
+                points[members],
+                means[members],
+                sigmas[members],
+                own_component=np.arange(members.size),
+                settings=settings,
+            )
         elif method == "exact":
             result[members] = exact_log_density(points[members], means[members], sigmas[members])
         else:
@@ -274,9 +280,14 @@ def _component_blocks(means: np.ndarray, scales: np.ndarray, leaf_size: int) -> 
     return leaves
 
 
-def joint_log_density(points: np.ndarray, means: np.ndarray, logvars: np.ndarray,
-                      own_component: np.ndarray | None = None, tolerance: float = 30.0,
-                      leaf_size: int = 512) -> np.ndarray:
+def joint_log_density(
+    points: np.ndarray,
+    means: np.ndarray,
+    logvars: np.ndarray,
+    own_component: np.ndarray | None = None,
+    tolerance: float = 30.0,
+    leaf_size: int = 512,
+) -> np.ndarray:
     """log q(z) = log (1/N sum_n prod_j N(z_j; means_nj, exp(logvars_nj))) at each row of ``points`` (S, D), with
     all N components: a logsumexp over every component (torch, float64), in blocks.
 
@@ -295,8 +306,9 @@ def joint_log_density(points: np.ndarray, means: np.ndarray, logvars: np.ndarray
     means = np.asarray(means, dtype=np.float64)
     logvars = np.asarray(logvars, dtype=np.float64)
     if points.ndim != 2 or means.shape != logvars.shape or means.ndim != 2 or points.shape[1] != means.shape[1]:
-        raise ValueError(f"points (S, D), means and logvars (N, D) expected, got {points.shape}, {means.shape}, "
-                         f"{logvars.shape}")
+        raise ValueError(
+            f"points (S, D), means and logvars (N, D) expected, got {points.shape}, {means.shape}, {logvars.shape}"
+        )
     for name, array in (("points", points), ("means", means), ("logvars", logvars)):
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{name} contain NaN or infinite values")

@@ -20,8 +20,10 @@ def check_codes(array: np.ndarray, name: str, columns: int | None = None) -> np.
     bad = ~np.isfinite(array)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
-        raise ValueError(f"{name} contains NaN or infinite values in {rows.size} of {array.shape[0]} rows "
-                         f"(first: row {rows[0]}); a diverged model gives such codes")
+        raise ValueError(
+            f"{name} contains NaN or infinite values in {rows.size} of {array.shape[0]} rows "
+            f"(first: row {rows[0]}); a diverged model gives such codes"
+        )
     return array
 
 

@@ -34,8 +34,7 @@ def normalized_code_mutual_information(c_reference: np.ndarray, c_other: np.ndar
     c_other = np.asarray(c_other)
     if c_reference.shape != c_other.shape or c_reference.ndim != 2:
         raise ValueError(
-            f"c_reference and c_other must be 2-d arrays of the same shape, got {c_reference.shape} "
-            f"and {c_other.shape}"
+            f"c_reference and c_other must be 2-d arrays of the same shape, got {c_reference.shape} and {c_other.shape}"
         )
     reference_discrete = discretize(c_reference, bins)
     other_discrete = discretize(c_other, bins)

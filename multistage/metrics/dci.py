@@ -14,13 +14,12 @@ nothing is predicted (I ~ 0) the lasso's D and C are not meaningful.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from annotated_types import Ge, Gt
-from collections.abc import Sequence
-
 import numpy as np
+from annotated_types import Ge, Gt
 from scipy.stats import entropy
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import Lasso
@@ -117,8 +116,9 @@ def dci(
     test_codes = check_codes(test_codes, "test_codes", train_codes.shape[1])
     train_factors = check_factors(train_factors, factor_names, train_codes.shape[0])
     test_factors = check_factors(test_factors, factor_names, test_codes.shape[0])
-    importance, informativeness = importance_matrix(train_codes, train_factors, test_codes, test_factors,
-                                                    regressor, lasso_alpha, gbt_estimators, seed)
+    importance, informativeness = importance_matrix(
+        train_codes, train_factors, test_codes, test_factors, regressor, lasso_alpha, gbt_estimators, seed
+    )
     used = varying_factors(train_factors)
     key = f"dci.{regressor}"
     finite = informativeness[np.isfinite(informativeness)]
@@ -148,6 +148,15 @@ def dci_metric(inputs, config: DciConfig, seed: int) -> dict[str, float]:
     order = seeded_subset(len(representation), config.train_images + config.test_images, seed + 1)
     split = max(2, min(config.train_images, len(order) - 2))
     train, test = order[:split], order[split : split + config.test_images]
-    scores = dci(representation[train], factor_classes[train], representation[test], factor_classes[test],
-                 inputs.factor_names, config.regressor, config.lasso_alpha, config.gbt_estimators, seed)
+    scores = dci(
+        representation[train],
+        factor_classes[train],
+        representation[test],
+        factor_classes[test],
+        inputs.factor_names,
+        config.regressor,
+        config.lasso_alpha,
+        config.gbt_estimators,
+        seed,
+    )
     return {f"x.{key}": value for key, value in scores.items()}

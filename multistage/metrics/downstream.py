@@ -12,13 +12,12 @@ random (1 - test_fraction) of the images and scored (accuracy) on the rest.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from annotated_types import Ge, Gt, Lt
-from collections.abc import Mapping, Sequence
-
 import numpy as np
+from annotated_types import Ge, Gt, Lt
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -61,10 +60,15 @@ def downstream_accuracy(
             if not varying[k]:
                 result[f"downstream.mlp.{name}.{factor}"] = float("nan")
                 continue
-            model = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=tuple(hidden_units),
-                                                                  max_iter=max_iter,
-                                                                  early_stopping=train.size >= 2000,
-                                                                  random_state=seed))
+            model = make_pipeline(
+                StandardScaler(),
+                MLPClassifier(
+                    hidden_layer_sizes=tuple(hidden_units),
+                    max_iter=max_iter,
+                    early_stopping=train.size >= 2000,
+                    random_state=seed,
+                ),
+            )
             model.fit(array[train], factor_classes[train, k])
             accuracy = float(np.mean(model.predict(array[test]) == factor_classes[test, k]))
             result[f"downstream.mlp.{name}.{factor}"] = accuracy
@@ -84,5 +88,12 @@ def downstream_metric(inputs, config: DownstreamConfig, seed: int) -> dict[str, 
     """Registry adapter: the downstream MLP on each of ``named_codes`` (MLP convergence warnings silenced)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return downstream_accuracy(inputs.named_codes, inputs.factor_classes, inputs.factor_names,
-                                   config.test_fraction, config.hidden_units, config.max_iter, seed)
+        return downstream_accuracy(
+            inputs.named_codes,
+            inputs.factor_classes,
+            inputs.factor_names,
+            config.test_fraction,
+            config.hidden_units,
+            config.max_iter,
+            seed,
+        )

@@ -26,8 +26,9 @@ class FactorIndex:
         self.sizes: list[np.ndarray] = []
         for column in factor_classes.T:
             order = np.argsort(column, kind="stable")
-            _, starts, inverse, sizes = np.unique(column[order], return_index=True, return_inverse=True,
-                                                  return_counts=True)
+            _, starts, inverse, sizes = np.unique(
+                column[order], return_index=True, return_inverse=True, return_counts=True
+            )
             group_of_row = np.empty(self.rows, dtype=np.int64)
             group_of_row[order] = inverse.ravel()
             self.order.append(order)

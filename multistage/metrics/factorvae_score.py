@@ -15,13 +15,12 @@ latent the score is 0 (as in disentanglement_lib).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from annotated_types import Ge
-from collections.abc import Sequence
-
 import numpy as np
+from annotated_types import Ge
 
 from multistage.metrics.checks import check_codes, check_factors, varying_factors
 from multistage.metrics.factor_sampling import FactorIndex
@@ -29,8 +28,15 @@ from multistage.metrics.factor_sampling import FactorIndex
 __all__ = ["factorvae_votes", "factorvae_score", "FactorVaeScoreConfig", "factorvae_score_metric"]
 
 
-def factorvae_votes(normalised: np.ndarray, active: np.ndarray, index: FactorIndex, factors: np.ndarray,
-                    count: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+def factorvae_votes(
+    normalised: np.ndarray,
+    active: np.ndarray,
+    index: FactorIndex,
+    factors: np.ndarray,
+    count: int,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Vote matrix (D, K): entry (j, k) counts the batches with factor k fixed whose argmin-variance latent was j."""
     votes = np.zeros((normalised.shape[1], int(factors.max()) + 1), dtype=np.int64)
     active_index = np.flatnonzero(active)
@@ -94,7 +100,15 @@ class FactorVaeScoreConfig:
 
 def factorvae_score_metric(inputs, config: FactorVaeScoreConfig, seed: int) -> dict[str, float]:
     """Registry adapter: the FactorVAE score of the representation, keys ``x.factorvae_score...``."""
-    scores = factorvae_score(inputs.representation, inputs.factor_classes, inputs.factor_names, config.batch_size,
-                             config.train_votes, config.eval_votes, config.variance_images,
-                             config.inactive_variance, seed)
+    scores = factorvae_score(
+        inputs.representation,
+        inputs.factor_classes,
+        inputs.factor_names,
+        config.batch_size,
+        config.train_votes,
+        config.eval_votes,
+        config.variance_images,
+        config.inactive_variance,
+        seed,
+    )
     return {f"x.{key}": value for key, value in scores.items()}

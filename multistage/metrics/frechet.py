@@ -86,10 +86,7 @@ def frechet_distance_from_statistics(
             raise ValueError(f"sqrtm(S_a S_b) has a large imaginary component {imaginary:.3g}")
         covariance_mean = covariance_mean.real
     distance = (
-        difference @ difference
-        + np.trace(covariance_a)
-        + np.trace(covariance_b)
-        - 2.0 * np.trace(covariance_mean)
+        difference @ difference + np.trace(covariance_a) + np.trace(covariance_b) - 2.0 * np.trace(covariance_mean)
     )
     return float(max(distance, 0.0))
 

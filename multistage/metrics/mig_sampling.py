@@ -13,14 +13,13 @@ them (dSprites' shape: beta-TCVAE includes it, later work often leaves it out).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from annotated_types import Ge, Gt, Le
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
+from annotated_types import Ge, Gt, Le
 from sklearn.metrics import mutual_info_score
 
 from multistage.metrics.aggregate_posterior import GridSettings, grouped_log_density, split_groups
@@ -64,8 +63,9 @@ def sampling_mutual_information(
     def latent(j: int) -> None:
         entropy[j] = -grouped_log_density(samples[:, j], mu[:, j], sigma[:, j], marginal, settings, method).mean()
         for k in range(num_factors):
-            conditional[j, k] = -grouped_log_density(samples[:, j], mu[:, j], sigma[:, j], strata[k], settings,
-                                                     method).mean()
+            conditional[j, k] = -grouped_log_density(
+                samples[:, j], mu[:, j], sigma[:, j], strata[k], settings, method
+            ).mean()
 
     if workers > 1:  # numpy and scipy.fft release the GIL: latents in parallel threads
         with ThreadPoolExecutor(min(workers, num_latents)) as pool:
@@ -121,8 +121,7 @@ def sampling_mutual_information_gap(
     else:
         entropies = np.array([mutual_info_score(column, column) for column in factor_classes.T])
 
-    information, _, _ = sampling_mutual_information(mu, logvar, factor_classes, samples, rng, method, settings,
-                                                    workers)
+    information, _, _ = sampling_mutual_information(mu, logvar, factor_classes, samples, rng, method, settings, workers)
     ordered = np.sort(information, axis=0)[::-1]
     top1 = ordered[0]
     top2 = ordered[1] if ordered.shape[0] > 1 else np.zeros_like(top1)
@@ -159,8 +158,15 @@ def mig_sampling_metric(inputs, config: MigSamplingConfig, seed: int) -> dict[st
     import torch
 
     scores = sampling_mutual_information_gap(
-        inputs.mu, inputs.logvar, inputs.factor_classes, inputs.factor_names, inputs.factor_sizes,
-        inputs.exclude_factors, config.normalization, rng=seed,
+        inputs.mu,
+        inputs.logvar,
+        inputs.factor_classes,
+        inputs.factor_names,
+        inputs.factor_sizes,
+        inputs.exclude_factors,
+        config.normalization,
+        rng=seed,
         settings=GridSettings(config.points_per_sigma, config.level_ratio),
-        workers=config.workers or torch.get_num_threads())
+        workers=config.workers or torch.get_num_threads(),
+    )
     return {f"x.{key}": value for key, value in scores.items()}

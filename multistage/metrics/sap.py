@@ -12,13 +12,12 @@ discrete factors; the others are treated as ordinal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from annotated_types import Ge
-from collections.abc import Sequence
-
 import numpy as np
+from annotated_types import Ge
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.tree import DecisionTreeClassifier
 
@@ -28,8 +27,9 @@ __all__ = ["sap_score_matrix", "sap_score", "SapConfig", "sap_metric"]
 
 
 def _threshold_balanced_accuracy(latent: np.ndarray, classes: np.ndarray) -> float:
-    tree = DecisionTreeClassifier(max_leaf_nodes=max(2, np.unique(classes).size), class_weight="balanced",
-                                  random_state=0)
+    tree = DecisionTreeClassifier(
+        max_leaf_nodes=max(2, np.unique(classes).size), class_weight="balanced", random_state=0
+    )
     tree.fit(latent[:, None], classes)
     return float(balanced_accuracy_score(classes, tree.predict(latent[:, None])))
 
@@ -99,6 +99,11 @@ def sap_metric(inputs, config: SapConfig, seed: int) -> dict[str, float]:
     """Registry adapter: SAP of the representation, balanced threshold accuracy for the categorical factors."""
     chosen = seeded_subset(len(inputs.representation), config.images, seed)
     categorical = tuple(name for name in inputs.categorical_factors if name in inputs.factor_names)
-    scores = sap_score(inputs.representation[chosen], inputs.factor_classes[chosen], inputs.factor_names,
-                       categorical, config.inactive_fraction)
+    scores = sap_score(
+        inputs.representation[chosen],
+        inputs.factor_classes[chosen],
+        inputs.factor_names,
+        categorical,
+        config.inactive_fraction,
+    )
     return {f"x.{key}": value for key, value in scores.items()}

@@ -11,13 +11,12 @@ three terms add up to a Monte Carlo estimate of the average KL, whose analytic v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
-from annotated_types import Ge, Gt, Le
-import math
-
 import numpy as np
+from annotated_types import Ge, Gt, Le
 
 from multistage.metrics.aggregate_posterior import GridSettings, grid_log_density, joint_log_density
 from multistage.metrics.checks import check_codes
@@ -57,8 +56,7 @@ def tc_decomposition(
     log_q_z = joint_log_density(z, mu, logvar, own_component=chosen)
     log_prod_marginals = np.zeros(chosen.size)
     for j in range(mu.shape[1]):
-        log_prod_marginals += grid_log_density(z[:, j], mu[:, j], sigma[:, j], own_component=chosen,
-                                               settings=settings)
+        log_prod_marginals += grid_log_density(z[:, j], mu[:, j], sigma[:, j], own_component=chosen, settings=settings)
 
     index_code = log_q_z_given_n - log_q_z
     total_correlation = log_q_z - log_prod_marginals
@@ -73,7 +71,8 @@ def tc_decomposition(
         f"{prefix}.sum": float(index_code.mean() + total_correlation.mean() + dimension_wise.mean()),
         f"{prefix}.monte_carlo_kl": float(monte_carlo.mean()),
         f"{prefix}.monte_carlo_error": float(monte_carlo.std(ddof=1) / math.sqrt(chosen.size))
-        if chosen.size > 1 else float("nan"),
+        if chosen.size > 1
+        else float("nan"),
         f"{prefix}.average_kl": float(analytic.mean()),
         f"{prefix}.samples": float(chosen.size),
     }
@@ -90,5 +89,6 @@ class TcDecompositionConfig:
 
 def tc_decomposition_metric(inputs, config: TcDecompositionConfig, seed: int) -> dict[str, float]:
     """Registry adapter: the TC decomposition of the factor set's posteriors."""
-    return tc_decomposition(inputs.mu, inputs.logvar, config.samples, seed,
-                            GridSettings(config.points_per_sigma, config.level_ratio))
+    return tc_decomposition(
+        inputs.mu, inputs.logvar, config.samples, seed, GridSettings(config.points_per_sigma, config.level_ratio)
+    )

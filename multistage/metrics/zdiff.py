@@ -15,13 +15,12 @@ prints percentages).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from annotated_types import Ge, Gt
-from collections.abc import Sequence
-
 import numpy as np
+from annotated_types import Ge, Gt
 from sklearn.svm import LinearSVC
 
 from multistage.metrics.checks import check_codes, check_factors, varying_factors
@@ -30,8 +29,9 @@ from multistage.metrics.factor_sampling import FactorIndex
 __all__ = ["zdiff_points", "zdiff_score", "ZdiffConfig", "zdiff_metric"]
 
 
-def zdiff_points(codes: np.ndarray, index: FactorIndex, factors: np.ndarray, count: int, pairs: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def zdiff_points(
+    codes: np.ndarray, index: FactorIndex, factors: np.ndarray, count: int, pairs: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``count`` points: (features (count, D) = mean |z_1 - z_2| over ``pairs`` pairs, labels (count,)), the fixed
     factor of each point drawn uniformly from ``factors``."""
     labels = rng.choice(factors, size=count)
@@ -88,6 +88,14 @@ class ZdiffConfig:
 
 def zdiff_metric(inputs, config: ZdiffConfig, seed: int) -> dict[str, float]:
     """Registry adapter: Z-diff of the representation over the factor set, keys ``x.zdiff...``."""
-    scores = zdiff_score(inputs.representation, inputs.factor_classes, inputs.factor_names, config.pairs,
-                         config.train_points, config.test_points, config.svm_c, seed)
+    scores = zdiff_score(
+        inputs.representation,
+        inputs.factor_classes,
+        inputs.factor_names,
+        config.pairs,
+        config.train_points,
+        config.test_points,
+        config.svm_c,
+        seed,
+    )
     return {f"x.{key}": value for key, value in scores.items()}

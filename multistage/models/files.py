@@ -56,6 +56,7 @@ def load_model(path: str | Path, kind: str, device: torch.device | str = "cpu") 
         model = registry.build(kind, payload["name"], **payload["config"])
         model.load_state_dict(payload["state_dict"])
     except (ValueError, RuntimeError, TypeError, KeyError) as error:
-        raise ModelFileError(f"{path}: the stored weights do not fit model {payload.get('name')!r}: "
-                             f"{first_line(error)}") from None
+        raise ModelFileError(
+            f"{path}: the stored weights do not fit model {payload.get('name')!r}: {first_line(error)}"
+        ) from None
     return model.to(device).eval(), payload.get("extra", {})

@@ -44,25 +44,25 @@ from multistage.models.stage_two.msvae import MSVAE, MSVAEConfig
 
 # stage one: every entry's config extends multistage.models.stage_one.base.StageOneConfig
 STAGE_ONE: dict[str, tuple[type[nn.Module], type]] = {
-    "betavae": (BetaVAE, BetaVAEConfig),              # Higgins et al. 2017; JointVAE paper eq. 1
+    "betavae": (BetaVAE, BetaVAEConfig),  # Higgins et al. 2017; JointVAE paper eq. 1
     "annealedvae": (AnnealedVAE, AnnealedVAEConfig),  # Burgess et al. 2018; JointVAE paper eq. 3
-    "betatcvae": (BetaTCVAE, BetaTCVAEConfig),        # beta-TCVAE paper eq. 5
-    "dipvae": (DIPVAE, DIPVAEConfig),                 # DIP-VAE paper eqs. 6-7
-    "jointvae": (JointVAE, JointVAEConfig),           # JointVAE paper eq. 7
-    "factorvae": (FactorVAE, FactorVAEConfig),        # Kim & Mnih 2018
+    "betatcvae": (BetaTCVAE, BetaTCVAEConfig),  # beta-TCVAE paper eq. 5
+    "dipvae": (DIPVAE, DIPVAEConfig),  # DIP-VAE paper eqs. 6-7
+    "jointvae": (JointVAE, JointVAEConfig),  # JointVAE paper eq. 7
+    "factorvae": (FactorVAE, FactorVAEConfig),  # Kim & Mnih 2018
 }
 # stage two: every entry's class extends multistage.models.stage_two.base.StageTwoModel, its config StageTwoConfig;
 # the variant names of params.yaml stage_two.variants (MS-VAE sec. 3.2, sec. 4 baselines, appendix L ablations)
 STAGE_TWO: dict[str, tuple[type[nn.Module], type]] = {
-    "msvae": (MSVAE, MSVAEConfig),                          # sec. 3.2, eq. 2 term (b)
-    "msgan": (MSGAN, MSGANConfig),                          # app. E: conditional GAN, AdaIN generator, D([x, y])
-    "msflow": (MSFlow, MSFlowConfig),                       # app. D: conditional coupling flow p(x | y), exact
-    "betatcvae_l": (BetaTCVAEL, BetaTCVAELConfig),          # sec. 4: beta-TCVAE with |C| + |Z| latents
-    "bigvae": (BigVAE, BigVAEConfig),                       # sec. 4.1: a plain VAE as large as MS-VAE
-    "end_to_end": (EndToEndVAE, EndToEndConfig),            # app. L.1 (M1): C and Z jointly, penalty on C only
-    "c_input": (CInputVAE, CodeConditionedConfig),          # app. L.2 (M3): C instead of Y, Z through AdaIN
-    "concat": (ConcatVAE, CodeConditionedConfig),           # app. L.2 (M2): [C, Z] concatenated, no AdaIN
-    "z_first": (ZFirstVAE, ZFirstConfig),                   # app. L.3 (M5): Z learned first, C second
+    "msvae": (MSVAE, MSVAEConfig),  # sec. 3.2, eq. 2 term (b)
+    "msgan": (MSGAN, MSGANConfig),  # app. E: conditional GAN, AdaIN generator, D([x, y])
+    "msflow": (MSFlow, MSFlowConfig),  # app. D: conditional coupling flow p(x | y), exact
+    "betatcvae_l": (BetaTCVAEL, BetaTCVAELConfig),  # sec. 4: beta-TCVAE with |C| + |Z| latents
+    "bigvae": (BigVAE, BigVAEConfig),  # sec. 4.1: a plain VAE as large as MS-VAE
+    "end_to_end": (EndToEndVAE, EndToEndConfig),  # app. L.1 (M1): C and Z jointly, penalty on C only
+    "c_input": (CInputVAE, CodeConditionedConfig),  # app. L.2 (M3): C instead of Y, Z through AdaIN
+    "concat": (ConcatVAE, CodeConditionedConfig),  # app. L.2 (M2): [C, Z] concatenated, no AdaIN
+    "z_first": (ZFirstVAE, ZFirstConfig),  # app. L.3 (M5): Z learned first, C second
 }
 REGISTRIES: dict[str, dict[str, tuple[type[nn.Module], type]]] = {"stage_one": STAGE_ONE, "stage_two": STAGE_TWO}
 

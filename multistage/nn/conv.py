@@ -33,8 +33,10 @@ def check_image_size(image_size: int) -> int:
 
 def match_memory_format(x: torch.Tensor, reference_weight: torch.Tensor) -> torch.Tensor:
     """``x`` in channels_last when the module's 4-d ``reference_weight`` is channels_last, else unchanged."""
-    if x.dim() == 4 and reference_weight.is_contiguous(memory_format=torch.channels_last) and not (
-        reference_weight.is_contiguous()
+    if (
+        x.dim() == 4
+        and reference_weight.is_contiguous(memory_format=torch.channels_last)
+        and not (reference_weight.is_contiguous())
     ):
         return x.contiguous(memory_format=torch.channels_last)
     return x
@@ -43,8 +45,14 @@ def match_memory_format(x: torch.Tensor, reference_weight: torch.Tensor) -> torc
 class ConvEncoder(nn.Module):
     """Images (B, in_channels, S, S), S in {64, 32}, -> features (B, out_features)."""
 
-    def __init__(self, in_channels: int, image_size: int = 64, out_features: int = 20,
-                 channels: tuple[int, ...] = ENCODER_CHANNELS, hidden_features: int = HIDDEN_FEATURES) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int = 64,
+        out_features: int = 20,
+        channels: tuple[int, ...] = ENCODER_CHANNELS,
+        hidden_features: int = HIDDEN_FEATURES,
+    ) -> None:
         super().__init__()
         self.image_size = check_image_size(image_size)
         self.in_channels = int(in_channels)
@@ -76,8 +84,14 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Latents (B, latent_dim) -> Bernoulli logits (B, out_channels, S, S), S in {64, 32}."""
 
-    def __init__(self, latent_dim: int, out_channels: int = 1, image_size: int = 64,
-                 channels: tuple[int, ...] = ENCODER_CHANNELS, hidden_features: int = HIDDEN_FEATURES) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        out_channels: int = 1,
+        image_size: int = 64,
+        channels: tuple[int, ...] = ENCODER_CHANNELS,
+        hidden_features: int = HIDDEN_FEATURES,
+    ) -> None:
         super().__init__()
         self.image_size = check_image_size(image_size)
         self.latent_dim = int(latent_dim)

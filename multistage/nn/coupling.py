@@ -34,8 +34,15 @@ class ConditionalAffineCoupling(nn.Module):
     """One affine coupling layer over D dimensions, kept half ``kept`` / changed half ``changed`` (index tensors),
     conditioned on features h (N, condition_features); see the module docstring."""
 
-    def __init__(self, kept: torch.Tensor, changed: torch.Tensor, condition_features: int, hidden: int = 512,
-                 hidden_layers: int = 2, scale_bound: float = 2.0) -> None:
+    def __init__(
+        self,
+        kept: torch.Tensor,
+        changed: torch.Tensor,
+        condition_features: int,
+        hidden: int = 512,
+        hidden_layers: int = 2,
+        scale_bound: float = 2.0,
+    ) -> None:
         super().__init__()
         if hidden < 1 or hidden_layers < 1:
             raise ValueError(f"hidden and hidden_layers must be >= 1, got {hidden} and {hidden_layers}")
@@ -74,8 +81,16 @@ class ConditionalAffineCoupling(nn.Module):
 class ConditionalCouplingFlow(nn.Module):
     """``layers`` conditional affine couplings over ``dim`` dimensions (see the module docstring)."""
 
-    def __init__(self, dim: int, condition_features: int, layers: int = 8, hidden: int = 512,
-                 hidden_layers: int = 2, scale_bound: float = 2.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        condition_features: int,
+        layers: int = 8,
+        hidden: int = 512,
+        hidden_layers: int = 2,
+        scale_bound: float = 2.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling flow needs dim >= 2, got {dim}")
@@ -88,8 +103,9 @@ class ConditionalCouplingFlow(nn.Module):
                 order = torch.randperm(dim, generator=generator)
                 first, second = order[: dim // 2].sort().values, order[dim // 2 :].sort().values
             kept, changed = (first, second) if index % 2 == 0 else (second, first)
-            couplings.append(ConditionalAffineCoupling(kept, changed, condition_features, hidden, hidden_layers,
-                                                       scale_bound))
+            couplings.append(
+                ConditionalAffineCoupling(kept, changed, condition_features, hidden, hidden_layers, scale_bound)
+            )
         self.couplings = nn.ModuleList(couplings)
 
     def forward(self, w: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +148,9 @@ class ConditionalElementwiseAffine(nn.Module):
         w, t = w.double(), t.double()
         t_centred, w_centred = t - t.mean(dim=0), w - w.mean(dim=0)
         variance = (t_centred**2).mean(dim=0)
-        a = torch.where(variance > 1e-8, (t_centred * w_centred).mean(dim=0) / variance.clamp_min(1e-8),
-                        torch.zeros_like(variance))
+        a = torch.where(
+            variance > 1e-8, (t_centred * w_centred).mean(dim=0) / variance.clamp_min(1e-8), torch.zeros_like(variance)
+        )
         b = w.mean(dim=0) - a * t.mean(dim=0)
         residual_std = (w - a * t - b).std(dim=0, unbiased=False).clamp_min(min_scale)
         self.weights.copy_(torch.stack([a, b, torch.zeros_like(a), residual_std.log()]).to(self.weights.dtype))
@@ -145,5 +162,11 @@ def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z**2).sum(dim=1) - 0.5 * z.shape[1] * math.log(2.0 * math.pi)
 
 
-__all__ = ["ConditionalAffineCoupling", "ConditionalCouplingFlow", "ConditionalElementwiseAffine",
-           "inverse_logit_transform", "logit_transform", "standard_normal_log_density"]
+__all__ = [
+    "ConditionalAffineCoupling",
+    "ConditionalCouplingFlow",
+    "ConditionalElementwiseAffine",
+    "inverse_logit_transform",
+    "logit_transform",
+    "standard_normal_log_density",
+]

@@ -11,7 +11,7 @@ a beta: docs/stage-one.md, "Decoder likelihoods".
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,16 +40,16 @@ class GaussianLikelihood(nn.Module):
     """N(x | output, sigma^2) with sigma^2 fixed (``learned=None``), one learned scalar (``"global"``) or learned
     per element of the data shape (``"per_pixel"``); ``variance`` is the fixed value or the starting value."""
 
-    def __init__(self, data_shape: Sequence[int], variance: float = DEFAULT_GAUSSIAN_VARIANCE,
-                 learned: str | None = None) -> None:
+    def __init__(
+        self, data_shape: Sequence[int], variance: float = DEFAULT_GAUSSIAN_VARIANCE, learned: str | None = None
+    ) -> None:
         super().__init__()
         if not variance > 0:
             raise ValueError(f"the Gaussian decoder variance must be > 0, got {variance}")
         if learned not in (None, "global", "per_pixel"):
             raise ValueError(f"learned must be None, 'global' or 'per_pixel', got {learned!r}")
         self.learned = learned
-        self.name = {None: "gaussian", "global": "gaussian_learned", "per_pixel": "gaussian_learned_per_pixel"}[
-            learned]
+        self.name = {None: "gaussian", "global": "gaussian_learned", "per_pixel": "gaussian_learned_per_pixel"}[learned]
         start = math.log(max(float(variance), MIN_VARIANCE))
         shape = tuple(int(s) for s in data_shape) if learned == "per_pixel" else ()
         initial = torch.full(shape, start)
@@ -80,8 +80,11 @@ class GaussianLikelihood(nn.Module):
         variance = torch.exp(self.log_variance.detach())
         if variance.dim() == 0:
             return {"decoder_variance": variance}
-        return {"decoder_variance": variance.mean(), "decoder_variance.min": variance.min(),
-                "decoder_variance.max": variance.max()}
+        return {
+            "decoder_variance": variance.mean(),
+            "decoder_variance.min": variance.min(),
+            "decoder_variance.max": variance.max(),
+        }
 
 
 def build_likelihood(name: str, data_shape: Sequence[int], variance: float | None = None) -> nn.Module:
@@ -93,5 +96,4 @@ def build_likelihood(name: str, data_shape: Sequence[int], variance: float | Non
     learned = {"gaussian": None, "gaussian_learned": "global", "gaussian_learned_per_pixel": "per_pixel"}
     if name not in learned:
         raise ValueError(f"unknown likelihood {name!r}; allowed: {', '.join(LIKELIHOODS)}")
-    return GaussianLikelihood(data_shape, DEFAULT_GAUSSIAN_VARIANCE if variance is None else variance,
-                              learned[name])
+    return GaussianLikelihood(data_shape, DEFAULT_GAUSSIAN_VARIANCE if variance is None else variance, learned[name])

@@ -13,7 +13,7 @@ decides what it means).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -34,24 +34,35 @@ def _stack(sizes: Sequence[int], activation: str) -> nn.Sequential:
 class MLPEncoder(nn.Module):
     """Inputs (B, *input_shape) -> features (B, out_features) through ``hidden`` fully connected layers."""
 
-    def __init__(self, input_shape: Sequence[int], out_features: int, hidden: Sequence[int] = (1200, 1200),
-                 activation: str = "relu") -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        out_features: int,
+        hidden: Sequence[int] = (1200, 1200),
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.network = _stack([math.prod(self.input_shape), *hidden, int(out_features)], activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"MLPEncoder expects inputs (B, {', '.join(map(str, self.input_shape))}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"MLPEncoder expects inputs (B, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
+            )
         return self.network(x.reshape(x.shape[0], -1))
 
 
 class MLPDecoder(nn.Module):
     """Codes (B, latent_dim) -> raw outputs (B, *output_shape) through ``hidden`` fully connected layers."""
 
-    def __init__(self, latent_dim: int, output_shape: Sequence[int], hidden: Sequence[int] = (1200, 1200, 1200),
-                 activation: str = "tanh") -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        output_shape: Sequence[int],
+        hidden: Sequence[int] = (1200, 1200, 1200),
+        activation: str = "tanh",
+    ) -> None:
         super().__init__()
         self.output_shape = tuple(int(s) for s in output_shape)
         self.network = _stack([int(latent_dim), *hidden, math.prod(self.output_shape)], activation)

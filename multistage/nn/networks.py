@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -39,8 +39,10 @@ def resolve_architecture(architecture: str, input_shape: Sequence[int]) -> str:
     if architecture in ("conv64", "conv32"):
         size = int(architecture[4:])
         if is_series or shape[1:] != (size, size):
-            raise ValueError(f"architecture {architecture!r} needs ({size}, {size}) images, the data is "
-                             f"{'a series ' if is_series else ''}{shape}; use 'auto'")
+            raise ValueError(
+                f"architecture {architecture!r} needs ({size}, {size}) images, the data is "
+                f"{'a series ' if is_series else ''}{shape}; use 'auto'"
+            )
     if architecture == "series_mlp" and not is_series:
         raise ValueError(f"architecture 'series_mlp' needs (C, T) series, the data is {shape}; use 'auto'")
     if architecture == "mlp" and is_series:

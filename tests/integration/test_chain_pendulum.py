@@ -66,8 +66,12 @@ def test_dvc_repro_trains_the_pendulum_chain(pendulum_repo):
         assert metrics[f"chain.{node}.resumed_from_step"] == 0 and math.isfinite(metrics[f"chain.{node}.test.nll"])
 
     with sqlite3.connect(root / "mlruns.db") as store:
-        tags = dict(store.execute("select t.key, t.value from tags t join runs r on r.run_uuid = t.run_uuid "
-                                  "where r.name = 'chain@pendulum' and r.status = 'FINISHED'").fetchall())
+        tags = dict(
+            store.execute(
+                "select t.key, t.value from tags t join runs r on r.run_uuid = t.run_uuid "
+                "where r.name = 'chain@pendulum' and r.status = 'FINISHED'"
+            ).fetchall()
+        )
     assert tags["device"] == "cpu" and tags["chain"] == "pendulum"
 
 

@@ -11,8 +11,8 @@ import sqlite3
 
 import pytest
 
-from tests.conftest import sh
 from stages.common import file_digest
+from tests.conftest import sh
 
 pytestmark = pytest.mark.e2e
 
@@ -53,16 +53,22 @@ def test_experiments_run_in_workspace_and_queue_and_tag_their_mlflow_runs(dvc_ex
     # named by DVC_EXP_NAME, and the evaluate run logged the same scores DVC recorded for that experiment
     database = sqlite3.connect(root / "mlruns.db")
     for name in ("beta4", "beta1"):
-        runs = dict(database.execute(
-            "select r.name, r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
-            "where t.key = 'DVC_EXP_NAME' and t.value = ? and r.status = 'FINISHED'", (name,)).fetchall())
+        runs = dict(
+            database.execute(
+                "select r.name, r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
+                "where t.key = 'DVC_EXP_NAME' and t.value = ? and r.status = 'FINISHED'",
+                (name,),
+            ).fetchall()
+        )
         assert sorted(runs) == sorted(EXPERIMENT_STAGES), name
-        logged = dict(database.execute("select key, value from latest_metrics where run_uuid = ?",
-                                       (runs["evaluate"],)).fetchall())
+        logged = dict(
+            database.execute("select key, value from latest_metrics where run_uuid = ?", (runs["evaluate"],)).fetchall()
+        )
         recorded = experiments[name]["metrics"]
         assert logged["x.mig.histogram20"] == pytest.approx(recorded["x.mig.histogram20"], abs=1e-12)
         assert logged["frechet.factor_classifier.x_hat"] == pytest.approx(
-            recorded["frechet.factor_classifier.x_hat"], rel=1e-9)
+            recorded["frechet.factor_classifier.x_hat"], rel=1e-9
+        )
     # beta changed stage one, so its scores differ between the two experiments
     assert experiments["beta4"]["metrics"]["stage_one.loss"] != experiments["beta1"]["metrics"]["stage_one.loss"]
 
@@ -97,8 +103,11 @@ def test_sweep_table_and_plots(dvc_experiments):
     assert "Running stage 'report'" in dvc_experiments.report_repro.stdout
     assert "<h2>Sweep</h2>" in (root / "report" / "index.html").read_text()
     database = sqlite3.connect(root / "mlruns.db")
-    digests = dict(database.execute(
-        "select version, value from model_version_tags where key = 'multistage.model_digest'").fetchall())
+    digests = dict(
+        database.execute(
+            "select version, value from model_version_tags where key = 'multistage.model_digest'"
+        ).fetchall()
+    )
     assert len(digests) == 2  # the two experiments' models
     newest = database.execute("select version from registered_model_aliases where alias = 'newest'").fetchone()[0]
     assert digests[newest] == file_digest(root / "models" / "stage_two" / "msvae" / "model.pt")
@@ -107,8 +116,9 @@ def test_sweep_table_and_plots(dvc_experiments):
 def test_metrics_diff_between_sweep_commits(dvc_experiments):
     """The experiment commit (stage-one beta 2 -> 4) against the one before: stage one's scores changed."""
     root, commits = dvc_experiments.root, dvc_experiments.commits
-    diff = json.loads(sh(["dvc", "metrics", "diff", commits["stage_two_beta"], commits["experiments"], "--json"],
-                         root).stdout)
+    diff = json.loads(
+        sh(["dvc", "metrics", "diff", commits["stage_two_beta"], commits["experiments"], "--json"], root).stdout
+    )
     assert diff["metrics/stage_one.json"]["stage_one.loss"]["diff"] != 0
     changed = diff["metrics/headline.json"]
     assert "reconstruction.y.l1" in changed and "reconstruction.x_hat.l1" in changed

@@ -33,10 +33,20 @@ def test_dvc_repro_end_to_end(dvc_baseline):
     assert page.count("data:image/png;base64,") >= 4 and "conditioning.M1" in page
 
     scores = dvc_baseline.first_scores
-    for key in ("x.mig.histogram20", "y.mig.histogram20", "x_hat.mig.histogram20", "x.mig.histogram20.no_shape",
-                "frechet.factor_classifier.y", "frechet.factor_classifier.x_hat", "reconstruction.x_hat.bce",
-                "conditioning.M1", "conditioning.M2", "conditioning.M3", "conditioning.M4",
-                "classifier.accuracy.mean"):
+    for key in (
+        "x.mig.histogram20",
+        "y.mig.histogram20",
+        "x_hat.mig.histogram20",
+        "x.mig.histogram20.no_shape",
+        "frechet.factor_classifier.y",
+        "frechet.factor_classifier.x_hat",
+        "reconstruction.x_hat.bce",
+        "conditioning.M1",
+        "conditioning.M2",
+        "conditioning.M3",
+        "conditioning.M4",
+        "classifier.accuracy.mean",
+    ):
         assert key in scores and scores[key] == scores[key], key  # present and not NaN
     curves = json.loads((tiny_repo / "plots" / "stage_one_curves.json").read_text())
     assert [r["step"] for r in curves] == [4, 8, 12]
@@ -47,22 +57,25 @@ def test_dvc_repro_end_to_end(dvc_baseline):
     runs = dict(database.execute("select run_uuid, name from runs").fetchall())
     parents = database.execute(
         "select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
-        "where t.key = 'multistage.stage' and t.value = 'pipeline'").fetchall()
+        "where t.key = 'multistage.stage' and t.value = 'pipeline'"
+    ).fetchall()
     assert len(parents) == 1
     parent = parents[0][0]
-    parent_scores = dict(database.execute("select key, value from latest_metrics where run_uuid = ?",
-                                          (parent,)).fetchall())
+    parent_scores = dict(
+        database.execute("select key, value from latest_metrics where run_uuid = ?", (parent,)).fetchall()
+    )
     assert parent_scores["conditioning.M1"] == pytest.approx(scores["conditioning.M1"])
     children = database.execute(
-        "select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?", (parent,)).fetchall()
+        "select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?", (parent,)
+    ).fetchall()
     assert sorted(runs[c] for (c,) in children) == sorted(s for s in STAGES if s != "check_params")  # a check, no run
     stage_one = next(c for (c,) in children if runs[c] == "stage_one")
     steps = database.execute(
-        "select step from metrics where run_uuid = ? and key = 'train.loss' order by step", (stage_one,)).fetchall()
+        "select step from metrics where run_uuid = ? and key = 'train.loss' order by step", (stage_one,)
+    ).fetchall()
     assert [s for (s,) in steps] == [4, 8, 12]
     evaluate = next(c for (c,) in children if runs[c] == "evaluate")
-    logged = dict(database.execute(
-        "select key, value from latest_metrics where run_uuid = ?", (evaluate,)).fetchall())
+    logged = dict(database.execute("select key, value from latest_metrics where run_uuid = ?", (evaluate,)).fetchall())
     assert logged["conditioning.M2"] == pytest.approx(scores["conditioning.M2"])
     tags = dict(database.execute("select key, value from tags where run_uuid = ?", (stage_one,)).fetchall())
     assert tags["DVC_STAGE"] == "stage_one" and len(tags["git_commit"]) == 40
@@ -94,8 +107,10 @@ def test_every_metrics_and_plots_file_of_the_pipeline_is_strict_json(dvc_baselin
     def refuse(constant):
         raise AssertionError(f"{constant} is not JSON")
 
-    files = [*sorted((dvc_baseline.root / "metrics").glob("*.json")),
-             *sorted((dvc_baseline.root / "plots").glob("*.json"))]
+    files = [
+        *sorted((dvc_baseline.root / "metrics").glob("*.json")),
+        *sorted((dvc_baseline.root / "plots").glob("*.json")),
+    ]
     assert {"stage_one.json", "evaluate.json", "stage_one_curves.json"} <= {path.name for path in files}
     for path in files:
         json.loads(path.read_text(), parse_constant=refuse)
@@ -106,13 +121,15 @@ def test_param_change_reruns_downstream_and_metrics_diff_between_commits(dvc_bas
     follows."""
     root, commits = dvc_baseline.root, dvc_baseline.commits
     assert ran_stages(dvc_baseline.stage_two_repro.stdout) == ["check_params", "stage_two@msvae", "evaluate", "report"]
-    diff = json.loads(sh(["dvc", "metrics", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
-                         root).stdout)
+    diff = json.loads(
+        sh(["dvc", "metrics", "diff", commits["baseline"], commits["stage_two_beta"], "--json"], root).stdout
+    )
     changed = diff["metrics/headline.json"]
     assert changed["reconstruction.x_hat.l1"]["diff"] != 0  # stage two changed, so X-hat did
     assert "x.mig.histogram20" not in changed and "reconstruction.y.l1" not in changed  # stage one did not
-    params = json.loads(sh(["dvc", "params", "diff", commits["baseline"], commits["stage_two_beta"], "--json"],
-                           root).stdout)
+    params = json.loads(
+        sh(["dvc", "params", "diff", commits["baseline"], commits["stage_two_beta"], "--json"], root).stdout
+    )
     assert {k: params["params.yaml"]["stage_two.msvae.beta"][k] for k in ("old", "new")} == {"old": 1.0, "new": 4.0}
 
 
@@ -121,17 +138,24 @@ def test_each_stage_two_model_is_registered_with_newest_and_best(dvc_baseline, t
     'newest' is the second, 'best' the one with the lower Fréchet distance on X-hat (the tiny registry section)."""
     root = dvc_baseline.root
     database = sqlite3.connect(root / "mlruns.db")
-    versions = dict(database.execute(
-        "select version, value from model_version_tags where key = 'multistage.metric_value'").fetchall())
+    versions = dict(
+        database.execute(
+            "select version, value from model_version_tags where key = 'multistage.metric_value'"
+        ).fetchall()
+    )
     assert sorted(versions) == [1, 2]
-    values = [dvc_baseline.first_scores["frechet.factor_classifier.x_hat"],
-              json.loads((root / "metrics" / "evaluate.json").read_text())["frechet.factor_classifier.x_hat"]]
+    values = [
+        dvc_baseline.first_scores["frechet.factor_classifier.x_hat"],
+        json.loads((root / "metrics" / "evaluate.json").read_text())["frechet.factor_classifier.x_hat"],
+    ]
     assert [float(versions[1]), float(versions[2])] == pytest.approx(values)
     aliases = dict(database.execute("select alias, version from registered_model_aliases").fetchall())
     assert aliases == {"newest": 2, "best": 1 + values.index(min(values))}
     # the README's way to fetch a model: the newest is the stage-two model now in the workspace
-    script = ("import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]); "
-              "print(mlflow.artifacts.download_artifacts('models:/multistage-stage-two@newest', dst_path=sys.argv[2]))")
+    script = (
+        "import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]); "
+        "print(mlflow.artifacts.download_artifacts('models:/multistage-stage-two@newest', dst_path=sys.argv[2]))"
+    )
     folder = sh(["python", "-c", script, f"sqlite:///{root / 'mlruns.db'}", str(tmp_path / "newest")], root)
     downloaded = Path(folder.stdout.strip().splitlines()[-1]) / "model.pt"
     assert file_digest(downloaded) == file_digest(root / "models" / "stage_two" / "msvae" / "model.pt")

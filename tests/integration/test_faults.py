@@ -100,10 +100,13 @@ def runs(root: Path, name: str) -> list[tuple[str, str, dict]]:
     """(run id, status, tags) of the MLflow runs called ``name`` in ``root``'s store, oldest first."""
     database = sqlite3.connect(root / "mlruns.db")
     try:
-        rows = database.execute("select run_uuid, status from runs where name = ? order by start_time",
-                                (name,)).fetchall()
-        return [(run, status, dict(database.execute("select key, value from tags where run_uuid = ?",
-                                                    (run,)).fetchall())) for run, status in rows]
+        rows = database.execute(
+            "select run_uuid, status from runs where name = ? order by start_time", (name,)
+        ).fetchall()
+        return [
+            (run, status, dict(database.execute("select key, value from tags where run_uuid = ?", (run,)).fetchall()))
+            for run, status in rows
+        ]
     finally:
         database.close()
 
@@ -277,8 +280,9 @@ def test_damaged_input_is_one_line_naming_it_and_changes_nothing(trained, tmp_pa
 
 def test_nan_stop_is_one_line_and_its_advice_is_true(repo):
     write_params(repo, params_with(stage_one={"learning_rate": 1.0, "checkpoint_every": 1}))
-    line = error_line(stage(repo, "stages.train_stage_one", check=False), "non-finite loss", "step 1",
-                      "checkpoints/stage_one.pt")
+    line = error_line(
+        stage(repo, "stages.train_stage_one", check=False), "non-finite loss", "step 1", "checkpoints/stage_one.pt"
+    )
     assert "a rerun with the same params resumes from it and meets the same NaN" in line
     again = stage(repo, "stages.train_stage_one", check=False)
     assert "(resumed)" in again.stderr
@@ -324,12 +328,21 @@ def test_bad_param_under_dvc_repro_keeps_every_output(repo):
 # ------------------------------------------------------------------------------------ cancellation, kill -9
 def _start_and_wait_for_checkpoint(root: Path) -> subprocess.Popen:
     checkpoint = root / "checkpoints" / "stage_one.pt"
-    process = subprocess.Popen([sys.executable, "-m", "stages.train_stage_one"], cwd=root, env=tool_env(root),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train_stage_one"],
+        cwd=root,
+        env=tool_env(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     start = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
-    while time.time() < deadline and process.poll() is None and \
-            (not checkpoint.exists() or checkpoint.stat().st_mtime_ns == start):
+    while (
+        time.time() < deadline
+        and process.poll() is None
+        and (not checkpoint.exists() or checkpoint.stat().st_mtime_ns == start)
+    ):
         time.sleep(0.1)
     assert process.poll() is None, "training ended before it could be stopped; raise the steps"
     return process
@@ -364,8 +377,9 @@ def test_full_disk_fails_in_one_line_and_leaves_the_previous_outputs_whole(repo)
     params = params_with()
     params["stage_one"]["betatcvae"]["beta"] = 3.0  # a new run: its first checkpoint (~9 MB) meets the limit
     write_params(repo, params)
-    limited = sh([sys.executable, "-c", LIMITED, str(2_000_000), "python", "-m", "stages.train_stage_one"], repo,
-                 check=False)
+    limited = sh(
+        [sys.executable, "-c", LIMITED, str(2_000_000), "python", "-m", "stages.train_stage_one"], repo, check=False
+    )
     error_line(limited, "checkpoints/stage_one.pt", "file-size limit", status=1)
     assert tree_digest(repo, "models", "metrics", "plots") == kept
     leftovers = sorted(p.name for p in (repo / "checkpoints").iterdir())
@@ -495,8 +509,17 @@ def test_concurrent_first_runs_on_a_brand_new_store_all_succeed(tmp_path):
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
     env["PYTHONPATH"] = str(PROJECT)
     start = time.time() + 12  # after every process has imported MLflow
-    processes = [subprocess.Popen([sys.executable, "-c", FIRST_RUN, str(start), str(i)], cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_RUN, str(start), str(i)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
     outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
     for status, stderr in outcomes:
         assert status == 0, stderr[-3000:]
@@ -512,8 +535,20 @@ def test_dvc_queue_with_two_workers_on_a_fresh_repository(tmp_path):
     root = make_tiny_repo(tmp_path / "repo")
     assert not (root / "mlruns.db").exists()
     for beta in (2, 3):
-        sh(["dvc", "exp", "run", "--queue", "-S", f"stage_one.betatcvae.beta={beta}", "-n", f"beta{beta}",
-            "stage_one"], root)
+        sh(
+            [
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-S",
+                f"stage_one.betatcvae.beta={beta}",
+                "-n",
+                f"beta{beta}",
+                "stage_one",
+            ],
+            root,
+        )
     try:
         sh(["dvc", "queue", "start", "-j", "2"], root)
         for beta in (2, 3):

@@ -40,8 +40,7 @@ def free_port() -> int:
 def start(args: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
     """A long-running process in its own process group (so that stopping it stops its children too)."""
     with open(log, "w") as handle:
-        return subprocess.Popen(args, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -97,8 +96,10 @@ class Stack:
 
     def runs(self, filter_string: str) -> list[dict]:
         experiment = self.mlflow_api("experiments/get-by-name?experiment_name=multistage")["experiment"]
-        found = self.mlflow_api("runs/search", {"experiment_ids": [experiment["experiment_id"]],
-                                                "filter": filter_string, "max_results": 1000})
+        found = self.mlflow_api(
+            "runs/search",
+            {"experiment_ids": [experiment["experiment_id"]], "filter": filter_string, "max_results": 1000},
+        )
         return found.get("runs", [])
 
     def run(self, *args: str, **kwargs):
@@ -141,11 +142,30 @@ def stack(tmp_path_factory):
     processes = []
     try:
         # `make ui` on this project's store; `-o` keeps make from reinstalling the virtual environment
-        ui = start(["make", "-s", "-C", str(PROJECT), "-o", ".venv/.installed", "ui", f"UI_STORE={root}",
-                    f"UI_PORT={mlflow_port}", "UI_WORKERS=1"], root, tool_env(root), base / "mlflow-server.log")
+        ui = start(
+            [
+                "make",
+                "-s",
+                "-C",
+                str(PROJECT),
+                "-o",
+                ".venv/.installed",
+                "ui",
+                f"UI_STORE={root}",
+                f"UI_PORT={mlflow_port}",
+                "UI_WORKERS=1",
+            ],
+            root,
+            tool_env(root),
+            base / "mlflow-server.log",
+        )
         processes.append(ui)
-        server = start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-                       root, env, base / "prefect-server.log")
+        server = start(
+            ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            root,
+            env,
+            base / "prefect-server.log",
+        )
         processes.append(server)
         wait_until_up(f"{stack.mlflow}/health", ui, base / "mlflow-server.log")
         wait_until_up(f"{stack.prefect}/health", server, base / "prefect-server.log")
@@ -173,11 +193,16 @@ def pipeline_runs(stack) -> list[str]:
 @pytest.fixture(scope="module")
 def sweep_run(stack, pipeline_runs) -> str:
     """The sweep deployment (cpu pool, --run-once) fanning out over a gpu worker that takes two runs at once."""
-    gpu_worker = start(["prefect", "worker", "start", "--pool", "gpu", "--limit", "2"], stack.root, stack.env,
-                       stack.logs / "gpu-worker.log")
+    gpu_worker = start(
+        ["prefect", "worker", "start", "--pool", "gpu", "--limit", "2"],
+        stack.root,
+        stack.env,
+        stack.logs / "gpu-worker.log",
+    )
     try:
-        sweep_id = stack.trigger("multistage-sweep/sweep", "-p", "betas=[2.0, 4.0]", "-p", f'name="{SWEEP}"',
-                                 "-p", "poll_seconds=1")
+        sweep_id = stack.trigger(
+            "multistage-sweep/sweep", "-p", "betas=[2.0, 4.0]", "-p", f'name="{SWEEP}"', "-p", "poll_seconds=1"
+        )
         stack.run("prefect", "worker", "start", "--pool", "cpu", "--run-once")
     finally:
         stop(gpu_worker)
@@ -193,8 +218,7 @@ def test_pipeline_deployment_runs_on_the_gpu_pool_and_logs_to_the_tracking_serve
     deployment = stack.prefect_api(f"deployments/{flow_run['deployment_id']}")
     assert deployment["name"] == "pipeline"
     assert deployment["version"] == sh(["git", "rev-parse", "--short", "HEAD"], root).stdout.strip()
-    assert deployment["pull_steps"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}]
+    assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}]
     assert deployment["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     assert task_states(stack, pipeline_runs[0]) == {stage: "Completed" for stage in STAGES}
 
@@ -205,8 +229,9 @@ def test_pipeline_deployment_runs_on_the_gpu_pool_and_logs_to_the_tracking_serve
     assert parent_tags["prefect.deployment"] == "multistage-pipeline/pipeline"
     assert parent_tags["device"] == "cpu"  # the tiny params ask for the CPU (select_device)
     assert parent_tags["CUDA_VISIBLE_DEVICES"] == "0"  # from the deployment's job variables
-    children = {run["info"]["run_name"]: run for run in
-                stack.runs(f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")}
+    children = {
+        run["info"]["run_name"]: run for run in stack.runs(f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
+    }
     assert sorted(children) == sorted(STAGES)
     assert all(run["info"]["status"] == "FINISHED" for run in children.values())
     for stage in ("stage_one", "stage_two@msvae", "evaluate"):
@@ -214,8 +239,9 @@ def test_pipeline_deployment_runs_on_the_gpu_pool_and_logs_to_the_tracking_serve
     scores = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert metrics(children["evaluate"])["x.mig.histogram20"] == pytest.approx(scores["x.mig.histogram20"])
     assert metrics(parent)["conditioning.M2"] == pytest.approx(scores["conditioning.M2"])
-    history = stack.mlflow_api(f"metrics/get-history?run_id={children['stage_one']['info']['run_id']}"
-                               "&metric_key=train.loss")["metrics"]
+    history = stack.mlflow_api(
+        f"metrics/get-history?run_id={children['stage_one']['info']['run_id']}&metric_key=train.loss"
+    )["metrics"]
     assert [m["step"] for m in history] == [4, 8, 12]
 
     def listed(run: dict, folder: str) -> set[str]:
@@ -238,7 +264,8 @@ def test_a_second_identical_run_is_all_cached(stack, pipeline_runs):
     assert task_states(stack, pipeline_runs[1]) == {stage: "Cached" for stage in STAGES}
     first, second = (stack.runs(f"tags.`prefect.flow_run_id` = '{run_id}'")[0] for run_id in pipeline_runs)
     assert {k: v for k, v in tags(second).items() if k.startswith("stages.")} == {
-        f"stages.{stage.replace('@', '.')}": "Cached" for stage in STAGES}
+        f"stages.{stage.replace('@', '.')}": "Cached" for stage in STAGES
+    }
     assert tags(second)["CUDA_VISIBLE_DEVICES"] == "1"  # the run's job variable replaced the deployment's "0"
     assert metrics(second) == pytest.approx(metrics(first))  # the same scores, read from the untouched outputs
 
@@ -293,13 +320,16 @@ def test_stage_two_models_registered_with_newest_and_best_aliases(stack, pipelin
     for version in versions:
         version_tags = {t["key"]: t["value"] for t in version.get("tags", [])}
         by_digest[version_tags["multistage.model_digest"]] = (
-            version["version"], float(version_tags["multistage.metric_value"]))
+            version["version"],
+            float(version_tags["multistage.metric_value"]),
+        )
     assert sorted(by_digest) == sorted(scored)
     for digest, (_, value) in by_digest.items():
         assert value == pytest.approx(scored[digest])
 
     alias = lambda name: stack.mlflow_api(  # noqa: E731
-        f"registered-models/alias?name={MODEL_NAME}&alias={name}")["model_version"]
+        f"registered-models/alias?name={MODEL_NAME}&alias={name}"
+    )["model_version"]
     best = alias("best")
     lowest = min(scored.values())  # ties (the beta-2 point repeats the first run's scores): the newest version
     assert int(best["version"]) == max(int(by_digest[d][0]) for d, value in scored.items() if value == lowest)

@@ -47,12 +47,17 @@ def test_prefect_flow_runs_caches_and_tracks(tiny_repo, tmp_path):
     # the first flow run logged a parent run with one child per stage, with metrics
     database = sqlite3.connect(tiny_repo / "mlruns.db")
     parent = report["flows"][0]["parent"]
-    children = dict(database.execute(
-        "select r.name, r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
-        "where t.key = 'mlflow.parentRunId' and t.value = ?", (parent,)).fetchall())
+    children = dict(
+        database.execute(
+            "select r.name, r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'mlflow.parentRunId' and t.value = ?",
+            (parent,),
+        ).fetchall()
+    )
     assert sorted(children) == sorted(stages)
-    metrics = dict(database.execute("select key, value from latest_metrics where run_uuid = ?",
-                                    (children["evaluate"],)).fetchall())
+    metrics = dict(
+        database.execute("select key, value from latest_metrics where run_uuid = ?", (children["evaluate"],)).fetchall()
+    )
     assert "conditioning.M3" in metrics and "x_hat.mig.histogram20" in metrics
     assert (tiny_repo / "report" / "index.html").exists()
     assert json.loads((tiny_repo / "metrics" / "evaluate.json").read_text())["evaluate.images"] == 60

@@ -34,8 +34,12 @@ def test_point_overrides_reach_the_model_s_own_beta():
 
 
 def test_a_model_without_beta_is_an_error_naming_those_with_one():
-    stage_one = {"model": "jointvae", "jointvae": {"gamma_z": 30.0}, "betavae": {"beta": 4.0},
-                 "betatcvae": {"beta": 6.0}}
+    stage_one = {
+        "model": "jointvae",
+        "jointvae": {"gamma_z": 30.0},
+        "betavae": {"beta": 4.0},
+        "betatcvae": {"beta": 6.0},
+    }
     with pytest.raises(ParamsError, match="'jointvae' has no 'beta'.*betatcvae, betavae"):
         sweep.beta_key("jointvae", stage_one)
     assert sweep.beta_key("betavae", stage_one) == "stage_one.betavae.beta"
@@ -45,8 +49,12 @@ def test_a_model_without_beta_is_an_error_naming_those_with_one():
 def test_table_files_and_plot(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scores = {key: float(i) for i, key in enumerate(sweep.COLUMNS.values())}
-    rows = [sweep.table_row({"model": "betatcvae", "beta": beta, "seed": 0}, scores | {"x.mig.histogram20": mig},
-                            state="Completed") for beta, mig in ((4.0, 0.3), (1.0, 0.1), (1.0, 0.2))]
+    rows = [
+        sweep.table_row(
+            {"model": "betatcvae", "beta": beta, "seed": 0}, scores | {"x.mig.histogram20": mig}, state="Completed"
+        )
+        for beta, mig in ((4.0, 0.3), (1.0, 0.1), (1.0, 0.2))
+    ]
     sweep.write_table(rows)
     written = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert [(r["beta"], r["mig_x"]) for r in written] == [(1.0, 0.1), (1.0, 0.2), (4.0, 0.3)]

@@ -47,8 +47,11 @@ def expected_figures(root: Path) -> int:
     """What the page must show: the evaluate stage's captions.json list (or the default four figures), both
     training curves, the sweep plot, and the comparison figure when the evaluate stage compared a variant."""
     captions = root / "figures" / "captions.json"
-    listed = json.loads(captions.read_text()) if captions.exists() else [
-        {"file": name} for name in DEFAULT_FIGURE_FILES if (root / "figures" / name).exists()]
+    listed = (
+        json.loads(captions.read_text())
+        if captions.exists()
+        else [{"file": name} for name in DEFAULT_FIGURE_FILES if (root / "figures" / name).exists()]
+    )
     assert listed, "the evaluate stage wrote no figures"
     scores = json.loads((root / "metrics" / "evaluate.json").read_text())
     compared = any(key.startswith("compare.") and not key.startswith("compare.stage_one.") for key in scores)
@@ -61,12 +64,19 @@ def chromium_driver():
 
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver):
-        pytest.fail("chromium and chromedriver are missing: run `make browser` (Debian packages chromium, "
-                    "chromium-driver)")
+        pytest.fail(
+            "chromium and chromedriver are missing: run `make browser` (Debian packages chromium, chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,1000", "--hide-scrollbars"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--hide-scrollbars",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(driver))
@@ -83,8 +93,9 @@ def test_report_in_headless_chromium(dvc_experiments, tmp_path, record_property)
     parsed = References()
     parsed.feed(page.read_text())
     # self-contained: nothing but data: URIs, so the page opens anywhere, offline
-    assert parsed.urls and all(url.startswith("data:") for url in parsed.urls), \
-        [url[:60] for url in parsed.urls if not url.startswith("data:")]
+    assert parsed.urls and all(url.startswith("data:") for url in parsed.urls), [
+        url[:60] for url in parsed.urls if not url.startswith("data:")
+    ]
     assert {"Scores", "Figures", "Sweep"} <= set(parsed.headings)
     expected = expected_figures(dvc_experiments.root)
     assert len(parsed.images) == expected
@@ -95,13 +106,16 @@ def test_report_in_headless_chromium(dvc_experiments, tmp_path, record_property)
         driver.execute_script("return document.fonts.ready")
         images = driver.execute_script(
             "return Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, "
-            "width: i.naturalWidth, height: i.naturalHeight}))")
+            "width: i.naturalWidth, height: i.naturalHeight}))"
+        )
         console = driver.get_log("browser")
         captions = driver.execute_script(
-            "return Array.from(document.querySelectorAll('figcaption')).map(c => c.textContent)")
+            "return Array.from(document.querySelectorAll('figcaption')).map(c => c.textContent)"
+        )
         sweep_rows = driver.execute_script(
             "const h = Array.from(document.querySelectorAll('h2')).find(e => e.textContent === 'Sweep');"
-            "return h.nextElementSibling.querySelectorAll('tr').length - 1")
+            "return h.nextElementSibling.querySelectorAll('tr').length - 1"
+        )
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1280, min(max(height, 1000), 16000))
         screenshot = tmp_path / "report.png"
@@ -119,5 +133,7 @@ def test_report_in_headless_chromium(dvc_experiments, tmp_path, record_property)
     width, shot_height = png_size(screenshot)
     assert width >= 1000 and shot_height >= 1000 and screenshot.stat().st_size > 50_000
     record_property("screenshot", str(screenshot))
-    print(f"\nreport screenshot: {screenshot} ({width} x {shot_height} px, {len(images)} images, "
-          f"{len(console)} console entries)")
+    print(
+        f"\nreport screenshot: {screenshot} ({width} x {shot_height} px, {len(images)} images, "
+        f"{len(console)} console entries)"
+    )

@@ -13,7 +13,8 @@ from stages import report
 from stages.common import InputError, ParamsError
 
 PNG = base64.b64decode(  # a 1 x 1 pixel
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 SCORES = {"x.mig.histogram20": 0.25, "frechet.factor_classifier.x_hat": 12.5, "conditioning.M1": 0.5}
 
 
@@ -42,19 +43,24 @@ def test_without_captions_file_the_fixed_list_then_the_curves(outputs):
 
 def test_every_figure_listed_in_captions_json_in_its_order(outputs):
     (outputs / "figures" / "kl_per_unit.png").write_bytes(PNG)
-    listed = [{"file": "kl_per_unit.png", "caption": "KL per unit"},
-              {"file": "reconstructions.png", "caption": "x | y | x-hat"}]
+    listed = [
+        {"file": "kl_per_unit.png", "caption": "KL per unit"},
+        {"file": "reconstructions.png", "caption": "x | y | x-hat"},
+    ]
     (outputs / "figures" / "captions.json").write_text(json.dumps(listed))
     page = report.render(report.load_scores(), {})
     assert captions_of(page) == ["KL per unit", "x | y | x-hat"] + [c for c, _ in report.CURVES]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("not json", "not valid JSON"),
-    (json.dumps({"file": "a.png"}), "expected a list"),
-    (json.dumps([{"file": "missing.png", "caption": "gone"}]), "missing.png"),
-    (json.dumps([{"file": "../metrics/evaluate.json", "caption": "escape"}]), "inside figures/"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json", "not valid JSON"),
+        (json.dumps({"file": "a.png"}), "expected a list"),
+        (json.dumps([{"file": "missing.png", "caption": "gone"}]), "missing.png"),
+        (json.dumps([{"file": "../metrics/evaluate.json", "caption": "escape"}]), "inside figures/"),
+    ],
+)
 def test_a_bad_captions_file_is_one_clear_error(outputs, content, message):
     (outputs / "figures" / "captions.json").write_text(content)
     with pytest.raises(InputError, match=re.escape(message)):
@@ -63,12 +69,14 @@ def test_a_bad_captions_file_is_one_clear_error(outputs, content, message):
 
 def test_sweep_section_when_a_sweep_was_gathered(outputs):
     report.SWEEP_DIR.mkdir()
-    rows = [{"beta": 1.0, "model": "betatcvae", "seed": 0, "mig_x": 0.125, "state": "Completed", "flow_run_id": "f"},
-            {"beta": 4.0, "model": "betatcvae", "seed": 0, "mig_x": 0.25, "state": "Completed", "flow_run_id": "g"}]
+    rows = [
+        {"beta": 1.0, "model": "betatcvae", "seed": 0, "mig_x": 0.125, "state": "Completed", "flow_run_id": "f"},
+        {"beta": 4.0, "model": "betatcvae", "seed": 0, "mig_x": 0.25, "state": "Completed", "flow_run_id": "g"},
+    ]
     report.SWEEP_TABLE.write_text(json.dumps(rows))
     report.SWEEP_PLOT.write_bytes(PNG)
     page = report.render(report.load_scores(), {})
-    section = page[page.index("<h2>Sweep</h2>"):page.index("<details>")]
+    section = page[page.index("<h2>Sweep</h2>") : page.index("<details>")]
     header = re.findall(r"<th>(.*?)</th>", section)
     assert header[:4] == ["model", "beta", "seed", "state"] and header[-1] == "flow_run_id"
     assert section.count("<tr>") == 3 and "0.125" in section
@@ -79,7 +87,10 @@ def test_registry_params_and_metric_errors(outputs):
     scores = report.load_scores()
     registry = report.registry_params({})  # defaults when the section is absent
     assert (registry.model_name, registry.best_metric, registry.best_is) == (
-        "multistage-stage-two", "frechet.factor_classifier.x_hat", "lower")
+        "multistage-stage-two",
+        "frechet.factor_classifier.x_hat",
+        "lower",
+    )
     report.check_registry(registry, scores)
     with pytest.raises(ParamsError, match=r"registry\.best_metric.*'x\.mig\.histogram2'.*x\.mig\.histogram20"):
         report.check_registry(report.registry_params({"registry": {"best_metric": "x.mig.histogram2"}}), scores)

@@ -21,8 +21,11 @@ CASES = [
     ("betavae", {"likelihood": "gaussian_learned"}, {"kl", "decoder_variance"}),
     ("annealedvae", {}, {"kl", "capacity"}),
     ("betatcvae", {}, {"index_code_mi", "tc", "dim_kl"}),
-    ("dipvae", {"dipvae": {"variant": "i", "lambda_third": 1.0}},
-     {"dip_off_diagonal", "dip_diagonal", "dip_third_moment"}),
+    (
+        "dipvae",
+        {"dipvae": {"variant": "i", "lambda_third": 1.0}},
+        {"dip_off_diagonal", "dip_diagonal", "dip_third_moment"},
+    ),
     ("jointvae", {}, {"kl_z", "kl_c", "capacity_c"}),
     ("factorvae", {}, {"tc", "discriminator_accuracy"}),
 ]
@@ -52,8 +55,23 @@ def zoo_repo(tmp_path_factory):
     params["prepare"].update(n_images=200, dsprites={"variant": "binary"})
     params["stage_one"] = StageOneParams.model_validate(params["stage_one"]).model_dump()
     root = make_tiny_repo(tmp_path_factory.mktemp("zoo") / "repo", params)
-    completed = sh(["dvc", "exp", "run", "-S", "stage_one.model=jointvae", "-S", "stage_one.jointvae.temperature=0.5",
-                    "-S", "stage_one.steps=6", "-S", "stage_one.log_every=3", "stage_one"], root)
+    completed = sh(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "stage_one.model=jointvae",
+            "-S",
+            "stage_one.jointvae.temperature=0.5",
+            "-S",
+            "stage_one.steps=6",
+            "-S",
+            "stage_one.log_every=3",
+            "stage_one",
+        ],
+        root,
+    )
     check_outputs(root, "jointvae", {"kl_z", "kl_c"}, [3, 6])
     return root, completed.stdout
 

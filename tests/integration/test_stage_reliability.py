@@ -15,9 +15,11 @@ pytestmark = pytest.mark.e2e
 
 
 def outputs(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.is_file() and not str(p.relative_to(root)).startswith((".git", ".dvc", "multistage",
-                                                                                  "stages", "pipeline")))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not str(p.relative_to(root)).startswith((".git", ".dvc", "multistage", "stages", "pipeline"))
+    )
 
 
 @pytest.mark.parametrize(
@@ -38,8 +40,9 @@ def test_bad_params_give_one_clear_error_and_write_nothing(tiny_repo, section, k
     target[leaf] = value
     write_params(tiny_repo, params)
     before = outputs(tiny_repo)
-    module = {"stage_one": "stages.train_stage_one", "prepare": "stages.prepare",
-              "runtime": "stages.train_stage_one"}[section]
+    module = {"stage_one": "stages.train_stage_one", "prepare": "stages.prepare", "runtime": "stages.train_stage_one"}[
+        section
+    ]
     completed = sh(["python", "-m", module], tiny_repo, check=False)
     assert completed.returncode == 2, completed.stderr
     assert expected in completed.stderr
@@ -62,8 +65,13 @@ def test_kill_during_stage_one_then_resume(tiny_repo):
     params["stage_one"].update(steps=150, checkpoint_every=5, log_every=5)
     write_params(tiny_repo, params)
     checkpoint = tiny_repo / "checkpoints" / "stage_one.pt"
-    process = subprocess.Popen(["python", "-m", "stages.train_stage_one"], cwd=tiny_repo, env=tool_env(tiny_repo),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        ["python", "-m", "stages.train_stage_one"],
+        cwd=tiny_repo,
+        env=tool_env(tiny_repo),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)

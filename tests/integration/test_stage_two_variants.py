@@ -20,8 +20,14 @@ from multistage.models.registry import STAGE_TWO
 from stages.stage_two_files import model_file
 from tests.conftest import TINY_PARAMS, clone_project, sh, write_params
 
-HEADLINE = ("frechet.factor_classifier.x_hat", "conditioning.M2", "conditioning.M4", "x_hat.mig.histogram20",
-            "reconstruction.x_hat.l1", "downstream.mlp.z.mean")
+HEADLINE = (
+    "frechet.factor_classifier.x_hat",
+    "conditioning.M2",
+    "conditioning.M4",
+    "x_hat.mig.histogram20",
+    "reconstruction.x_hat.l1",
+    "downstream.mlp.z.mean",
+)
 
 
 def ran_stages(output: str) -> list[str]:
@@ -41,7 +47,9 @@ def test_every_variant_trains_through_the_matrix_and_is_compared(dvc_baseline, t
 
     result = sh(["dvc", "repro"], root, timeout=1200)
     ran = ran_stages(result.stdout)
-    assert sorted(ran) == sorted([f"stage_two@{name}" for name in variants[1:]] + ["check_params", "evaluate", "report"])
+    assert sorted(ran) == sorted(
+        [f"stage_two@{name}" for name in variants[1:]] + ["check_params", "evaluate", "report"]
+    )
     assert "stage_two@msvae" not in ran  # the matrix reruns only what changed
 
     scores = json.loads((root / "metrics" / "evaluate.json").read_text())
@@ -51,7 +59,8 @@ def test_every_variant_trains_through_the_matrix_and_is_compared(dvc_baseline, t
         fd = scores[f"compare.{name}.frechet.factor_classifier.x_hat"]
         assert fd is None or fd > 0, name  # null only for a model without an encoder of x
         assert scores[f"compare.{name}.code.mig.histogram20"] is None or isinstance(
-            scores[f"compare.{name}.code.mig.histogram20"], float), name
+            scores[f"compare.{name}.code.mig.histogram20"], float
+        ), name
         assert not any(value == "n/a" for value in scores.values())  # missing results are null, never a string
         if name != "stage_one":
             assert isinstance(scores[f"compare.{name}.frechet.factor_classifier.x_sample"], float), name
@@ -66,11 +75,12 @@ def test_every_variant_trains_through_the_matrix_and_is_compared(dvc_baseline, t
     for key in HEADLINE:
         assert scores[key] == pytest.approx(before[key]) == pytest.approx(scores[f"compare.msvae.{key}"]), key
     # Big-VAE has as many parameters as MS-VAE (stage one + stage two), within 0.5%
-    assert scores["compare.bigvae.parameters"] == pytest.approx(scores["compare.msvae.parameters_with_stage_one"],
-                                                                rel=0.005)
+    assert scores["compare.bigvae.parameters"] == pytest.approx(
+        scores["compare.msvae.parameters_with_stage_one"], rel=0.005
+    )
 
     page = (root / "report" / "index.html").read_text()
-    table = page[page.index("Comparison of the stage-two variants"):page.index("<h2>Figures</h2>")]
+    table = page[page.index("Comparison of the stage-two variants") : page.index("<h2>Figures</h2>")]
     assert all(f"<code>{name}</code>" in table for name in ["stage_one", *variants])
     assert table.count("<tr>") == len(variants) + 2 and "data:image/png;base64," in table
     captions = json.loads((root / "figures" / "captions.json").read_text())

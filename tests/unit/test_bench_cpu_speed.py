@@ -36,9 +36,26 @@ def test_mig_per_minute_attempt_and_summary(bench_folders):
 
     tmp_path, params = bench_folders
     for seed in (0, 1):
-        mig_per_minute.main(["--name", f"tiny-s{seed}", "--minutes", "0.06", "--eval-every", "0.02", "--threads",
-                             "1", "--log-every", "2", "--params", str(params), "--set", f"stage_one.seed={seed}",
-                             "--set", "stage_one.batch_size=16"])
+        mig_per_minute.main(
+            [
+                "--name",
+                f"tiny-s{seed}",
+                "--minutes",
+                "0.06",
+                "--eval-every",
+                "0.02",
+                "--threads",
+                "1",
+                "--log-every",
+                "2",
+                "--params",
+                str(params),
+                "--set",
+                f"stage_one.seed={seed}",
+                "--set",
+                "stage_one.batch_size=16",
+            ]
+        )
     result = json.loads((tmp_path / "results" / "tiny-s0.json").read_text())
     rows = result["rows"]
     assert len(rows) >= 2 and rows[-1]["minutes"] >= 0.06 and rows[-1]["steps"] > rows[0]["steps"]
@@ -82,8 +99,11 @@ def forward_multiply_adds(model, x) -> tuple[int, int]:
         elif isinstance(module, torch.nn.Linear):
             counts.append(module.in_features * module.out_features)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model.decode(model.encode(x)[0])
     for handle in handles:
@@ -99,8 +119,24 @@ def test_train_speed_bench(bench_folders):
 
     tmp_path, params = bench_folders
     out = tmp_path / "speed.json"
-    report = train_speed.main(["--rounds", "1", "--steps", "1", "--warmup-rounds", "0", "--batch-size", "8",
-                               "--threads", "1", "--params", str(params), "--output", str(out)])
+    report = train_speed.main(
+        [
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--warmup-rounds",
+            "0",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--params",
+            str(params),
+            "--output",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert {"before", "channels_last"} <= set(report["variants"])
     for row in report["variants"].values():

@@ -66,7 +66,9 @@ def test_an_unknown_input_is_named_with_what_exists():
     nodes["residual"]["inputs"] = ["y2"]
     error = error_of(nodes)
     assert error.key == "nodes.residual.inputs"
-    assert "unknown input 'y2'" in error.message and "length, damping, mass, initial_angle, y0, y1, theta" in error.message
+    assert (
+        "unknown input 'y2'" in error.message and "length, damping, mass, initial_angle, y0, y1, theta" in error.message
+    )
 
 
 def test_a_missing_output_a_variable_made_twice_a_bad_kind_and_bad_options():
@@ -89,7 +91,11 @@ def test_a_missing_output_a_variable_made_twice_a_bad_kind_and_bad_options():
     assert error_of(nodes).key == "nodes.residual.options.latent_dim"
     nodes["residual"]["options"] = {"betta": 2.0}
     error = error_of(nodes)
-    assert error.key == "nodes.residual.options.betta" and "allowed options: hidden, activation" in error.message and "latent_dim, beta" in error.message
+    assert (
+        error.key == "nodes.residual.options.betta"
+        and "allowed options: hidden, activation" in error.message
+        and "latent_dim, beta" in error.message
+    )
     nodes["residual"]["options"] = {"hidden": "256"}
     assert error_of(nodes).key == "nodes.residual.options.hidden"
 
@@ -106,8 +112,10 @@ def test_declaration_shape_errors_name_the_node():
 
 
 def test_registry_wrappers_check_their_arity_and_model_options():
-    image = {"stage_one": {"kind": "stage_one", "output": "y", "options": {"model": "betavae", "observed": "x"}},
-             "stage_two": {"kind": "stage_two", "inputs": ["y"], "output": "x", "options": {"model": "msvae"}}}
+    image = {
+        "stage_one": {"kind": "stage_one", "output": "y", "options": {"model": "betavae", "observed": "x"}},
+        "stage_two": {"kind": "stage_two", "inputs": ["y"], "output": "x", "options": {"model": "msvae"}},
+    }
     assert order(image, ["x"]) == ["stage_one", "stage_two"]
     bad = {**image, "stage_one": {**image["stage_one"], "inputs": ["x"]}}
     assert error_of(bad, ["x"]).key == "nodes.stage_one.inputs"

@@ -28,8 +28,12 @@ torch.set_num_threads(1)
 
 def arrays(rng, shapes: dict, n: int) -> dict[str, np.ndarray]:
     """Random float32 variables with non-trivial means and scales per element."""
-    return {name: (rng.normal(size=(n, *shape)) * rng.uniform(0.2, 3.0, shape) + rng.uniform(-2, 2, shape))
-            .astype(np.float32) for name, shape in shapes.items()}
+    return {
+        name: (rng.normal(size=(n, *shape)) * rng.uniform(0.2, 3.0, shape) + rng.uniform(-2, 2, shape)).astype(
+            np.float32
+        )
+        for name, shape in shapes.items()
+    }
 
 
 def standardise(values: np.ndarray) -> np.ndarray:
@@ -42,8 +46,7 @@ def test_gaussian_mlp_nll_is_the_closed_form_in_the_output_units():
     rng = np.random.default_rng(0)
     shapes = {"a": (1,), "b": (3,), "v": (4,)}
     data = arrays(rng, shapes, 64)
-    node = build_node(NodeSpec("g", "gaussian_mlp", output="v", inputs=("a", "b"), options={"hidden": [8]}),
-                      shapes, 64)
+    node = build_node(NodeSpec("g", "gaussian_mlp", output="v", inputs=("a", "b"), options={"hidden": [8]}), shapes, 64)
     node.prepare(data)
     with torch.no_grad():
         node.log_variance.copy_(torch.tensor([-2.0, -0.5, 0.0, 1.0]))
@@ -70,15 +73,17 @@ def test_gaussian_mlp_recovers_the_noise_of_a_known_model(tmp_path):
     a = rng.uniform(-1, 1, (3000, 1)).astype(np.float32)
     v = (2 * a + 1 + 0.3 * rng.normal(size=a.shape)).astype(np.float32)
     table = VariableTable({"a": a, "v": v}, (np.arange(3000) >= 2500).astype(np.int8))
-    spec = with_training(chain_from_mapping("line", {"fit": {"kind": "gaussian_mlp", "inputs": ["a"], "output": "v",
-                                                             "options": {"hidden": [16]}}}),
-                         {"steps": 400, "batch_size": 128, "learning_rate": 0.01, "log_every": 100})
+    spec = with_training(
+        chain_from_mapping(
+            "line", {"fit": {"kind": "gaussian_mlp", "inputs": ["a"], "output": "v", "options": {"hidden": [16]}}}
+        ),
+        {"steps": 400, "batch_size": 128, "learning_rate": 0.01, "log_every": 100},
+    )
     chain = train_chain(spec, table, tmp_path, show_progress=False)
     node = chain.nodes["fit"]
     sigma = float(torch.exp(0.5 * node.log_variance.detach()) * node.output_scaler.scale)
     assert sigma == pytest.approx(0.3, rel=0.1)
-    assert chain.reports["fit"].test_logs["nll"] == pytest.approx(0.5 * math.log(2 * math.pi * math.e * 0.09),
-                                                                   abs=0.08)
+    assert chain.reports["fit"].test_logs["nll"] == pytest.approx(0.5 * math.log(2 * math.pi * math.e * 0.09), abs=0.08)
 
 
 def test_residual_vae_objective_is_gaussian_nll_plus_beta_kl():
@@ -124,8 +129,11 @@ def test_film_starts_as_the_identity_and_residual_needs_matching_shapes():
     with pytest.raises(ChainError) as caught:
         build_node(NodeSpec("r", "residual_vae", output="theta", inputs=("y1",)), {"y1": (5,), "theta": (6,)}, 8)
     assert caught.value.key == "nodes.r.options.residual"
-    node = build_node(NodeSpec("r", "residual_vae", output="theta", inputs=("y1",),
-                               options={"residual": False, "warmup_steps": 4}), {"y1": (5,), "theta": (6,)}, 8)
+    node = build_node(
+        NodeSpec("r", "residual_vae", output="theta", inputs=("y1",), options={"residual": False, "warmup_steps": 4}),
+        {"y1": (5,), "theta": (6,)},
+        8,
+    )
     assert node.kl_weight(0) == 0.25 and node.kl_weight(3) == 1.0
 
 
@@ -138,17 +146,25 @@ def test_the_image_two_stage_pipeline_is_a_chain_of_registry_models(tmp_path):
         images[i, 0, row : row + 8, column : column + 8] = 255
     table = VariableTable({"x": images}, (np.arange(24) >= 20).astype(np.int8))
     nodes = {
-        "stage_two": {"kind": "stage_two", "inputs": ["y"], "output": "x",
-                      "options": {"model": "msvae", "residual_dim": 2, "base_channels": 4, "adain_hidden": 8}},
-        "stage_one": {"kind": "stage_one", "output": "y",
-                      "options": {"model": "betavae", "observed": "x", "code": "c", "latent_dim": 3,
-                                  "warmup_steps": 0}},
+        "stage_two": {
+            "kind": "stage_two",
+            "inputs": ["y"],
+            "output": "x",
+            "options": {"model": "msvae", "residual_dim": 2, "base_channels": 4, "adain_hidden": 8},
+        },
+        "stage_one": {
+            "kind": "stage_one",
+            "output": "y",
+            "options": {"model": "betavae", "observed": "x", "code": "c", "latent_dim": 3, "warmup_steps": 0},
+        },
     }
     spec = with_training(chain_from_mapping("image", nodes), {"steps": 2, "batch_size": 8, "log_every": 1})
     chain = train_chain(spec, table, tmp_path / "checkpoints", show_progress=False)
     assert chain.order == ["stage_one", "stage_two"]
-    assert {name: len(report.result.history) for name, report in chain.reports.items()} == {"stage_one": 2,
-                                                                                           "stage_two": 2}
+    assert {name: len(report.result.history) for name, report in chain.reports.items()} == {
+        "stage_one": 2,
+        "stage_two": 2,
+    }
     assert (tmp_path / "checkpoints" / "stage_two.pt").exists()
     assert all(math.isfinite(value) for report in chain.reports.values() for value in report.test_logs.values())
 

@@ -24,8 +24,15 @@ GRAVITY = 9.81
 def test_the_table_holds_the_papers_paired_variables():
     options = PendulumTableOptions(series=40, test_series=10, seed=3)
     table = simulate_table(options)
-    assert table.shapes() == {"length": (1,), "damping": (1,), "mass": (1,), "initial_angle": (1,), "y0": (100,),
-                              "y1": (100,), "theta": (100,)}
+    assert table.shapes() == {
+        "length": (1,),
+        "damping": (1,),
+        "mass": (1,),
+        "initial_angle": (1,),
+        "y0": (100,),
+        "y1": (100,),
+        "theta": (100,),
+    }
     assert len(table.test_rows) == 10 and len(table.train_rows) == 30
     for factor in ("length", "damping", "mass"):
         low, high = options.range(factor)
@@ -39,12 +46,12 @@ def test_the_table_holds_the_papers_paired_variables():
     assert np.allclose(series["y0"][:, 0], math.pi / 4)
 
 
-@pytest.mark.parametrize("length, damping, mass", [(1.0, 0.1, 1.0), (3.0, 1.0, 1.5), (1.5, 2.0, 2.0),
-                                                   (2.0, 0.5, 0.4)])
+@pytest.mark.parametrize("length, damping, mass", [(1.0, 0.1, 1.0), (3.0, 1.0, 1.5), (1.5, 2.0, 2.0), (2.0, 0.5, 0.4)])
 def test_period_and_decay_match_the_damped_linear_oscillator(length, damping, mass):
     """Small swings: theta ~ A e^{-gamma t} cos(omega t), gamma = b / 2m, omega^2 = g / L - gamma^2."""
-    options = PendulumTableOptions(series=2, test_series=1,
-                                   simulator=PendulumOptions(initial_angle_min=0.02, initial_angle_max=0.02))
+    options = PendulumTableOptions(
+        series=2, test_series=1, simulator=PendulumOptions(initial_angle_min=0.02, initial_angle_max=0.02)
+    )
     theta = simulate_series([length], [damping], [mass], options)["theta"]
     gamma = damping / (2 * mass)
     period = 2 * math.pi / math.sqrt(GRAVITY / length - gamma**2)

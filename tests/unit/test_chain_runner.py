@@ -20,8 +20,7 @@ def started(chain) -> dict[str, int]:
 
 
 def with_option(spec, node: str, **options):
-    nodes = tuple(dataclasses.replace(n, options={**n.options, **options}) if n.name == node else n
-                  for n in spec.nodes)
+    nodes = tuple(dataclasses.replace(n, options={**n.options, **options}) if n.name == node else n for n in spec.nodes)
     return dataclasses.replace(spec, nodes=nodes)
 
 
@@ -29,10 +28,18 @@ def test_pendulum_chain_resumes_and_retrains_only_the_changed_node(tmp_path):
     table = simulate_table(PendulumTableOptions(series=60, test_series=10))
     nodes = {
         "length_to_y0": {"kind": "gaussian_mlp", "inputs": ["length"], "output": "y0", "options": {"hidden": [8]}},
-        "damping_to_y1": {"kind": "gaussian_mlp", "inputs": ["damping", "y0"], "output": "y1",
-                          "options": {"hidden": [8]}},
-        "residual": {"kind": "residual_vae", "inputs": ["y1"], "output": "theta",
-                     "options": {"hidden": [8], "encoder_hidden": [8], "film_hidden": 4}},
+        "damping_to_y1": {
+            "kind": "gaussian_mlp",
+            "inputs": ["damping", "y0"],
+            "output": "y1",
+            "options": {"hidden": [8]},
+        },
+        "residual": {
+            "kind": "residual_vae",
+            "inputs": ["y1"],
+            "output": "theta",
+            "options": {"hidden": [8], "encoder_hidden": [8], "film_hidden": 4},
+        },
     }
     spec = with_training(chain_from_mapping("pendulum", nodes), LOOP)
     first = train_chain(spec, table, tmp_path / "checkpoints", show_progress=False)
@@ -45,8 +52,9 @@ def test_pendulum_chain_resumes_and_retrains_only_the_changed_node(tmp_path):
     assert torch.equal(first.generate(roots, latents)["theta"], again.generate(roots, latents)["theta"])
 
     # the nodes after length_to_y0 train on observed y0 and y1, not on what it generates: they stay
-    changed = train_chain(with_option(spec, "length_to_y0", hidden=[16]), table, tmp_path / "checkpoints",
-                          show_progress=False)
+    changed = train_chain(
+        with_option(spec, "length_to_y0", hidden=[16]), table, tmp_path / "checkpoints", show_progress=False
+    )
     assert started(changed) == {"length_to_y0": 0, "damping_to_y1": 3, "residual": 3}
     assert (tmp_path / "checkpoints" / "length_to_y0.pt.stale").exists()
 
@@ -58,10 +66,17 @@ def test_pendulum_chain_resumes_and_retrains_only_the_changed_node(tmp_path):
 def test_a_changed_stage_one_retrains_the_stage_two_that_reads_its_y(tmp_path):
     images = (np.random.default_rng(0).random((16, 1, 32, 32)) > 0.7).astype(np.uint8) * 255
     nodes = {
-        "stage_one": {"kind": "stage_one", "output": "y",
-                      "options": {"model": "betavae", "observed": "x", "latent_dim": 2, "warmup_steps": 0}},
-        "stage_two": {"kind": "stage_two", "inputs": ["y"], "output": "x",
-                      "options": {"model": "msvae", "residual_dim": 1, "base_channels": 4, "adain_hidden": 4}},
+        "stage_one": {
+            "kind": "stage_one",
+            "output": "y",
+            "options": {"model": "betavae", "observed": "x", "latent_dim": 2, "warmup_steps": 0},
+        },
+        "stage_two": {
+            "kind": "stage_two",
+            "inputs": ["y"],
+            "output": "x",
+            "options": {"model": "msvae", "residual_dim": 1, "base_channels": 4, "adain_hidden": 4},
+        },
     }
     spec = with_training(chain_from_mapping("image", nodes), {**LOOP, "steps": 1})
 

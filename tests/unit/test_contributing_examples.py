@@ -51,8 +51,9 @@ def run_tries(tries: list[str]) -> None:
         exec(compile(block, f"{GUIDE} (try it)", "exec"), {"__name__": "contributing_example"})
 
 
-@pytest.mark.parametrize(("title", "table"), [("A stage-one model", registry.STAGE_ONE),
-                                              ("A stage-two variant", registry.STAGE_TWO)])
+@pytest.mark.parametrize(
+    ("title", "table"), [("A stage-one model", registry.STAGE_ONE), ("A stage-two variant", registry.STAGE_TWO)]
+)
 def test_the_model_example_builds_trains_a_step_and_is_registered_by_one_line(title, table, monkeypatch):
     path, code, line, tries = example_blocks(title, "multistage/models/registry.py")
     module = load_module(path, code, monkeypatch)
@@ -78,8 +79,10 @@ def test_the_metric_example_is_registered_by_one_line_and_gives_its_known_answer
         return metric
 
     statement = line.split("\n", 1)[1]
-    exec(compile(statement, f"{GUIDE} (registry line)", "exec"),
-         {"register": register, "Metric": metrics.Metric, path.rsplit("/", 1)[1].removesuffix(".py"): module})
+    exec(
+        compile(statement, f"{GUIDE} (registry line)", "exec"),
+        {"register": register, "Metric": metrics.Metric, path.rsplit("/", 1)[1].removesuffix(".py"): module},
+    )
     assert len(added) == 1, "the registry block should register exactly one metric"
     run_tries(tries)
     (name,) = added

@@ -131,8 +131,14 @@ def test_centre_of_mass_is_the_position_point_and_rendering_is_deterministic():
 
 def test_make_dsprites_subset_binary_is_deterministic(tmp_path):
     calls = []
-    first = make_dsprites(tmp_path / "a", n_images=300, seed=4, num_workers=1, chunk_size=64,
-                          progress=lambda done, total: calls.append((done, total)))
+    first = make_dsprites(
+        tmp_path / "a",
+        n_images=300,
+        seed=4,
+        num_workers=1,
+        chunk_size=64,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     second = make_dsprites(tmp_path / "b", n_images=300, seed=4, num_workers=2, chunk_size=100)
     other = make_dsprites(tmp_path / "c", n_images=300, seed=5, num_workers=1)
     assert calls[-1] == (300, 300) and len(calls) == 5
@@ -196,8 +202,9 @@ def test_dsprites_at_32_pixels_is_the_resampled_64_pixel_rendering(tmp_path):
     from multistage.data.sources import fit_images
 
     full = make_dsprites(tmp_path / "64", n_images=40, seed=3, variant="textured", num_workers=1)
-    small = make_dsprites(tmp_path / "32", n_images=40, seed=3, variant="textured", num_workers=2, chunk_size=16,
-                          image_size=32)
+    small = make_dsprites(
+        tmp_path / "32", n_images=40, seed=3, variant="textured", num_workers=2, chunk_size=16, image_size=32
+    )
     assert small.images.shape == (40, 3, 32, 32) and small.images.dtype == np.uint8
     assert np.array_equal(small.factor_classes, full.factor_classes)
     assert np.array_equal(np.asarray(small.images), fit_images(np.asarray(full.images), 32, "resize"))
@@ -216,8 +223,15 @@ def test_dsprites_at_32_pixels_is_the_resampled_64_pixel_rendering(tmp_path):
 
 
 def test_textured_background_noise_and_option_validation(tmp_path):
-    dataset = make_dsprites(tmp_path / "n", n_images=16, seed=0, variant="textured", background_noise=0.1,
-                            grating_contrast=0.0, num_workers=1)
+    dataset = make_dsprites(
+        tmp_path / "n",
+        n_images=16,
+        seed=0,
+        variant="textured",
+        background_noise=0.1,
+        grating_contrast=0.0,
+        num_workers=1,
+    )
     masks = render_masks(dataset.factor_classes).astype(bool)[:, None].repeat(3, axis=1)
     background = np.asarray(dataset.images)[~masks]
     assert background.max() <= round(0.1 * 255) and background.mean() > 5
@@ -225,8 +239,12 @@ def test_textured_background_noise_and_option_validation(tmp_path):
     fresh = dataset.observations_from_factors(dataset.factor_classes, 3)
     assert 0 < fresh[~masks].max() <= round(0.1 * 255)
 
-    for option, value in (("grating_contrast", 1.5), ("colour_min", -0.1), ("grating_frequency_max", 0.9),
-                          ("background_noise", 2.0)):
+    for option, value in (
+        ("grating_contrast", 1.5),
+        ("colour_min", -0.1),
+        ("grating_frequency_max", 0.9),
+        ("background_noise", 2.0),
+    ):
         with pytest.raises(ValueError, match=option):
             make_dsprites(tmp_path / "bad", n_images=4, variant="textured", **{option: value})
     with pytest.raises(ValueError, match="colour_max"):
@@ -299,8 +317,14 @@ def test_load_corrupted_folder_names_the_file(tmp_path):
 
     save_dataset(small_dataset(), folder, meta)
     shorter = small_dataset()
-    base.write_factors(folder / "factors.parquet", shorter.factor_names, shorter.factor_classes[:7],
-                       shorter.factor_values[:7], shorter.split[:7], {})
+    base.write_factors(
+        folder / "factors.parquet",
+        shorter.factor_names,
+        shorter.factor_classes[:7],
+        shorter.factor_values[:7],
+        shorter.split[:7],
+        {},
+    )
     with pytest.raises(DatasetFormatError, match="factors.parquet.*7 rows"):
         load_dataset(folder)
 

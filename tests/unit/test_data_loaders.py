@@ -46,11 +46,20 @@ def prepared(source, tmp_path, **options):
 def write_dsprites_npz(path: Path) -> np.ndarray:
     """The published layout: imgs 0/1, latents over (color, shape, scale, orientation, posX, posY), metadata."""
     classes = np.array([[0, 0, 5, 0, 3, 4], [0, 1, 2, 10, 31, 0], [0, 2, 0, 39, 16, 16], [0, 2, 5, 20, 0, 31]])
-    values = np.column_stack([np.ones(4), classes[:, 1] + 1.0, 0.5 + 0.1 * classes[:, 2],
-                              classes[:, 3] * 2 * np.pi / 39, classes[:, 4] / 31, classes[:, 5] / 31])
+    values = np.column_stack(
+        [
+            np.ones(4),
+            classes[:, 1] + 1.0,
+            0.5 + 0.1 * classes[:, 2],
+            classes[:, 3] * 2 * np.pi / 39,
+            classes[:, 4] / 31,
+            classes[:, 5] / 31,
+        ]
+    )
     metadata = np.array({"latents_sizes": np.array([1, 3, 6, 40, 32, 32]), "title": "dSprites"}, dtype=object)
-    np.savez_compressed(path, imgs=render_masks(classes[:, 1:]), latents_classes=classes, latents_values=values,
-                        metadata=metadata)
+    np.savez_compressed(
+        path, imgs=render_masks(classes[:, 1:]), latents_classes=classes, latents_values=values, metadata=metadata
+    )
     return classes
 
 
@@ -129,8 +138,9 @@ def test_smallnorb(tmp_path):
     for chunk, (n, suffix) in chunks.items():
         stereo = rng.integers(0, 256, size=(n, 2, 96, 96), dtype=np.uint8)
         category = rng.integers(0, 5, n).astype(np.int32)
-        info = np.stack([rng.integers(0, 10, n), rng.integers(0, 9, n), 2 * rng.integers(0, 18, n),
-                         rng.integers(0, 6, n)], axis=1).astype(np.int32)
+        info = np.stack(
+            [rng.integers(0, 10, n), rng.integers(0, 9, n), 2 * rng.integers(0, 18, n), rng.integers(0, 6, n)], axis=1
+        ).astype(np.int32)
         write_norb_matrix(tmp_path / f"smallnorb-{chunk}-dat{suffix}", stereo)
         write_norb_matrix(tmp_path / f"smallnorb-{chunk}-cat{suffix}", category)
         write_norb_matrix(tmp_path / f"smallnorb-{chunk}-info{suffix}", info)
@@ -165,8 +175,7 @@ def test_cars3d(tmp_path):
     for car in range(2):  # each image is one grey level: 100 car + 4 azimuth + elevation
         level = 100 * car + 4 * np.arange(24)[:, None] + np.arange(4)[None, :]
         im = np.broadcast_to(level.astype(np.uint8), (128, 128, 3, 24, 4))
-        scipy.io.savemat(folder / f"car_{car + 1:03d}_mesh.mat", {"im": np.ascontiguousarray(im)},
-                         do_compression=True)
+        scipy.io.savemat(folder / f"car_{car + 1:03d}_mesh.mat", {"im": np.ascontiguousarray(im)}, do_compression=True)
     source = ondisk.cars3d(folder)
     assert source.factor_sizes == (4, 24, 2) and source.n_images == 192
     dataset = prepared(source, tmp_path, n_images=40)
@@ -348,8 +357,9 @@ def test_prepare_stage_selects_and_checks_the_dataset(tmp_path, monkeypatch):
         params(dataset="shapes3d_h5", shapes3d_h5={"file": "x.h5"})
     before = sorted(p.name for p in (tmp_path / "data").iterdir())
     with pytest.raises(InputError, match=r"prepare\.dataset=shapes3d_h5: .*nowhere\.h5: no such file"):
-        prepare.run(params(dataset="shapes3d_h5", shapes3d_h5={"path": str(tmp_path / "nowhere.h5")}),
-                    show_progress=False)
+        prepare.run(
+            params(dataset="shapes3d_h5", shapes3d_h5={"path": str(tmp_path / "nowhere.h5")}), show_progress=False
+        )
     (tmp_path / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(40))
     with pytest.raises(InputError, match=r"bad\.h5: not a readable HDF5 file"):
         prepare.run(params(dataset="shapes3d_h5", shapes3d_h5={"path": str(tmp_path / "bad.h5")}), show_progress=False)

@@ -30,16 +30,20 @@ def reference(length: float, damping: float, mass: float, angle: float) -> np.nd
         theta, omega = state
         return [omega, -(damping / mass) * omega - (gravity / length) * math.sin(theta)]
 
-    solution = solve_ivp(field, (0.0, OPTIONS.duration), [angle, 0.0], t_eval=OPTIONS.times, method="DOP853",
-                         rtol=1e-11, atol=1e-12)
+    solution = solve_ivp(
+        field, (0.0, OPTIONS.duration), [angle, 0.0], t_eval=OPTIONS.times, method="DOP853", rtol=1e-11, atol=1e-12
+    )
     return solution.y[0]
 
 
-@pytest.mark.parametrize("length, damping, mass, angle", [
-    (1.0, 0.1, 2.0, math.pi / 4),   # light damping, fast swing
-    (3.0, 2.0, 0.1, math.pi / 4),   # overdamped (b / m = 20)
-    (2.0, 0.5, 1.0, 3.0),           # large angle: far from the linear regime
-])
+@pytest.mark.parametrize(
+    "length, damping, mass, angle",
+    [
+        (1.0, 0.1, 2.0, math.pi / 4),  # light damping, fast swing
+        (3.0, 2.0, 0.1, math.pi / 4),  # overdamped (b / m = 20)
+        (2.0, 0.5, 1.0, 3.0),  # large angle: far from the linear regime
+    ],
+)
 def test_rk4_matches_an_adaptive_reference(length, damping, mass, angle):
     theta = simulate([length], [damping], [mass], angle, OPTIONS)[0]
     assert theta.shape == (100,) and theta[0] == angle
@@ -57,8 +61,9 @@ def test_small_angle_solution_is_the_damped_harmonic_oscillator():
 
 
 def test_undamped_pendulum_conserves_energy_and_the_dataset_stores_y0_and_y1(tmp_path):
-    dataset = make_pendulum(tmp_path / "p", n_images=60, seed=1,
-                            options=PendulumOptions(length_steps=5, damping_steps=4, mass_steps=3))
+    dataset = make_pendulum(
+        tmp_path / "p", n_images=60, seed=1, options=PendulumOptions(length_steps=5, damping_steps=4, mass_steps=3)
+    )
     assert dataset.images.shape == (60, 1, 100) and dataset.images.dtype == np.float32
     assert dataset.factor_names == ("length", "damping", "mass") and dataset.factor_sizes == (5, 4, 3)
     assert 0.0 <= float(dataset.images.min()) and float(dataset.images.max()) <= 1.0
@@ -67,10 +72,12 @@ def test_undamped_pendulum_conserves_energy_and_the_dataset_stores_y0_and_y1(tmp
     length, damping, mass = dataset.factor_values.T
     theta = from_unit_interval(dataset.images[:, 0])
     for row in (0, 17, 59):
-        np.testing.assert_allclose(theta[row], reference(length[row], damping[row], mass[row], math.pi / 4),
-                                   atol=1e-5)
-        np.testing.assert_allclose(from_unit_interval(dataset.extra[EXTRA_DAMPED_UNIT_MASS][row, 0]),
-                                   reference(length[row], damping[row], 1.0, math.pi / 4), atol=1e-5)
+        np.testing.assert_allclose(theta[row], reference(length[row], damping[row], mass[row], math.pi / 4), atol=1e-5)
+        np.testing.assert_allclose(
+            from_unit_interval(dataset.extra[EXTRA_DAMPED_UNIT_MASS][row, 0]),
+            reference(length[row], damping[row], 1.0, math.pi / 4),
+            atol=1e-5,
+        )
     # Y0: no damping, so the energy g/L (1 - cos theta) + theta'^2 / 2 stays at its start; the extremes of the
     # swing come back to the initial angle (to the resolution of the sampling)
     undamped = from_unit_interval(dataset.extra[EXTRA_UNDAMPED][:, 0])
@@ -78,8 +85,7 @@ def test_undamped_pendulum_conserves_energy_and_the_dataset_stores_y0_and_y1(tmp
     assert np.abs(undamped[:, 50:]).max(axis=1).min() > math.pi / 4 - 0.05
     # Y0 depends on the length only: equal lengths, equal series
     same_length = np.flatnonzero(dataset.factor_classes[:, 0] == dataset.factor_classes[0, 0])
-    np.testing.assert_allclose(undamped[same_length], undamped[same_length[:1]].repeat(len(same_length), 0),
-                               atol=1e-6)
+    np.testing.assert_allclose(undamped[same_length], undamped[same_length[:1]].repeat(len(same_length), 0), atol=1e-6)
     # the damped series decay: the late swing is smaller than the first
     assert np.all(np.abs(theta[:, 80:]).max(axis=1) < math.pi / 4)
 
@@ -91,17 +97,27 @@ def test_undamped_pendulum_conserves_energy_and_the_dataset_stores_y0_and_y1(tmp
 
 
 def test_initial_angle_as_a_factor_and_option_checks(tmp_path):
-    options = PendulumOptions(length_steps=2, damping_steps=2, mass_steps=2, initial_angle_min=0.2,
-                              initial_angle_max=1.0, initial_angle_steps=3)
+    options = PendulumOptions(
+        length_steps=2,
+        damping_steps=2,
+        mass_steps=2,
+        initial_angle_min=0.2,
+        initial_angle_max=1.0,
+        initial_angle_steps=3,
+    )
     dataset = make_pendulum(tmp_path / "a", options=options)
     assert dataset.factor_names[-1] == "initial_angle" and len(dataset) == 24
     np.testing.assert_allclose(from_unit_interval(dataset.images[:, 0, 0]), dataset.factor_values[:, 3], atol=1e-6)
-    for bad, message in (({"length_min": 0.0}, "length_min"), ({"mass_steps": 0}, "mass_steps"),
-                         ({"initial_angle_max": 4.0}, "initial_angle_max"),
-                         ({"substeps": 1, "damping_max": 50.0}, "raise substeps")):
+    for bad, message in (
+        ({"length_min": 0.0}, "length_min"),
+        ({"mass_steps": 0}, "mass_steps"),
+        ({"initial_angle_max": 4.0}, "initial_angle_max"),
+        ({"substeps": 1, "damping_max": 50.0}, "raise substeps"),
+    ):
         with pytest.raises(ValueError, match=message):
             PendulumOptions(**bad)
     with pytest.raises(ValueError, match="at most the grid size 8"):
-        make_pendulum(tmp_path / "b", n_images=9, options=PendulumOptions(length_steps=2, damping_steps=2,
-                                                                          mass_steps=2))
+        make_pendulum(
+            tmp_path / "b", n_images=9, options=PendulumOptions(length_steps=2, damping_steps=2, mass_steps=2)
+        )
     assert not (tmp_path / "b").exists()

@@ -128,9 +128,15 @@ def test_lookup_observations_return_stored_images_with_the_asked_classes(tmp_pat
     drawn = dataset.observations_from_factors(np.zeros((40, 2), int), np.random.default_rng(3))
     assert {0, 6} == {int(np.flatnonzero([np.array_equal(d, s) for s in stored])[0]) for d in drawn}
     partial = GroundTruthDataset(
-        images=stored[:2], factor_names=("a", "b"), factor_sizes=(3, 2), factor_classes=np.array([[0, 0], [1, 1]]),
-        factor_values=np.zeros((2, 2)), nuisance={}, split=np.zeros(2, np.uint8),
-        meta={"observations": base.LOOKUP_OBSERVATIONS})
+        images=stored[:2],
+        factor_names=("a", "b"),
+        factor_sizes=(3, 2),
+        factor_classes=np.array([[0, 0], [1, 1]]),
+        factor_values=np.zeros((2, 2)),
+        nuisance={},
+        split=np.zeros(2, np.uint8),
+        meta={"observations": base.LOOKUP_OBSERVATIONS},
+    )
     with pytest.raises(ValueError, match=r"no stored image has the factor classes \{'a': 2, 'b': 0\}"):
         partial.observations_from_factors(np.array([[2, 0]]), 0)
 
@@ -139,9 +145,15 @@ def test_float_series_and_extra_arrays_round_trip(tmp_path):
     n = 6
     series = np.linspace(0, 1, n * 10, dtype=np.float32).reshape(n, 1, 10)
     dataset = GroundTruthDataset(
-        images=series, factor_names=("k",), factor_sizes=(n,), factor_classes=np.arange(n)[:, None],
-        factor_values=np.arange(n, dtype=float)[:, None], nuisance={}, split=np.zeros(n, np.uint8),
-        extra={"helper": series * 2})
+        images=series,
+        factor_names=("k",),
+        factor_sizes=(n,),
+        factor_classes=np.arange(n)[:, None],
+        factor_values=np.arange(n, dtype=float)[:, None],
+        nuisance={},
+        split=np.zeros(n, np.uint8),
+        extra={"helper": series * 2},
+    )
     assert dataset.is_series and dataset.image_shape == (1, 10)
     save_dataset(dataset, tmp_path / "s", {"dataset": "toy_series"})
     loaded = load_dataset(tmp_path / "s")
@@ -153,6 +165,12 @@ def test_float_series_and_extra_arrays_round_trip(tmp_path):
     with pytest.raises(FileNotFoundError, match="extra.helper.npy"):
         load_dataset(tmp_path / "s")
     with pytest.raises(base.DatasetFormatError, match="float32 series"):
-        GroundTruthDataset(images=series.astype(np.float64), factor_names=(), factor_sizes=(),
-                           factor_classes=np.zeros((n, 0), int), factor_values=np.zeros((n, 0)), nuisance={},
-                           split=np.zeros(n, np.uint8))
+        GroundTruthDataset(
+            images=series.astype(np.float64),
+            factor_names=(),
+            factor_sizes=(),
+            factor_classes=np.zeros((n, 0), int),
+            factor_values=np.zeros((n, 0)),
+            nuisance={},
+            split=np.zeros(n, np.uint8),
+        )

@@ -38,8 +38,9 @@ def best_match_iou(frame: np.ndarray, shape: int, radius: float = 3.5) -> float:
     return float(((masks & frame).sum(axis=(1, 2)) / (masks | frame).sum(axis=(1, 2))).max())
 
 
-@pytest.mark.parametrize(("name", "mean_at_least", "min_at_least"),
-                         [("heart", 0.95, 0.90), ("ellipse", 0.99, 0.97), ("square", 0.99, 0.97)])
+@pytest.mark.parametrize(
+    ("name", "mean_at_least", "min_at_least"), [("heart", 0.95, 0.90), ("ellipse", 0.99, 0.97), ("square", 0.99, 0.97)]
+)
 def test_every_shape_matches_the_original_frames(frames, name, mean_at_least, min_at_least):
     chosen = list(SHAPE_FRAMES[name])[::4]
     ious = np.array([best_match_iou(frames[i], dsprites.SHAPE_NAMES.index(name)) for i in chosen])

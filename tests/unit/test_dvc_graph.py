@@ -8,17 +8,38 @@ import yaml
 from stages.common import ParamsError
 from stages.dvc_graph import params_used, read_stages
 
-PIPELINE = {"stages": {
-    "prepare": {"cmd": "python -m stages.prepare", "deps": ["multistage/data", "stages/prepare.py"],
-                "params": ["prepare"], "outs": ["data/prepared"]},
-    "train": {"matrix": {"variant": "${train.variants}"}, "cmd": "python -m stages.train --variant ${item.variant}",
-              "deps": ["data/prepared", "multistage/models"], "params": ["train.steps", "train.${item.variant}"],
-              "outs": ["models/${item.variant}"], "metrics": [{"metrics/train_${item.variant}.json": {"cache": False}}]},
-    "chain": {"foreach": "${chains}", "do": {"cmd": "python -m stages.chain ${key}", "deps": ["stages/chain.py"],
-                                            "params": ["chains.${key}"], "outs": ["chains/${key}"]}},
-}}
-PARAMS = {"prepare": {"n": 3}, "train": {"variants": ["a", "b"], "steps": 5, "a": {"x": 1}, "b": {"x": 2}, "c": {}},
-          "chains": {"pendulum": {"nodes": {}}}}
+PIPELINE = {
+    "stages": {
+        "prepare": {
+            "cmd": "python -m stages.prepare",
+            "deps": ["multistage/data", "stages/prepare.py"],
+            "params": ["prepare"],
+            "outs": ["data/prepared"],
+        },
+        "train": {
+            "matrix": {"variant": "${train.variants}"},
+            "cmd": "python -m stages.train --variant ${item.variant}",
+            "deps": ["data/prepared", "multistage/models"],
+            "params": ["train.steps", "train.${item.variant}"],
+            "outs": ["models/${item.variant}"],
+            "metrics": [{"metrics/train_${item.variant}.json": {"cache": False}}],
+        },
+        "chain": {
+            "foreach": "${chains}",
+            "do": {
+                "cmd": "python -m stages.chain ${key}",
+                "deps": ["stages/chain.py"],
+                "params": ["chains.${key}"],
+                "outs": ["chains/${key}"],
+            },
+        },
+    }
+}
+PARAMS = {
+    "prepare": {"n": 3},
+    "train": {"variants": ["a", "b"], "steps": 5, "a": {"x": 1}, "b": {"x": 2}, "c": {}},
+    "chains": {"pendulum": {"nodes": {}}},
+}
 
 
 def test_matrix_and_foreach_stages_are_expanded(tmp_path):

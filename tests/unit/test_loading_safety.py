@@ -50,8 +50,13 @@ def _torch_load_calls(root: Path):
             continue
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
                 yield path.relative_to(root), node
 
 
@@ -84,8 +89,16 @@ def test_model_file_carrying_a_pickled_callable_is_refused(tmp_path):
 
 def test_checkpoint_carrying_a_pickled_callable_is_refused(tmp_path):
     model, optimizer, step_fn = _problem()
-    train(model, optimizer, step_fn, 64, LoopConfig(steps=4, batch_size=8, checkpoint_every=2, log_every=2),
-          tmp_path / "c.pt", "f", show_progress=False)
+    train(
+        model,
+        optimizer,
+        step_fn,
+        64,
+        LoopConfig(steps=4, batch_size=8, checkpoint_every=2, log_every=2),
+        tmp_path / "c.pt",
+        "f",
+        show_progress=False,
+    )
     _evil(tmp_path / "c.pt", torch.load(tmp_path / "c.pt", weights_only=True))
     with pytest.raises(CheckpointError, match=r"c\.pt holds pickled objects .*refused"):
         load_checkpoint(tmp_path / "c.pt", "f")
@@ -123,8 +136,16 @@ def test_every_model_file_the_project_writes_loads_weights_only(tmp_path, kind, 
 # ------------------------------------------------------------------------------------------ damaged files
 def _checkpoint_bytes(tmp_path: Path) -> bytes:
     model, optimizer, step_fn = _problem()
-    train(model, optimizer, step_fn, 64, LoopConfig(steps=4, batch_size=8, checkpoint_every=2, log_every=2),
-          tmp_path / "whole.pt", "f", show_progress=False)
+    train(
+        model,
+        optimizer,
+        step_fn,
+        64,
+        LoopConfig(steps=4, batch_size=8, checkpoint_every=2, log_every=2),
+        tmp_path / "whole.pt",
+        "f",
+        show_progress=False,
+    )
     return (tmp_path / "whole.pt").read_bytes()
 
 
@@ -195,8 +216,16 @@ def test_stale_checkpoints_are_numbered_never_overwritten(tmp_path):
     contents = []
     for run in range(3):
         model, optimizer, step_fn = _problem(seed=run)
-        train(model, optimizer, step_fn, 64, LoopConfig(steps=2, batch_size=8, checkpoint_every=1, log_every=1),
-              path, f"params-{run}", show_progress=False)
+        train(
+            model,
+            optimizer,
+            step_fn,
+            64,
+            LoopConfig(steps=2, batch_size=8, checkpoint_every=1, log_every=1),
+            path,
+            f"params-{run}",
+            show_progress=False,
+        )
         contents.append(path.read_bytes())
     assert (tmp_path / "s.pt.stale").read_bytes() == contents[0]
     assert (tmp_path / "s.pt.stale.1").read_bytes() == contents[1]
@@ -212,6 +241,7 @@ def test_nan_stop_advice_matches_what_a_rerun_does(tmp_path):
         def wrapped(indices, step):
             loss, logs = step_fn(indices, step)
             return (loss * float("nan"), logs) if step == at else (loss, logs)
+
         return wrapped
 
     model, optimizer, step_fn = _problem()
@@ -231,13 +261,16 @@ def test_nan_stop_advice_matches_what_a_rerun_does(tmp_path):
     assert fresh.start_step == 0 and (tmp_path / "n.pt.stale").exists()
 
 
-@pytest.mark.parametrize("error", [
-    NonFiniteLossError("stage one: non-finite loss (nan) at step 3; the last good checkpoint is kept"),
-    CheckpointError("checkpoint checkpoints/stage_one.pt cannot be read (the file is empty); delete it"),
-    ModelFileError("model file models/stage_one/model.pt cannot be read (the file is empty)"),
-    InputError("paired set y pairs/y.npy cannot be read (mmap length is greater than file size)"),
-    ParamsError("params.yaml: bad value for 'stage_one.steps': True"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        NonFiniteLossError("stage one: non-finite loss (nan) at step 3; the last good checkpoint is kept"),
+        CheckpointError("checkpoint checkpoints/stage_one.pt cannot be read (the file is empty); delete it"),
+        ModelFileError("model file models/stage_one/model.pt cannot be read (the file is empty)"),
+        InputError("paired set y pairs/y.npy cannot be read (mmap length is greater than file size)"),
+        ParamsError("params.yaml: bad value for 'stage_one.steps': True"),
+    ],
+)
 def test_run_cli_turns_each_failure_into_one_line_and_exit_2(error):
     def main():
         raise error
@@ -261,11 +294,18 @@ def test_unusable_device_is_a_value_error_naming_it(device):
 
 # ------------------------------------------------------------------------------------------ strict JSON
 def test_json_outputs_are_strict_with_null_for_non_finite(tmp_path):
-    atomic_write_json(tmp_path / "m.json", {"a": math.nan, "b": [1.0, math.inf], "c": np.float32("nan"), "d": 2.5,
-                                             "e": np.array([np.nan, 1.0])})
+    atomic_write_json(
+        tmp_path / "m.json",
+        {"a": math.nan, "b": [1.0, math.inf], "c": np.float32("nan"), "d": 2.5, "e": np.array([np.nan, 1.0])},
+    )
     text = (tmp_path / "m.json").read_text()
     assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}")) == {
-        "a": None, "b": [1.0, None], "c": None, "d": 2.5, "e": [None, 1.0]}
+        "a": None,
+        "b": [1.0, None],
+        "c": None,
+        "d": 2.5,
+        "e": [None, 1.0],
+    }
 
 
 # ------------------------------------------------------------------------------------------ bool for number
@@ -380,11 +420,16 @@ def test_a_missing_runtime_section_means_the_defaults():
 # ------------------------------------------------------------------------------------------ code fingerprint
 def test_stage_code_is_what_dvc_yaml_lists(tmp_path):
     files = {str(p.relative_to(PROJECT)) for p in stage_code_files("stage_one", PROJECT / "dvc.yaml")}
-    assert {"multistage/train.py", "stages/train_stage_one.py", "stages/common.py",
-            "multistage/models/stage_one/betatcvae.py"} <= files
+    assert {
+        "multistage/train.py",
+        "stages/train_stage_one.py",
+        "stages/common.py",
+        "multistage/models/stage_one/betatcvae.py",
+    } <= files
     assert not any(name.startswith("multistage/metrics") or "__pycache__" in name for name in files)
-    assert stage_code_files("stage_two@msvae", PROJECT / "dvc.yaml") == stage_code_files("stage_two",
-                                                                                       PROJECT / "dvc.yaml")
+    assert stage_code_files("stage_two@msvae", PROJECT / "dvc.yaml") == stage_code_files(
+        "stage_two", PROJECT / "dvc.yaml"
+    )
 
 
 def test_code_digest_changes_with_the_code_the_stage_runs(tmp_path):
@@ -410,8 +455,11 @@ def test_the_default_code_is_the_running_code_wherever_the_stage_runs(tmp_path, 
 
     here = code_digest("stage_one")
     monkeypatch.chdir(tmp_path)  # a Prefect sweep point runs its stages in a folder of its own
-    assert code_digest("stage_one") == here == code_digest("stage_one", Path(stages.common.__file__).parents[1]
-                                                            / "dvc.yaml")
+    assert (
+        code_digest("stage_one")
+        == here
+        == code_digest("stage_one", Path(stages.common.__file__).parents[1] / "dvc.yaml")
+    )
     chain_files = {str(p.relative_to(PROJECT)) for p in stage_code_files("chain", PROJECT / "dvc.yaml")}
     assert "multistage/chains/runner.py" in chain_files and "stages/chain.py" in chain_files
 
@@ -423,10 +471,21 @@ def test_check_params_validates_every_section_with_the_stages_checks(tmp_path):
     from stages.check_params import check_all
 
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    assert check_all(PROJECT / "params.yaml") == ["runtime", "prepare", "stage_one", "pairs", "stage_two",
-                                                  "evaluate", "registry", *(f"chains.{n}" for n in params["chains"])]
-    for section, key, value in [("stage_two", "steps", True), ("runtime", "device", "tpu"),
-                                ("evaluate", "mig_bins", -3)]:
+    assert check_all(PROJECT / "params.yaml") == [
+        "runtime",
+        "prepare",
+        "stage_one",
+        "pairs",
+        "stage_two",
+        "evaluate",
+        "registry",
+        *(f"chains.{n}" for n in params["chains"]),
+    ]
+    for section, key, value in [
+        ("stage_two", "steps", True),
+        ("runtime", "device", "tpu"),
+        ("evaluate", "mig_bins", -3),
+    ]:
         bad = json.loads(json.dumps(params))
         bad[section][key] = value
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))

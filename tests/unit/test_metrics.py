@@ -214,8 +214,15 @@ def test_factor_classifier_learns_easy_factors_and_features():
     state_before = torch.random.get_rng_state()
     steps_seen = []
     classifier, accuracy = train_factor_classifier(
-        images, classes, (4, 2), steps=150, batch_size=32, seed=0, device="cpu",
-        progress=lambda step, logs: steps_seen.append(step), factor_names=("quadrant", "background"),
+        images,
+        classes,
+        (4, 2),
+        steps=150,
+        batch_size=32,
+        seed=0,
+        device="cpu",
+        progress=lambda step, logs: steps_seen.append(step),
+        factor_names=("quadrant", "background"),
     )
     assert torch.equal(state_before, torch.random.get_rng_state())  # the caller's RNG is untouched
     assert steps_seen[-1] == 150

@@ -56,16 +56,24 @@ def contingency_mig(codes: np.ndarray, classes: np.ndarray, bins: int = 20) -> n
         for k in range(num_factors):
             table = np.zeros((bins, classes[:, k].max() + 1))
             np.add.at(table, (labels, classes[:, k]), 1.0)
-            information[j, k] = (entropy_from_counts(table.sum(1)) + entropy_from_counts(table.sum(0))
-                                 - entropy_from_counts(table.ravel()))
+            information[j, k] = (
+                entropy_from_counts(table.sum(1))
+                + entropy_from_counts(table.sum(0))
+                - entropy_from_counts(table.ravel())
+            )
     entropies = np.array([entropy_from_counts(np.bincount(column)) for column in classes.T])
     ordered = np.sort(information, axis=0)
     return (ordered[-1] - ordered[-2]) / entropies
 
 
 def test_histogram_mig_equals_contingency_table_computation(factors, representations):
-    codes = np.concatenate([representations["perfect"] + np.random.default_rng(4).normal(0, 0.3, (COUNT, 5)),
-                            representations["noise"][:, :2]], axis=1)
+    codes = np.concatenate(
+        [
+            representations["perfect"] + np.random.default_rng(4).normal(0, 0.3, (COUNT, 5)),
+            representations["noise"][:, :2],
+        ],
+        axis=1,
+    )
     library = mutual_information_gap(codes, factors, NAMES)
     by_hand = contingency_mig(codes, factors)
     for name, value in zip(NAMES, by_hand):
@@ -77,7 +85,7 @@ def test_histogram_mig_perfect_representation_reaches_its_computed_20_bin_ceilin
     # A factor with more than 20 values cannot keep all of its entropy in 20 equal-width bins: the ceiling is
     # I(bin(v); v) / H(v) = H(bin(v)) / H(v), computed here from the factors themselves (not hard-coded).
     ceilings = []
-    for k, size in enumerate(SIZES):
+    for k in range(len(SIZES)):
         column = factors[:, k].astype(float)
         labels = np.minimum(np.floor((column - column.min()) / (column.max() - column.min()) * 20), 19).astype(int)
         ceilings.append(entropy_from_counts(np.bincount(labels)) / entropy_from_counts(np.bincount(factors[:, k])))
@@ -90,15 +98,18 @@ def test_histogram_mig_perfect_representation_reaches_its_computed_20_bin_ceilin
     # what is left below the ceiling is the plug-in bias of the second-best (independent) latent: ~(19 * 39)/(2N)
     assert np.all(per_factor <= ceilings + 1e-12) and np.all(per_factor > ceilings - 0.02)
     assert 0.85 < result["mig.histogram20"] < 0.93 and result["mig.histogram20"] == pytest.approx(
-        ceilings.mean(), abs=0.015)
+        ceilings.mean(), abs=0.015
+    )
     assert mutual_information_gap(representations["rotated"], factors, NAMES)["mig.histogram20"] < 0.3
     assert mutual_information_gap(representations["noise"], factors, NAMES)["mig.histogram20"] < 0.02
 
 
 # ------------------------------------------------------------------------------------------------ SAP
 def test_sap_known_answers(factors, representations):
-    scores = {name: sap_score(codes, factors, NAMES, categorical_factors=("shape",))
-              for name, codes in representations.items()}
+    scores = {
+        name: sap_score(codes, factors, NAMES, categorical_factors=("shape",))
+        for name, codes in representations.items()
+    }
     for name in NAMES[1:]:  # continuous factors: R^2 = 1 for its own latent, ~0 for the next
         assert scores["perfect"][f"sap.{name}"] > 0.98
     # shape is scored by balanced accuracy: 1 for its own latent, chance (1/3) for the next one
@@ -121,16 +132,20 @@ def test_sap_matrix_entries_are_r_squared_and_inactive_latents_score_zero(factor
 
 # ---------------------------------------------------------------------------------- Z-diff, FactorVAE
 def test_zdiff_known_answers(factors, representations):
-    scores = {name: zdiff_score(codes, factors, NAMES, train_points=1500, test_points=750)["zdiff"]
-              for name, codes in representations.items()}
+    scores = {
+        name: zdiff_score(codes, factors, NAMES, train_points=1500, test_points=750)["zdiff"]
+        for name, codes in representations.items()
+    }
     assert scores["perfect"] > 0.95
     assert scores["rotated"] < scores["perfect"] - 0.2  # lower, though linear classifiers partly undo rotations
     assert scores["noise"] < 1 / 5 + 0.1  # chance among 5 factors
 
 
 def test_factorvae_score_known_answers(factors, representations):
-    scores = {name: factorvae_score(codes, factors, NAMES, train_votes=1500, eval_votes=750)
-              for name, codes in representations.items()}
+    scores = {
+        name: factorvae_score(codes, factors, NAMES, train_votes=1500, eval_votes=750)
+        for name, codes in representations.items()
+    }
     assert scores["perfect"]["factorvae_score"] > 0.97
     assert scores["rotated"]["factorvae_score"] < scores["perfect"]["factorvae_score"] - 0.2
     assert scores["noise"]["factorvae_score"] < 1 / 5 + 0.1
@@ -169,8 +184,10 @@ def test_dci_entropy_scores_on_known_importance_matrices():
 def test_dci_known_answers(factors, representations, regressor):
     sizes = (4000, 2000) if regressor == "lasso" else (400, 200)  # GBT with 113 classes is the slow one
     train, test = slice(0, sizes[0]), slice(sizes[0], sizes[0] + sizes[1])
-    scores = {name: dci(codes[train], factors[train], codes[test], factors[test], NAMES, regressor,
-                        gbt_estimators=8) for name, codes in representations.items()}
+    scores = {
+        name: dci(codes[train], factors[train], codes[test], factors[test], NAMES, regressor, gbt_estimators=8)
+        for name, codes in representations.items()
+    }
     key = f"dci.{regressor}"
     assert scores["perfect"][f"{key}.disentanglement"] > 0.95
     assert scores["perfect"][f"{key}.completeness"] > 0.95
@@ -191,8 +208,9 @@ def test_every_metric_handles_constant_latent_single_value_factor_and_nan(factor
     classes = np.stack([factors[:, 1], factors[:, 2], np.zeros(COUNT, dtype=int)], axis=1)  # last: one value
     names = ("scale", "orientation", "fixed")
     sap = sap_score(codes, classes, names)
-    assert np.isnan(sap["sap.fixed"]) and sap["sap"] == pytest.approx(np.mean([sap["sap.scale"],
-                                                                               sap["sap.orientation"]]))
+    assert np.isnan(sap["sap.fixed"]) and sap["sap"] == pytest.approx(
+        np.mean([sap["sap.scale"], sap["sap.orientation"]])
+    )
     zdiff = zdiff_score(codes, classes, names, train_points=300, test_points=150)
     assert zdiff["zdiff.factors"] == 2 and zdiff["zdiff"] > 0.95
     factorvae = factorvae_score(codes, classes, names, train_votes=300, eval_votes=150)
@@ -206,8 +224,12 @@ def test_every_metric_handles_constant_latent_single_value_factor_and_nan(factor
 
     bad = codes.copy()
     bad[7, 1] = np.nan
-    for call in (lambda: sap_score(bad, classes, names), lambda: zdiff_score(bad, classes, names),
-                 lambda: factorvae_score(bad, classes, names),
-                 lambda: dci(bad, classes, codes, classes, names), lambda: mutual_information_gap(bad, classes, names)):
+    for call in (
+        lambda: sap_score(bad, classes, names),
+        lambda: zdiff_score(bad, classes, names),
+        lambda: factorvae_score(bad, classes, names),
+        lambda: dci(bad, classes, codes, classes, names),
+        lambda: mutual_information_gap(bad, classes, names),
+    ):
         with pytest.raises(ValueError, match="NaN"):
             call()

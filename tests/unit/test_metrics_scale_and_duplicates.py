@@ -63,9 +63,17 @@ def test_sap_prunes_latents_relative_to_the_largest_and_scores_duplicates_zero(p
 
 def reference_dci(train_codes, train_factors) -> tuple[float, float]:
     """D and C from absolute tree importances, entropies written with np.log."""
-    importance = np.stack([np.abs(GradientBoostingClassifier(n_estimators=8, random_state=0)
-                                  .fit((train_codes - train_codes.mean(0)) / train_codes.std(0), column)
-                                  .feature_importances_) for column in train_factors.T], axis=1)
+    importance = np.stack(
+        [
+            np.abs(
+                GradientBoostingClassifier(n_estimators=8, random_state=0)
+                .fit((train_codes - train_codes.mean(0)) / train_codes.std(0), column)
+                .feature_importances_
+            )
+            for column in train_factors.T
+        ],
+        axis=1,
+    )
 
     def one_minus_entropy(rows: np.ndarray, base: int) -> np.ndarray:
         p = rows / rows.sum(axis=1, keepdims=True)

@@ -282,8 +282,15 @@ def test_make_pairs():
     images = (np.random.default_rng(0).random((10, 1, 32, 32)) > 0.5).astype(np.uint8) * 255
     indices = np.array([7, 2, 5, 2, 9])
     calls = []
-    pairs = make_pairs(model, images, indices, samples_per_x=3, batch_size=2, seed=5,
-                       progress=lambda done, total: calls.append((done, total)))
+    pairs = make_pairs(
+        model,
+        images,
+        indices,
+        samples_per_x=3,
+        batch_size=2,
+        seed=5,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert pairs["x_index"].dtype == np.int64 and pairs["x_index"].tolist() == np.repeat(indices, 3).tolist()
     assert pairs["c"].shape == (15, 3) and pairs["c"].dtype == np.float32
     assert pairs["y"].shape == (15, 1, 32, 32) and pairs["y"].dtype == np.float16
@@ -309,8 +316,9 @@ def test_make_pairs():
 
 def test_betatcvae_warmup_weight_scales_only_the_regulariser():
     torch.manual_seed(0)
-    model = BetaTCVAE(BetaTCVAEConfig(image_channels=1, image_size=32, latent_dim=4, dataset_size=1000,
-                                      warmup_steps=10))
+    model = BetaTCVAE(
+        BetaTCVAEConfig(image_channels=1, image_size=32, latent_dim=4, dataset_size=1000, warmup_steps=10)
+    )
     x = (torch.rand(16, 1, 32, 32) > 0.7).to(torch.uint8) * 255
     torch.manual_seed(1)
     full, logs = model.objective(x)

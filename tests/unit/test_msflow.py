@@ -29,21 +29,23 @@ def randomise(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> None:
 
 def tiny_flow(**options) -> MSFlow:
     torch.manual_seed(0)
-    return MSFlow(MSFlowConfig(**({"image_channels": 1, "image_size": 3, "coupling_layers": 4,
-                                   "hidden_units": 8} | options)))
+    return MSFlow(
+        MSFlowConfig(**({"image_channels": 1, "image_size": 3, "coupling_layers": 4, "hidden_units": 8} | options))
+    )
 
 
 def test_coupling_layer_is_invertible_and_its_log_det_is_the_jacobians():
     generator = torch.Generator().manual_seed(1)
-    layer = ConditionalAffineCoupling(torch.tensor([0, 3, 4]), torch.tensor([1, 2, 5]), condition_features=2,
-                                      hidden=6).double()
+    layer = ConditionalAffineCoupling(
+        torch.tensor([0, 3, 4]), torch.tensor([1, 2, 5]), condition_features=2, hidden=6
+    ).double()
     randomise(layer)
     w, h = torch.randn(4, 6, generator=generator, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
     u, log_det = layer(w, h)
     assert torch.equal(u[:, [0, 3, 4]], w[:, [0, 3, 4]]) and not torch.allclose(u[:, [1, 2, 5]], w[:, [1, 2, 5]])
     assert torch.allclose(layer.inverse(u, h), w, atol=1e-12)
     for row in range(4):
-        jacobian = torch.autograd.functional.jacobian(lambda v: layer(v[None], h[row : row + 1])[0][0], w[row])
+        jacobian = torch.autograd.functional.jacobian(lambda v, row=row: layer(v[None], h[row : row + 1])[0][0], w[row])
         assert log_det[row].item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-10)
 
 
@@ -68,9 +70,10 @@ def test_whole_model_density_is_the_change_of_variables_of_its_map():
     z, _ = model.latent_and_log_det(v, y)
     for row in range(2):
         jacobian = torch.autograd.functional.jacobian(
-            lambda flat: model.latent_and_log_det(flat.reshape(1, 1, 3, 3), y[row : row + 1])[0][0], v[row].reshape(-1))
-        expected = (torch.distributions.Normal(0.0, 1.0).log_prob(z[row]).sum()
-                    + torch.linalg.slogdet(jacobian)[1])
+            lambda flat, row=row: model.latent_and_log_det(flat.reshape(1, 1, 3, 3), y[row : row + 1])[0][0],
+            v[row].reshape(-1),
+        )
+        expected = torch.distributions.Normal(0.0, 1.0).log_prob(z[row]).sum() + torch.linalg.slogdet(jacobian)[1]
         assert model.log_density(v[row : row + 1], y[row : row + 1]).item() == pytest.approx(expected.item(), abs=1e-9)
     assert torch.allclose(model.generate(y, z), v, atol=1e-12)
 
@@ -84,8 +87,11 @@ def test_log_likelihood_at_initialisation_is_the_logit_space_standard_normal():
     v = (x.double() + 0.25) / 256.0
     s = 0.05 + 0.9 * v
     w = torch.log(s / (1 - s))
-    expected = (torch.distributions.Normal(0.0, 1.0).log_prob(w).sum() + torch.log(0.9 / (s * (1 - s))).sum()
-                - 9 * math.log(256.0))
+    expected = (
+        torch.distributions.Normal(0.0, 1.0).log_prob(w).sum()
+        + torch.log(0.9 / (s * (1 - s))).sum()
+        - 9 * math.log(256.0)
+    )
     for y in (torch.zeros(1, 1, 3, 3), torch.rand(1, 1, 3, 3)):
         assert model.log_likelihood(x, y, noise=noise).item() == pytest.approx(expected.item(), abs=1e-3)
     assert model.log_likelihood(x.float() / 255, y, noise=noise).item() == pytest.approx(expected.item(), abs=1e-3)
@@ -106,12 +112,19 @@ def test_mixture_density_is_sklearns_and_the_mixture_plus_flow_density_is_exact(
 
     # mixture + flow: log sum_k pi_k p_flow(v | mu_k), the flow evaluated once per component by hand
     randomise(model.flow, std=0.05)
-    by_hand = torch.stack([
-        model.mixture.log_weights[k].float()
-        + model.log_likelihood(images[200:], model.mixture.means[k].float().reshape(1, 1, 8, 8).expand(100, -1, -1, -1),
-                               noise=noise) for k in range(3)], dim=1)
-    assert torch.allclose(model.mixture_log_likelihood(images[200:], noise=noise).float(),
-                          torch.logsumexp(by_hand, dim=1), atol=1e-3)
+    by_hand = torch.stack(
+        [
+            model.mixture.log_weights[k].float()
+            + model.log_likelihood(
+                images[200:], model.mixture.means[k].float().reshape(1, 1, 8, 8).expand(100, -1, -1, -1), noise=noise
+            )
+            for k in range(3)
+        ],
+        dim=1,
+    )
+    assert torch.allclose(
+        model.mixture_log_likelihood(images[200:], noise=noise).float(), torch.logsumexp(by_hand, dim=1), atol=1e-3
+    )
 
     # the paired y: a component mean ("mean") or a draw around it ("sample"), shaped like x
     y = model.mixture_condition(images[:5], "mean", torch.Generator().manual_seed(0))
@@ -125,8 +138,9 @@ def test_training_raises_the_likelihood_and_the_model_file_round_trips(tmp_path)
     from sklearn.datasets import load_digits
 
     images = torch.from_numpy(np.rint(load_digits().images[:256] * 255 / 16).astype(np.uint8))[:, None]
-    model = registry.build("stage_two", "msflow", image_channels=1, image_size=8, coupling_layers=2, hidden_units=32,
-                           mixture_components=2)
+    model = registry.build(
+        "stage_two", "msflow", image_channels=1, image_size=8, coupling_layers=2, hidden_units=32, mixture_components=2
+    )
     model.fit_mixture(images)
     generator = torch.Generator().manual_seed(0)
     y = model.mixture_condition(images, "mean", generator)
@@ -154,8 +168,10 @@ def test_training_raises_the_likelihood_and_the_model_file_round_trips(tmp_path)
 
     save_model(tmp_path / "model.pt", "stage_two", "msflow", model)
     loaded, _ = load_model(tmp_path / "model.pt", "stage_two")
-    assert torch.allclose(loaded.mixture_log_likelihood(images[:8], noise=noise[:8]),
-                          model.mixture_log_likelihood(images[:8], noise=noise[:8]))
+    assert torch.allclose(
+        loaded.mixture_log_likelihood(images[:8], noise=noise[:8]),
+        model.mixture_log_likelihood(images[:8], noise=noise[:8]),
+    )
 
 
 def test_config_errors_name_the_option():

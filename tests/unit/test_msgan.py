@@ -18,8 +18,14 @@ from multistage.train import LoopConfig, train
 
 torch.set_num_threads(1)
 
-TINY = {"image_channels": 1, "image_size": 32, "residual_dim": 3, "base_channels": 8, "adain_hidden": 8,
-        "discriminator_channels": 8}
+TINY = {
+    "image_channels": 1,
+    "image_size": 32,
+    "residual_dim": 3,
+    "base_channels": 8,
+    "adain_hidden": 8,
+    "discriminator_channels": 8,
+}
 
 
 def tiny_gan(seed: int = 0, **options) -> MSGAN:
@@ -72,6 +78,7 @@ def test_z_reaches_the_generator_only_through_adain():
                 if fixed[adain] is None:
                     fixed[adain] = originals[adain](z)
                 return fixed[adain]
+
             return modulation
 
         for adain in adains:
@@ -116,8 +123,7 @@ def test_adversarial_steps_move_both_players_as_expected(loss):
         with torch.no_grad():
             fake = model.generate(y, z)
             real_logits, fake_logits = model.discriminator(x, y), model.discriminator(fake, y)
-            return (generator_loss(fake_logits, loss).item(),
-                    discriminator_loss(real_logits, fake_logits, loss).item())
+            return (generator_loss(fake_logits, loss).item(), discriminator_loss(real_logits, fake_logits, loss).item())
 
     g_start, d_start = losses()
     optimiser = torch.optim.Adam(model.optimised_parameters(), lr=2e-3, betas=(0.5, 0.999))
@@ -159,8 +165,17 @@ def test_resume_round_trips_the_discriminator_and_its_optimiser(tmp_path):
         optimiser = torch.optim.Adam(model.optimised_parameters(), lr=1e-3)
         config = LoopConfig(steps=steps, batch_size=8, seed=0, checkpoint_every=2, log_every=2)
         step_fn = lambda batch, step: model.objective(x[np.sort(batch)], y[np.sort(batch)], step)  # noqa: E731
-        result = train(model, optimiser, step_fn, len(x), config, path, "fingerprint", show_progress=False,
-                       extra_modules=model.auxiliary_state())
+        result = train(
+            model,
+            optimiser,
+            step_fn,
+            len(x),
+            config,
+            path,
+            "fingerprint",
+            show_progress=False,
+            extra_modules=model.auxiliary_state(),
+        )
         return model, result
 
     straight, _ = run(tmp_path / "a.pt", 4, seed=0)
@@ -187,4 +202,5 @@ def test_no_encoder_and_config_errors():
     with pytest.raises(ConfigError, match="discriminator_learning_rate"):
         MSGANConfig(discriminator_learning_rate=0.0)
     assert MSGAN(MSGANConfig(image_size=64, discriminator_channels=4)).discriminator(
-        torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)).shape == (1,)
+        torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    ).shape == (1,)

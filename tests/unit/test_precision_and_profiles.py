@@ -22,8 +22,15 @@ CPU = torch.device("cpu")
 def small_model(seed: int = 0):
     torch.manual_seed(seed)
     model_class, config_class = STAGE_ONE["betatcvae"]
-    config = config_class(image_channels=1, image_size=32, latent_dim=4, dataset_size=1000,
-                          architecture="conv32", estimator="stratified", warmup_steps=0)
+    config = config_class(
+        image_channels=1,
+        image_size=32,
+        latent_dim=4,
+        dataset_size=1000,
+        architecture="conv32",
+        estimator="stratified",
+        warmup_steps=0,
+    )
     return model_class(config)
 
 

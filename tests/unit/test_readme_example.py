@@ -35,7 +35,9 @@ def test_the_readme_python_example_runs_and_prints_the_mig(tmp_path, monkeypatch
         exec(compile(code, str(README) + " (Python API)", "exec"), {"__name__": "readme_example"})
 
     scores = eval(printed.getvalue().strip().splitlines()[-1], {"nan": math.nan})
-    assert {"mig.histogram20", "mig.histogram20.no_shape", "mig.histogram20.shape", "mig.histogram20.posX"} <= set(scores)
+    assert {"mig.histogram20", "mig.histogram20.no_shape", "mig.histogram20.shape", "mig.histogram20.posX"} <= set(
+        scores
+    )
     assert 0.0 <= scores["mig.histogram20"] <= 1.0
     assert (tmp_path / "example" / "data" / "meta.json").exists()
     assert (tmp_path / "example" / "model.pt").exists()  # the training loop's checkpoint

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 from multistage.models import build
 from multistage.models.registry import STAGE_ONE
-from multistage.models.stage_one import ConfigError, FactorVAE, JointVAE
-from multistage.models.stage_one.base import gaussian_kl_per_unit, gaussian_log_density
+from multistage.models.stage_one import ConfigError, FactorVAE
 from multistage.models.stage_one.dipvae import dip_covariance, dip_penalty, third_moment_norm
 from multistage.models.stage_one.jointvae import discrete_kl_uniform
 from multistage.models.stage_two.pairing import make_pairs
@@ -25,8 +24,11 @@ torch.set_num_threads(1)
 
 MODELS = sorted(STAGE_ONE)
 SMALL = {"image_channels": 1, "image_size": 32, "latent_dim": 3}
-EXTRA = {"betatcvae": {"dataset_size": 1000}, "jointvae": {"discrete_dims": (4, 3)},
-         "factorvae": {"discriminator_hidden": 16, "discriminator_layers": 3}}
+EXTRA = {
+    "betatcvae": {"dataset_size": 1000},
+    "jointvae": {"discrete_dims": (4, 3)},
+    "factorvae": {"discriminator_hidden": 16, "discriminator_layers": 3},
+}
 
 
 def small_model(name: str, **options):
@@ -117,8 +119,13 @@ def independent_elbo(model, x: torch.Tensor, seed: int, monte_carlo_kl: bool = F
         normal = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
         kl = (normal.log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)).sum(1).mean()
     else:
-        kl = torch.distributions.kl_divergence(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)),
-                                               torch.distributions.Normal(0.0, 1.0)).sum(1).mean()
+        kl = (
+            torch.distributions.kl_divergence(
+                torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), torch.distributions.Normal(0.0, 1.0)
+            )
+            .sum(1)
+            .mean()
+        )
     if "logits" in posterior:
         for block in posterior["logits"].split(list(model.discrete_dims), dim=1):
             size = block.shape[1]
@@ -155,14 +162,14 @@ def test_weights_schedules_and_capacity_away_from_the_neutral_point():
         assert logs["capacity"] == pytest.approx(capacity)
         assert logs["loss"] == pytest.approx(logs["recon"] + 100.0 * abs(logs["kl"] - capacity), rel=1e-5)
 
-    joint = small_model("jointvae", capacity_c_max=100.0, capacity_c_steps=10, capacity_z_max=2.0,
-                        capacity_z_steps=4)
+    joint = small_model("jointvae", capacity_c_max=100.0, capacity_c_steps=10, capacity_z_max=2.0, capacity_z_steps=4)
     _, logs = joint.objective(x, step=None)
     assert logs["capacity_c"] == pytest.approx(math.log(4) + math.log(3))  # capped at sum log K
     assert logs["capacity_z"] == 2.0
     assert logs["kl_c"] == pytest.approx(logs["kl_discrete.0"] + logs["kl_discrete.1"], rel=1e-5)
     assert logs["loss"] == pytest.approx(
-        logs["recon"] + 30 * abs(logs["kl_z"] - 2.0) + 30 * abs(logs["kl_c"] - logs["capacity_c"]), rel=1e-5)
+        logs["recon"] + 30 * abs(logs["kl_z"] - 2.0) + 30 * abs(logs["kl_c"] - logs["capacity_c"]), rel=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------------ DIP-VAE
@@ -237,8 +244,12 @@ def test_factorvae_discriminator_tc_is_about_zero_for_independent_codes_and_larg
         z = torch.randn(256, 2, generator=generator)
         return torch.cat([z, z], dim=1)
 
-    options = {"latent_dim": 4, "discriminator_hidden": 64, "discriminator_layers": 3,
-               "discriminator_learning_rate": 1e-3}
+    options = {
+        "latent_dim": 4,
+        "discriminator_hidden": 64,
+        "discriminator_layers": 3,
+        "discriminator_learning_rate": 1e-3,
+    }
     assert abs(fit_discriminator(small_model("factorvae", **options), independent)) < 0.15
     assert fit_discriminator(small_model("factorvae", **options), duplicated) > 1.5
 
@@ -251,8 +262,17 @@ def test_factorvae_keeps_its_discriminator_out_of_the_vae_optimiser_and_in_the_c
         model = small_model("factorvae", architecture="mlp")
         optimiser = torch.optim.Adam(model.optimised_parameters(), lr=1e-3)
         loop = LoopConfig(steps=steps, batch_size=8, checkpoint_every=2, log_every=2)
-        train(model, optimiser, lambda batch, step: model.objective(x[np.sort(batch)], step), len(x), loop,
-              path, "fp", show_progress=False, extra_modules=model.auxiliary_state())
+        train(
+            model,
+            optimiser,
+            lambda batch, step: model.objective(x[np.sort(batch)], step),
+            len(x),
+            loop,
+            path,
+            "fp",
+            show_progress=False,
+            extra_modules=model.auxiliary_state(),
+        )
         return model
 
     model = small_model("factorvae")
@@ -302,8 +322,16 @@ def test_learned_gaussian_variance_converges_to_the_true_noise_variance(likeliho
     data = torch.randn(n, 1, generator=generator) @ loading + noise_std * torch.randn(n, length, generator=generator)
     data = data[:, None, :]
     torch.manual_seed(0)
-    model = build("stage_one", "betavae", image_channels=1, series_length=length, latent_dim=1, beta=1.0,
-                  likelihood=likelihood, gaussian_variance=0.2)
+    model = build(
+        "stage_one",
+        "betavae",
+        image_channels=1,
+        series_length=length,
+        latent_dim=1,
+        beta=1.0,
+        likelihood=likelihood,
+        gaussian_variance=0.2,
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(800):
         batch = data[torch.randint(0, n, (128,), generator=generator)]
@@ -324,8 +352,10 @@ def test_learned_gaussian_variance_converges_to_the_true_noise_variance(likeliho
 # ------------------------------------------------------------------------------------------ architectures, options
 
 
-@pytest.mark.parametrize("architecture, shape", [("mlp", (3, 32, 32)), ("mlp", (1, 64, 64)), ("conv64", (3, 64, 64)),
-                                                 ("series_mlp", (2, 50)), ("auto", (1, 100))])
+@pytest.mark.parametrize(
+    "architecture, shape",
+    [("mlp", (3, 32, 32)), ("mlp", (1, 64, 64)), ("conv64", (3, 64, 64)), ("series_mlp", (2, 50)), ("auto", (1, 100))],
+)
 def test_architectures_take_their_data(architecture, shape):
     options = {"image_channels": shape[0], "latent_dim": 2, "architecture": architecture}
     options |= {"series_length": shape[1]} if len(shape) == 2 else {"image_size": shape[1]}
@@ -350,12 +380,15 @@ def test_channels_last_gives_the_same_objective():
     torch.testing.assert_close(model.objective(x)[0], expected, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("options, field", [
-    ({"architecture": "conv64"}, "architecture"),
-    ({"gaussian_variance": 0.1}, "gaussian_variance"),
-    ({"likelihood": "poisson"}, "likelihood"),
-    ({"beta": -1.0}, "beta"),
-])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"architecture": "conv64"}, "architecture"),
+        ({"gaussian_variance": 0.1}, "gaussian_variance"),
+        ({"likelihood": "poisson"}, "likelihood"),
+        ({"beta": -1.0}, "beta"),
+    ],
+)
 def test_bad_options_name_their_field(options, field):
     with pytest.raises(ConfigError) as error:
         build("stage_one", "betavae", **(SMALL | options))
@@ -387,5 +420,7 @@ def test_stage_params_validate_every_model_section():
     with pytest.raises(ParamsError, match=r"'stage_one.gaussian_variance': is used by the Gaussian"):
         check_model_options(bad)
     with pytest.raises(ParamsError, match=r"'stage_one.architecture.*needs \(32, 32\) images"):
-        check_model_options(validate_section(StageOneParams, {"architecture": "conv32"}, "stage_one"),
-                            {"image_channels": 1, "image_size": 64, "dataset_size": 100})
+        check_model_options(
+            validate_section(StageOneParams, {"architecture": "conv32"}, "stage_one"),
+            {"image_channels": 1, "image_size": 64, "dataset_size": 100},
+        )

@@ -60,9 +60,10 @@ def test_every_variant_keeps_the_interface(name):
         assert images.shape == (n, *SHAPE) and images.min() >= 0 and images.max() <= 1
     torch.testing.assert_close(model.reconstruct(x, cond), model.generate(cond, z))
     generator = torch.Generator().manual_seed(3)
-    torch.testing.assert_close(model.sample(cond, n=n, generator=generator),
-                               model.generate(cond, torch.randn(n, model.latent_dim,
-                                                                generator=torch.Generator().manual_seed(3))))
+    torch.testing.assert_close(
+        model.sample(cond, n=n, generator=generator),
+        model.generate(cond, torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(3))),
+    )
     if model.conditioning == "none":
         assert model.latent_dim == CODE + RESIDUAL and model.code(x).shape[0] == n
     else:
@@ -97,8 +98,9 @@ def test_end_to_end_loss_is_recon_plus_penalty_on_c_plus_kl_on_z():
     c, z = latent[:, :CODE], latent[:, CODE:]
     y = torch.sigmoid(model.code_decoder(c))
     recon = F.binary_cross_entropy_with_logits(model.adain_decoder(y, z), x, reduction="sum") / len(x)
-    kl_c = (gaussian_log_density(c, mu[:, :CODE], logvar[:, :CODE]).sum(1)
-            - gaussian_log_density(c, 0 * c, 0 * c).sum(1)).mean()
+    kl_c = (
+        gaussian_log_density(c, mu[:, :CODE], logvar[:, :CODE]).sum(1) - gaussian_log_density(c, 0 * c, 0 * c).sum(1)
+    ).mean()
     kl_z = gaussian_kl_per_unit(mu[:, CODE:], logvar[:, CODE:]).sum(1).mean()
     assert float(loss.detach()) == pytest.approx(float((recon + kl_c + kl_z).detach()), rel=1e-5)
     assert logs["kl_z"] == pytest.approx(float(kl_z.detach()), rel=1e-5)
@@ -121,8 +123,11 @@ def test_bigvae_at_beta_one_is_the_plain_elbo():
 def test_betatcvae_l_is_the_stage_one_model_with_c_plus_z_latents():
     model = tiny("betatcvae_l", beta=6.0, warmup_steps=3)
     assert isinstance(model.vae, BetaTCVAE) and model.vae.config.latent_dim == CODE + RESIDUAL
-    reference = BetaTCVAE(BetaTCVAEConfig(image_channels=3, image_size=32, latent_dim=CODE + RESIDUAL, beta=6.0,
-                                          warmup_steps=3, dataset_size=64))
+    reference = BetaTCVAE(
+        BetaTCVAEConfig(
+            image_channels=3, image_size=32, latent_dim=CODE + RESIDUAL, beta=6.0, warmup_steps=3, dataset_size=64
+        )
+    )
     reference.load_state_dict(model.vae.state_dict())
     x = torch.rand(8, *SHAPE)
     torch.manual_seed(4)
@@ -148,11 +153,14 @@ def test_big_vae_count_formula_and_the_match_to_ms_vae():
     stage_one = BetaTCVAE(BetaTCVAEConfig(image_channels=3, image_size=64, latent_dim=10, dataset_size=100))
     msvae = build("stage_two", "msvae", image_channels=3, image_size=64, residual_dim=5)
     target = parameter_count(stage_one) + parameter_count(msvae)
-    big = build("stage_two", "bigvae", image_channels=3, image_size=64, code_dim=10, residual_dim=5,
-                target_parameters=target)
+    big = build(
+        "stage_two", "bigvae", image_channels=3, image_size=64, code_dim=10, residual_dim=5, target_parameters=target
+    )
     assert abs(parameter_count(big) - target) <= 0.005 * target  # the stated tolerance: 0.5%
-    assert big.config.base_channels > 32 and (big.config.base_channels, big.config.hidden_units) == \
-        match_parameter_count(3, 64, 15, target)
+    assert big.config.base_channels > 32 and (
+        big.config.base_channels,
+        big.config.hidden_units,
+    ) == match_parameter_count(3, 64, 15, target)
     rebuilt = build("stage_two", "bigvae", **{k: getattr(big.config, k) for k in big.config.__dataclass_fields__})
     assert parameter_count(rebuilt) == parameter_count(big)  # the saved config rebuilds the same network
 
@@ -181,8 +189,10 @@ def test_adain_keeps_z_out_of_the_code_path_and_concat_puts_it_in():
 def test_z_first_trains_z_then_c_with_z_frozen():
     model = tiny("z_first", z_steps=2, **NEUTRAL)
     x = torch.rand(8, *SHAPE)
-    groups = {"residual": list(model.residual_encoder.parameters()) + list(model.residual_decoder.parameters()),
-              "code": list(model.code_encoder.parameters()) + list(model.decoder.parameters())}
+    groups = {
+        "residual": list(model.residual_encoder.parameters()) + list(model.residual_decoder.parameters()),
+        "code": list(model.code_encoder.parameters()) + list(model.decoder.parameters()),
+    }
 
     def touched(step: int) -> dict[str, bool]:
         model.zero_grad(set_to_none=True)
@@ -202,12 +212,18 @@ def test_stage_params_sub_sections_and_values_from_stage_one():
     from stages.common import ParamsError, validate_section
     from stages.train_stage_two import StageTwoParams, build_variant, model_options
 
-    raw = {"variants": ["msvae", "bigvae", "z_first"], "residual_dim": 2, "steps": 4,
-           "msvae": {"base_channels": 8}, "z_first": {"z_steps": 3, "beta": 9.0, "learning_rate": 0.01}}
+    raw = {
+        "variants": ["msvae", "bigvae", "z_first"],
+        "residual_dim": 2,
+        "steps": 4,
+        "msvae": {"base_channels": 8},
+        "z_first": {"z_steps": 3, "beta": 9.0, "learning_rate": 0.01},
+    }
     params = validate_section(StageTwoParams, raw, "stage_two")
     assert params.training("z_first")["learning_rate"] == 0.01 and params.training("msvae")["learning_rate"] == 1e-3
-    stage_one = BetaTCVAE(BetaTCVAEConfig(image_channels=3, image_size=32, latent_dim=CODE, beta=6.0, alpha=0.5,
-                                          dataset_size=64))
+    stage_one = BetaTCVAE(
+        BetaTCVAEConfig(image_channels=3, image_size=32, latent_dim=CODE, beta=6.0, alpha=0.5, dataset_size=64)
+    )
     options = model_options(params, "z_first", SHAPE, stage_one, dataset_size=64)
     assert options["code_dim"] == CODE and options["alpha"] == 0.5  # from stage one
     assert options["beta"] == 9.0 and options["z_steps"] == 3 and options["dataset_size"] == 64  # its own
@@ -215,9 +231,11 @@ def test_stage_params_sub_sections_and_values_from_stage_one():
     msvae = build_variant(params, "msvae", SHAPE)
     target = parameter_count(stage_one) + parameter_count(msvae)
     assert big.config.target_parameters == target and abs(parameter_count(big) - target) <= 0.01 * target
-    for bad, key in (({"concat": {"injection": "adain"}}, "unknown key 'stage_two.concat.injection'"),
-                     ({"variants": ["msvae", "gan"]}, "stage_two.variants.1"),
-                     ({"variants": ["msvae", "msvae"]}, "each variant at most once")):
+    for bad, key in (
+        ({"concat": {"injection": "adain"}}, "unknown key 'stage_two.concat.injection'"),
+        ({"variants": ["msvae", "gan"]}, "stage_two.variants.1"),
+        ({"variants": ["msvae", "msvae"]}, "each variant at most once"),
+    ):
         with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
             validate_section(StageTwoParams, raw | bad, "stage_two")
     negative = validate_section(StageTwoParams, raw | {"z_first": {"z_steps": -1}}, "stage_two")

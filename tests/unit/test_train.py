@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from multistage.train import (CheckpointError, LoopConfig, NonFiniteLossError, batch_indices, linear_warmup,
-                              load_checkpoint, train)
+from multistage.train import (
+    CheckpointError,
+    LoopConfig,
+    NonFiniteLossError,
+    batch_indices,
+    linear_warmup,
+    load_checkpoint,
+    train,
+)
 
 
 def test_linear_warmup():
@@ -50,8 +57,16 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
 
     # the same run, stopped after 20 steps (as a kill after the step-20 checkpoint would), then resumed
     model_b, optimizer_b, step_fn_b = _problem()
-    train(model_b, optimizer_b, step_fn_b, 64, LoopConfig(**{**config.__dict__, "steps": 20}), tmp_path / "b.pt",
-          "f", show_progress=False)
+    train(
+        model_b,
+        optimizer_b,
+        step_fn_b,
+        64,
+        LoopConfig(**{**config.__dict__, "steps": 20}),
+        tmp_path / "b.pt",
+        "f",
+        show_progress=False,
+    )
     state = torch.load(tmp_path / "b.pt", weights_only=True)
     state["step"] = 20  # the step-20 checkpoint of a 30-step run
     torch.save(state, tmp_path / "b.pt")

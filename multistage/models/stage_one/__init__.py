@@ -12,7 +12,20 @@ from multistage.models.stage_one.factorvae import FactorVAE, FactorVAEConfig
 from multistage.models.stage_one.jointvae import JointVAE, JointVAEConfig
 
 __all__ = [
-    "AnnealedVAE", "AnnealedVAEConfig", "BetaTCVAE", "BetaTCVAEConfig", "BetaVAE", "BetaVAEConfig", "ConfigError",
-    "DIPVAE", "DIPVAEConfig", "FactorVAE", "FactorVAEConfig", "GaussianVAE", "JointVAE", "JointVAEConfig",
-    "StageOneConfig", "StageOneModel",
+    "AnnealedVAE",
+    "AnnealedVAEConfig",
+    "BetaTCVAE",
+    "BetaTCVAEConfig",
+    "BetaVAE",
+    "BetaVAEConfig",
+    "ConfigError",
+    "DIPVAE",
+    "DIPVAEConfig",
+    "FactorVAE",
+    "FactorVAEConfig",
+    "GaussianVAE",
+    "JointVAE",
+    "JointVAEConfig",
+    "StageOneConfig",
+    "StageOneModel",
 ]

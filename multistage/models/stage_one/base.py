@@ -14,8 +14,9 @@ that must survive a resume comes from ``auxiliary_state()``; the optimiser is bu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -113,12 +114,16 @@ class StageOneConfig:
         except ValueError as error:
             raise ConfigError("architecture", str(error)) from None
         if self.likelihood not in LIKELIHOODS:
-            raise ConfigError("likelihood", f"unknown likelihood {self.likelihood!r}; allowed: "
-                              f"{', '.join(LIKELIHOODS)}")
+            raise ConfigError(
+                "likelihood", f"unknown likelihood {self.likelihood!r}; allowed: {', '.join(LIKELIHOODS)}"
+            )
         if self.gaussian_variance is not None:
             if self.likelihood == "bernoulli":
-                raise ConfigError("gaussian_variance", "is used by the Gaussian likelihoods only, and the "
-                                  "likelihood is 'bernoulli'; remove it or choose a Gaussian likelihood")
+                raise ConfigError(
+                    "gaussian_variance",
+                    "is used by the Gaussian likelihoods only, and the "
+                    "likelihood is 'bernoulli'; remove it or choose a Gaussian likelihood",
+                )
             if not self.gaussian_variance > 0:
                 raise ConfigError("gaussian_variance", f"must be > 0, got {self.gaussian_variance}")
 
@@ -159,8 +164,9 @@ class StageOneModel(nn.Module):
     def posterior(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def code_from_uniforms(self, posterior: dict[str, torch.Tensor], uniforms: torch.Tensor,
-                           relaxed: bool = False) -> torch.Tensor:
+    def code_from_uniforms(
+        self, posterior: dict[str, torch.Tensor], uniforms: torch.Tensor, relaxed: bool = False
+    ) -> torch.Tensor:
         """A code c ~ q(c|x) from uniforms (N, noise_width); ``relaxed`` gives the differentiable training sample
         (differs from the exact sample only for discrete codes: Gumbel-softmax instead of Gumbel-max)."""
         raise NotImplementedError
@@ -188,8 +194,12 @@ class StageOneModel(nn.Module):
         """c ~ q(c|x), (N, code_dim); the noise comes from ``generator`` (torch's default one when None)."""
         posterior = self.posterior(x)
         first = next(iter(posterior.values()))
-        uniforms = torch.rand(first.shape[0], self.noise_width, generator=generator,
-                              device=generator.device if generator is not None else first.device)
+        uniforms = torch.rand(
+            first.shape[0],
+            self.noise_width,
+            generator=generator,
+            device=generator.device if generator is not None else first.device,
+        )
         return self.code_from_uniforms(posterior, uniforms.to(first.device))
 
     @torch.no_grad()
@@ -286,8 +296,9 @@ class GaussianVAE(StageOneModel):
         mu, logvar = self.encode(x)
         return {"mu": mu, "logvar": logvar}
 
-    def code_from_uniforms(self, posterior: dict[str, torch.Tensor], uniforms: torch.Tensor,
-                           relaxed: bool = False) -> torch.Tensor:
+    def code_from_uniforms(
+        self, posterior: dict[str, torch.Tensor], uniforms: torch.Tensor, relaxed: bool = False
+    ) -> torch.Tensor:
         return gaussian_from_uniforms(posterior["mu"], posterior["logvar"], uniforms)
 
     def representation_from_posterior(self, posterior: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -314,17 +325,22 @@ class GaussianVAE(StageOneModel):
         penalty, terms = self.regulariser(batch, step)
         loss = recon + penalty
         return loss, collect_logs(
-            {"loss": loss, "recon": recon, "kl": kl_per_unit.sum()} | terms | self.likelihood.logs(),
-            kl_per_unit)
+            {"loss": loss, "recon": recon, "kl": kl_per_unit.sum()} | terms | self.likelihood.logs(), kl_per_unit
+        )
 
 
-def collect_logs(terms: dict[str, torch.Tensor | float], kl_per_unit: torch.Tensor | None = None,
-                 unit_prefix: str = "kl_unit") -> dict[str, float]:
+def collect_logs(
+    terms: dict[str, torch.Tensor | float], kl_per_unit: torch.Tensor | None = None, unit_prefix: str = "kl_unit"
+) -> dict[str, float]:
     """Flat dict of floats from scalar tensors / floats (one device sync for all of them), plus
     ``<unit_prefix>.<j>`` for each entry of ``kl_per_unit``."""
     names = list(terms)
-    values = [torch.as_tensor(v, dtype=torch.float32).detach().reshape(()).cpu() if not isinstance(v, torch.Tensor)
-              else v.detach().float().reshape(()) for v in terms.values()]
+    values = [
+        torch.as_tensor(v, dtype=torch.float32).detach().reshape(()).cpu()
+        if not isinstance(v, torch.Tensor)
+        else v.detach().float().reshape(())
+        for v in terms.values()
+    ]
     device = next((v.device for v in values if v.device.type != "cpu"), torch.device("cpu"))
     stacked = torch.stack([v.to(device) for v in values])
     if kl_per_unit is not None:

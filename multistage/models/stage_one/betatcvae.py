@@ -30,9 +30,18 @@ from multistage.models.stage_one.base import (
     linear_schedule,
 )
 
-__all__ = ["BetaTCVAE", "BetaTCVAEConfig", "as_unit_float", "estimate_log_qz", "gaussian_kl_per_unit",
-           "gaussian_log_density", "log_importance_weights", "log_qz_stratified", "log_qz_weighted",
-           "tc_decomposition"]
+__all__ = [
+    "BetaTCVAE",
+    "BetaTCVAEConfig",
+    "as_unit_float",
+    "estimate_log_qz",
+    "gaussian_kl_per_unit",
+    "gaussian_log_density",
+    "log_importance_weights",
+    "log_qz_stratified",
+    "log_qz_weighted",
+    "tc_decomposition",
+]
 
 ESTIMATORS = ("stratified", "weighted")
 
@@ -65,9 +74,7 @@ def log_importance_weights(
     if M < 1:
         raise ValueError("the batch must hold at least one code")
     if N < M:
-        raise ValueError(
-            f"dataset_size ({N}) must be the number of training images, at least the batch size ({M})"
-        )
+        raise ValueError(f"dataset_size ({N}) must be the number of training images, at least the batch size ({M})")
     if estimator == "weighted":
         return torch.full((M, M), -math.log(N * M), dtype=dtype, device=device)
     if M < 2:

@@ -58,8 +58,7 @@ class AnnealedVAEConfig(StageOneConfig):
         super().validate()
         check_at_least(self, 0, "gamma", "capacity_min", "capacity_steps")
         if self.capacity_max < self.capacity_min:
-            raise ConfigError("capacity_max", f"must be >= capacity_min ({self.capacity_min}), got "
-                              f"{self.capacity_max}")
+            raise ConfigError("capacity_max", f"must be >= capacity_min ({self.capacity_min}), got {self.capacity_max}")
 
 
 def annealed_capacity_penalty(kl: torch.Tensor, capacity: float, gamma: float) -> torch.Tensor:

@@ -41,8 +41,9 @@ def dip_covariance(mu: torch.Tensor, logvar: torch.Tensor, variant: str) -> torc
     return covariance
 
 
-def dip_penalty(covariance: torch.Tensor, lambda_od: float, lambda_d: float) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                        torch.Tensor]:
+def dip_penalty(
+    covariance: torch.Tensor, lambda_od: float, lambda_d: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(penalty, off-diagonal sum of squares, diagonal sum of (Cov_ii - 1)^2) of eq. 6/7; 0 exactly at Cov = I."""
     diagonal = torch.diagonal(covariance)
     off_diagonal = (covariance**2).sum() - (diagonal**2).sum()

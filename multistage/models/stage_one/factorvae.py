@@ -8,8 +8,8 @@ leaves it out of the VAE's optimiser. Neutral point: gamma = 0. Details: docs/st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +67,9 @@ class FactorVAEConfig(StageOneConfig):
         check_at_least(self, 1, "discriminator_hidden")
         check_at_least(self, 2, "discriminator_layers")
         if not 0 < self.discriminator_learning_rate <= 1:
-            raise ConfigError("discriminator_learning_rate", f"must be in (0, 1], got "
-                              f"{self.discriminator_learning_rate}")
+            raise ConfigError(
+                "discriminator_learning_rate", f"must be in (0, 1], got {self.discriminator_learning_rate}"
+            )
 
 
 class FactorVAE(GaussianVAE):
@@ -81,8 +82,9 @@ class FactorVAE(GaussianVAE):
         super().__init__(config or FactorVAEConfig())
         c = self.config
         self.discriminator = Discriminator(c.latent_dim, c.discriminator_hidden, c.discriminator_layers)
-        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(),
-                                                        lr=c.discriminator_learning_rate, betas=(0.5, 0.9))
+        self.discriminator_optimizer = torch.optim.Adam(
+            self.discriminator.parameters(), lr=c.discriminator_learning_rate, betas=(0.5, 0.9)
+        )
 
     def optimised_parameters(self) -> Iterator[nn.Parameter]:
         discriminator = {id(p) for p in self.discriminator.parameters()}
@@ -97,8 +99,12 @@ class FactorVAE(GaussianVAE):
         z = z.detach()
         permuted = permute_dimensions(z)
         logits = self.discriminator(torch.cat([z, permuted]))
-        labels = torch.cat([torch.zeros(len(z), dtype=torch.long, device=z.device),
-                            torch.ones(len(z), dtype=torch.long, device=z.device)])
+        labels = torch.cat(
+            [
+                torch.zeros(len(z), dtype=torch.long, device=z.device),
+                torch.ones(len(z), dtype=torch.long, device=z.device),
+            ]
+        )
         loss = F.cross_entropy(logits, labels)
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         loss.backward()

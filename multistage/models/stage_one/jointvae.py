@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from multistage.models.stage_one.base import (
+    UNIFORM_EPSILON,
     ConfigError,
     EncodedBatch,
     GaussianVAE,
     StageOneConfig,
-    UNIFORM_EPSILON,
     as_unit_float,
     check_at_least,
     gaussian_from_uniforms,
@@ -69,12 +69,15 @@ class JointVAEConfig(StageOneConfig):
         super().validate()
         self.discrete_dims = tuple(int(k) for k in self.discrete_dims)
         if not self.discrete_dims or min(self.discrete_dims) < 2:
-            raise ConfigError("discrete_dims", f"must list at least one discrete code, each with >= 2 values, "
-                              f"got {list(self.discrete_dims)}")
+            raise ConfigError(
+                "discrete_dims",
+                f"must list at least one discrete code, each with >= 2 values, got {list(self.discrete_dims)}",
+            )
         if not self.temperature > 0:
             raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
-        check_at_least(self, 0, "gamma_z", "gamma_c", "capacity_z_max", "capacity_z_steps", "capacity_c_max",
-                       "capacity_c_steps")
+        check_at_least(
+            self, 0, "gamma_z", "gamma_c", "capacity_z_max", "capacity_z_steps", "capacity_c_max", "capacity_c_steps"
+        )
 
     @property
     def max_discrete_capacity(self) -> float:
@@ -116,8 +119,11 @@ class JointVAE(GaussianVAE):
         """mu, logvar (N, latent_dim) and the unnormalised log-probabilities ``logits`` (N, sum K_i)."""
         features = self.encoder(as_unit_float(x))
         latent = self.latent_dim
-        return {"mu": features[:, :latent], "logvar": features[:, latent : 2 * latent],
-                "logits": features[:, 2 * latent :]}
+        return {
+            "mu": features[:, :latent],
+            "logvar": features[:, latent : 2 * latent],
+            "logits": features[:, 2 * latent :],
+        }
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         posterior = self.posterior(x)
@@ -127,26 +133,32 @@ class JointVAE(GaussianVAE):
         """alpha_i = q(c_i|x), one (N, K_i) tensor per discrete code."""
         return [F.softmax(block, dim=-1) for block in self.posterior(x)["logits"].split(self.discrete_dims, 1)]
 
-    def code_from_uniforms(self, posterior: dict[str, torch.Tensor], uniforms: torch.Tensor,
-                           relaxed: bool = False) -> torch.Tensor:
+    def code_from_uniforms(
+        self, posterior: dict[str, torch.Tensor], uniforms: torch.Tensor, relaxed: bool = False
+    ) -> torch.Tensor:
         latent = self.latent_dim
         z = gaussian_from_uniforms(posterior["mu"], posterior["logvar"], uniforms[:, :latent])
         gumbel = gumbel_from_uniforms(uniforms[:, latent:].to(z.dtype))
         temperature = self.config.temperature if relaxed else None
-        blocks = [categorical_from_gumbel(logits, g, temperature) for logits, g in
-                  zip(posterior["logits"].split(self.discrete_dims, 1), gumbel.split(self.discrete_dims, 1))]
+        blocks = [
+            categorical_from_gumbel(logits, g, temperature)
+            for logits, g in zip(posterior["logits"].split(self.discrete_dims, 1), gumbel.split(self.discrete_dims, 1))
+        ]
         return torch.cat([z, *blocks], dim=1)
 
     def representation_from_posterior(self, posterior: dict[str, torch.Tensor]) -> torch.Tensor:
-        blocks = [F.one_hot(block.argmax(dim=-1), block.shape[-1]).to(block.dtype)
-                  for block in posterior["logits"].split(self.discrete_dims, 1)]
+        blocks = [
+            F.one_hot(block.argmax(dim=-1), block.shape[-1]).to(block.dtype)
+            for block in posterior["logits"].split(self.discrete_dims, 1)
+        ]
         return torch.cat([posterior["mu"], *blocks], dim=1)
 
     def regulariser(self, batch: EncodedBatch, step: int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
         kl_z = batch.kl_per_unit.sum()
-        kl_discrete = torch.stack([discrete_kl_uniform(block).mean()
-                                   for block in batch.posterior["logits"].split(self.discrete_dims, 1)])
+        kl_discrete = torch.stack(
+            [discrete_kl_uniform(block).mean() for block in batch.posterior["logits"].split(self.discrete_dims, 1)]
+        )
         kl_c = kl_discrete.sum()
         capacity_z = linear_schedule(step, 0.0, c.capacity_z_max, c.capacity_z_steps)
         capacity_c = min(linear_schedule(step, 0.0, c.capacity_c_max, c.capacity_c_steps), c.max_discrete_capacity)

@@ -45,8 +45,15 @@ class CodeDecoder(nn.Module):
     fully connected layers never see z) or concatenated to c at the input, with affine instance normalisation in
     the same places (``"concat"``)."""
 
-    def __init__(self, code_dim: int, residual_dim: int, image_channels: int, image_size: int,
-                 injection: str = "adain", adain_hidden: int = 64) -> None:
+    def __init__(
+        self,
+        code_dim: int,
+        residual_dim: int,
+        image_channels: int,
+        image_size: int,
+        injection: str = "adain",
+        adain_hidden: int = 64,
+    ) -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
@@ -55,8 +62,11 @@ class CodeDecoder(nn.Module):
         self.first_channels = ENCODER_CHANNELS[-1]
         inputs = code_dim + (residual_dim if injection == "concat" else 0)
         self.fully_connected = nn.Sequential(
-            nn.Linear(inputs, HIDDEN_FEATURES), nn.ReLU(inplace=True),
-            nn.Linear(HIDDEN_FEATURES, self.first_channels * self.spatial**2), nn.ReLU(inplace=True))
+            nn.Linear(inputs, HIDDEN_FEATURES),
+            nn.ReLU(inplace=True),
+            nn.Linear(HIDDEN_FEATURES, self.first_channels * self.spatial**2),
+            nn.ReLU(inplace=True),
+        )
         widths = (*reversed(ENCODER_CHANNELS[:-1]), image_channels)  # 64 -> 64 -> 32 -> 32 -> C
         previous = self.first_channels
         self.transposed_convolutions = nn.ModuleList()
@@ -64,8 +74,11 @@ class CodeDecoder(nn.Module):
         for index, width in enumerate(widths):
             self.transposed_convolutions.append(nn.ConvTranspose2d(previous, width, 4, stride=2, padding=1))
             if index < len(widths) - 1:
-                self.normalisations.append(AdaIN(width, residual_dim, hidden=adain_hidden) if injection == "adain"
-                                           else nn.InstanceNorm2d(width, affine=True))
+                self.normalisations.append(
+                    AdaIN(width, residual_dim, hidden=adain_hidden)
+                    if injection == "adain"
+                    else nn.InstanceNorm2d(width, affine=True)
+                )
             previous = width
 
     def forward(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -106,8 +119,9 @@ class CodeConditionedVAE(StageTwoModel):
         self.config = c = config or CodeConditionedConfig()
         self.image_encoder = ConvEncoder(c.image_channels, c.image_size, HIDDEN_FEATURES)
         self.residual_head = nn.Linear(HIDDEN_FEATURES + c.code_dim, 2 * c.residual_dim)
-        self.decoder = CodeDecoder(c.code_dim, c.residual_dim, c.image_channels, c.image_size, self.injection,
-                                   c.adain_hidden)
+        self.decoder = CodeDecoder(
+            c.code_dim, c.residual_dim, c.image_channels, c.image_size, self.injection, c.adain_hidden
+        )
 
     def residual_encoder(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar) of q(z|x, c)."""
@@ -185,8 +199,13 @@ class EndToEndVAE(CodeModel):
         penalty, terms = self.code_penalty(latent[:, :k], mu[:, :k], logvar[:, :k], step)
         kl_z = gaussian_kl_per_unit(mu[:, k:], logvar[:, k:]).mean(dim=0).sum()
         loss = recon + penalty + kl_z
-        logs = {"loss": loss, "recon": recon, "kl": terms["index_code_mi"] + terms["tc"] + terms["dim_kl"] + kl_z,
-                "kl_z": kl_z, **terms}
+        logs = {
+            "loss": loss,
+            "recon": recon,
+            "kl": terms["index_code_mi"] + terms["tc"] + terms["dim_kl"] + kl_z,
+            "kl_z": kl_z,
+            **terms,
+        }
         return loss, {name: float(torch.as_tensor(value).detach()) for name, value in logs.items()}
 
     @torch.no_grad()
@@ -242,8 +261,12 @@ class ZFirstVAE(CodeModel):
             penalty, terms = self.code_penalty(c, mu, logvar, step, start_step=self.config.z_steps)
             kl = terms["index_code_mi"] + terms["tc"] + terms["dim_kl"]
             loss, phase = recon + penalty, 2.0
-        return loss, {"loss": float(loss.detach()), "recon": float(recon.detach()), "kl": float(kl.detach()),
-                      "phase": phase}
+        return loss, {
+            "loss": float(loss.detach()),
+            "recon": float(recon.detach()),
+            "kl": float(kl.detach()),
+            "phase": phase,
+        }
 
     @torch.no_grad()
     def infer_residual(self, x: torch.Tensor, cond: None = None) -> torch.Tensor:

@@ -11,8 +11,9 @@ The contract in full: docs/stage-two.md, "The stage-two interface"; a worked exa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -80,8 +81,9 @@ class StageTwoModel(nn.Module):
         return self.residual_dim
 
     # ------------------------------------------------------------------------------------------------ training
-    def objective(self, x: torch.Tensor, cond: torch.Tensor | None,
-                  step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(
+        self, x: torch.Tensor, cond: torch.Tensor | None, step: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def optimised_parameters(self) -> Iterator[nn.Parameter]:
@@ -96,8 +98,9 @@ class StageTwoModel(nn.Module):
     def sample_residual(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z) = N(0, I), (n, latent_dim), on the model's device."""
         device = next(self.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator,
-                        device=generator.device if generator is not None else device)
+        z = torch.randn(
+            n, self.latent_dim, generator=generator, device=generator.device if generator is not None else device
+        )
         return z.to(device)
 
     def infer_residual(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -112,8 +115,9 @@ class StageTwoModel(nn.Module):
         return self.generate(cond, self.infer_residual(x, cond))
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor | None, n: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, cond: torch.Tensor | None, n: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """generate(cond, z) with z ~ p(z); ``n`` is needed only when ``cond`` is None."""
         if cond is None and n is None:
             raise ValueError("sample(None) needs the number of samples n")

@@ -61,11 +61,19 @@ class BetaTCVAELConfig(CodePenaltyConfig):
     def stage_one_config(self) -> BetaTCVAEConfig:
         try:
             return BetaTCVAEConfig(
-                image_channels=self.image_channels, image_size=self.image_size,
-                latent_dim=self.code_dim + self.residual_dim, architecture=self.architecture,
-                likelihood=self.likelihood, gaussian_variance=self.gaussian_variance, alpha=self.alpha,
-                beta=self.beta, gamma=self.gamma, estimator=self.estimator, warmup_steps=self.warmup_steps,
-                dataset_size=self.dataset_size)
+                image_channels=self.image_channels,
+                image_size=self.image_size,
+                latent_dim=self.code_dim + self.residual_dim,
+                architecture=self.architecture,
+                likelihood=self.likelihood,
+                gaussian_variance=self.gaussian_variance,
+                alpha=self.alpha,
+                beta=self.beta,
+                gamma=self.gamma,
+                estimator=self.estimator,
+                warmup_steps=self.warmup_steps,
+                dataset_size=self.dataset_size,
+            )
         except ConfigError as error:
             raise ConfigError(error.field, error.message) from None
 
@@ -78,7 +86,10 @@ class BetaTCVAEL(CodeModel):
     """beta-TCVAE-L (MS-VAE sec. 4): learns C and Z as one |C|+|Z|-unit beta-TCVAE code; conditioning "none"."""
 
     stage_one_options: ClassVar[tuple[str, ...]] = CodeModel.stage_one_options + (
-        "architecture", "likelihood", "gaussian_variance")
+        "architecture",
+        "likelihood",
+        "gaussian_variance",
+    )
     logged_terms: ClassVar[tuple[str, ...]] = ("recon", "tc")
 
     def __init__(self, config: BetaTCVAELConfig | None = None) -> None:
@@ -127,8 +138,9 @@ def big_vae_widths(base_channels: int) -> tuple[int, ...]:
     return (b, b, 2 * b, 2 * b)
 
 
-def big_vae_parameter_count(image_channels: int, image_size: int, latent_dim: int, base_channels: int,
-                            hidden_units: int) -> int:
+def big_vae_parameter_count(
+    image_channels: int, image_size: int, latent_dim: int, base_channels: int, hidden_units: int
+) -> int:
     """Parameters of :class:`BigVAE`'s encoder + decoder, counted from the layer shapes (a unit test checks it
     against the built network)."""
     b, h, c, L = int(base_channels), int(hidden_units), int(image_channels), int(latent_dim)
@@ -165,7 +177,8 @@ class BigVAE(StageTwoModel):
         if not c.base_channels or not c.hidden_units:
             if c.target_parameters:
                 c.base_channels, c.hidden_units = match_parameter_count(
-                    c.image_channels, c.image_size, self.latent_dim, c.target_parameters)
+                    c.image_channels, c.image_size, self.latent_dim, c.target_parameters
+                )
             else:
                 c.base_channels = c.base_channels or ENCODER_CHANNELS[0]
                 c.hidden_units = c.hidden_units or HIDDEN_FEATURES

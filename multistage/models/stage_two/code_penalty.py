@@ -44,8 +44,7 @@ class CodeModel(StageTwoModel):
     ``code(x)`` the units the model calls C (``code_units``)."""
 
     conditioning: ClassVar[str] = "none"
-    stage_one_options: ClassVar[tuple[str, ...]] = ("code_dim", "alpha", "beta", "gamma", "estimator",
-                                                    "warmup_steps")
+    stage_one_options: ClassVar[tuple[str, ...]] = ("code_dim", "alpha", "beta", "gamma", "estimator", "warmup_steps")
     config: CodePenaltyConfig
 
     @property
@@ -65,14 +64,17 @@ class CodeModel(StageTwoModel):
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return self.infer_residual(x, None)[:, self.code_units]
 
-    def code_penalty(self, c: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, step: int | None,
-                     start_step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    def code_penalty(
+        self, c: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, step: int | None, start_step: int = 0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """The weighted beta-TCVAE penalty on the code sample ``c`` ~ N(mu, exp(logvar)) (each (B, |C|)); the
         warm-up starts at ``start_step``. Returns (penalty, terms)."""
         config = self.config
         if config.dataset_size < len(c):
-            raise ValueError(f"{type(self).__name__}: dataset_size ({config.dataset_size}) must be set to the number "
-                             f"of training images (at least the batch size {len(c)}) before training")
+            raise ValueError(
+                f"{type(self).__name__}: dataset_size ({config.dataset_size}) must be set to the number "
+                f"of training images (at least the batch size {len(c)}) before training"
+            )
         weight = linear_schedule(None if step is None else step - start_step, 0.0, 1.0, config.warmup_steps)
         terms = tc_decomposition(c, mu, logvar, config.dataset_size, config.estimator)
         penalty = config.alpha * terms["index_code_mi"] + config.beta * terms["tc"] + config.gamma * terms["dim_kl"]

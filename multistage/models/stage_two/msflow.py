@@ -6,7 +6,8 @@ Every number is in one data-space convention: 8-bit images, uniform dequantisati
 flow maps v through a logit, a conditional elementwise affine layer (data-initialised) and K conditional
 couplings to z ~ N(0, I). ``GaussianMixtureStageOne`` is the diagonal mixture of appendix D; mixture + flow is
 p(v) = sum_k pi_k p_flow(v | y = mu_k), exact. In the pipeline MS-FLOW is a "y" variant on the paired set and
-the mixture stays empty. The convention, the flow and the mixture's choices: docs/stage-two.md, "The MS-FLOW model in detail".
+the mixture stays empty. The convention, the flow and the mixture's choices: docs/stage-two.md, "The MS-FLOW model
+in detail".
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ def quantised_levels(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.float().clamp(0.0, 1.0) * 255.0)
 
 
-def dequantise(x: torch.Tensor, noise: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def dequantise(
+    x: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """v = (round(255 x) + u) / 256, u ~ U[0, 1) (or the given ``noise``, same shape as x), float32."""
     levels = quantised_levels(x)
     if noise is None:
-        noise = torch.rand(levels.shape, generator=generator,
-                           device=generator.device if generator is not None else levels.device).to(levels.device)
+        noise = torch.rand(
+            levels.shape, generator=generator, device=generator.device if generator is not None else levels.device
+        ).to(levels.device)
     return (levels + noise.to(levels.dtype)) / 256.0
 
 
@@ -74,8 +77,9 @@ class GaussianMixtureStageOne(nn.Module):
         returns the fitted ``sklearn.mixture.GaussianMixture``."""
         from sklearn.mixture import GaussianMixture
 
-        mixture = GaussianMixture(self.components, covariance_type="diag", reg_covar=reg_covar, max_iter=max_iter,
-                                  random_state=seed)
+        mixture = GaussianMixture(
+            self.components, covariance_type="diag", reg_covar=reg_covar, max_iter=max_iter, random_state=seed
+        )
         mixture.fit(np.asarray(v, dtype=np.float64))
         device = self.means.device
         self.log_weights.copy_(torch.from_numpy(np.log(mixture.weights_)).to(device))
@@ -103,16 +107,21 @@ class GaussianMixtureStageOne(nn.Module):
         """k ~ q(k | v), (N,) long."""
         return torch.multinomial(self.responsibilities(v).float(), 1, generator=generator).squeeze(1)
 
-    def condition(self, components: torch.Tensor, mode: str = "mean",
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def condition(
+        self, components: torch.Tensor, mode: str = "mean", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """y for components k (N,): mu_k ("mean") or a draw of N(mu_k, diag(sigma_k^2)) ("sample"), (N, D) float32
         clamped to [0, 1] (appendix D.1)."""
         means = self.means[components]
         if mode == "mean":
             y = means
         elif mode == "sample":
-            noise = torch.randn(means.shape, generator=generator, dtype=torch.float64,
-                                device=generator.device if generator is not None else means.device)
+            noise = torch.randn(
+                means.shape,
+                generator=generator,
+                dtype=torch.float64,
+                device=generator.device if generator is not None else means.device,
+            )
             y = means + noise.to(means.device) * self.variances[components].sqrt()
         else:
             raise ValueError(f"mode must be 'mean' or 'sample', got {mode!r}")
@@ -128,8 +137,8 @@ class GaussianMixtureStageOne(nn.Module):
 class MSFlowConfig(StageTwoConfig):
     """MS-FLOW options. residual_dim: not a choice for a flow — |Z| is the data's dimension C H W (a flow keeps the
     dimension; ``MSFlow.residual_dim`` says so); the field only records what the stage passed (the shared
-    ``stage_two.residual_dim`` every variant receives). coupling_layers / hidden_units / hidden_layers: the couplings and
-    their MLP conditioners; scale_bound: the soft clamp of the log-scales; logit_alpha: RealNVP's alpha;
+    ``stage_two.residual_dim`` every variant receives). coupling_layers / hidden_units / hidden_layers: the couplings
+    and their MLP conditioners; scale_bound: the soft clamp of the log-scales; logit_alpha: RealNVP's alpha;
     data_init: initialise the conditional base from the first training batch; mask_seed: the coupling splits;
     mixture_components: the appendix-D mixture (0 = none, the pipeline's y is the condition); mixture_reg_covar:
     added to the mixture's variances. Any image size works (the conditioners are MLPs); parameters grow as
@@ -152,8 +161,14 @@ class MSFlowConfig(StageTwoConfig):
 
     def validate(self) -> None:
         # not super().validate(): a flow is not tied to the conv networks' 32 / 64 image sizes
-        for name, minimum in (("image_channels", 1), ("image_size", 2), ("coupling_layers", 1),
-                              ("hidden_units", 1), ("hidden_layers", 1), ("mixture_components", 0)):
+        for name, minimum in (
+            ("image_channels", 1),
+            ("image_size", 2),
+            ("coupling_layers", 1),
+            ("hidden_units", 1),
+            ("hidden_layers", 1),
+            ("mixture_components", 0),
+        ):
             if not int(getattr(self, name)) >= minimum:
                 raise ConfigError(name, f"must be >= {minimum}, got {getattr(self, name)}")
         if not int(self.residual_dim) >= 0:
@@ -179,8 +194,9 @@ class MSFlow(StageTwoModel):
         c = self.config
         dim = c.data_dim
         self.elementwise = ConditionalElementwiseAffine(dim)
-        self.flow = ConditionalCouplingFlow(dim, dim, c.coupling_layers, c.hidden_units, c.hidden_layers,
-                                            c.scale_bound, c.mask_seed)
+        self.flow = ConditionalCouplingFlow(
+            dim, dim, c.coupling_layers, c.hidden_units, c.hidden_layers, c.scale_bound, c.mask_seed
+        )
         self.mixture = GaussianMixtureStageOne(c.mixture_components, dim) if c.mixture_components else None
 
     @property
@@ -200,8 +216,10 @@ class MSFlow(StageTwoModel):
     # ------------------------------------------------------------------------------------------------ pieces
     def _flat(self, images: torch.Tensor, name: str) -> torch.Tensor:
         if tuple(images.shape[1:]) != self.image_shape and images.shape[1:].numel() != self.residual_dim:
-            raise ValueError(f"MS-FLOW expects {name} of shape (N, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(
+                f"MS-FLOW expects {name} of shape (N, {', '.join(map(str, self.image_shape))}), "
+                f"got {tuple(images.shape)}"
+            )
         return images.reshape(images.shape[0], -1)
 
     def condition_features(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,13 +243,19 @@ class MSFlow(StageTwoModel):
         return standard_normal_log_density(z) + log_det
 
     # ------------------------------------------------------------------------------------------------ interface
-    def log_likelihood(self, x: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def log_likelihood(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """log p(v | y) - D log 256 with v = dequantise(x, noise): nats per 8-bit image (module docstring), (N,)."""
         return self.log_density(dequantise(x, noise, generator), cond) - self.residual_dim * LOG_256
 
-    def objective(self, x: torch.Tensor, cond: torch.Tensor,
-                  step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(
+        self, x: torch.Tensor, cond: torch.Tensor, step: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """loss = -log_likelihood (mean nats per image, one fresh dequantisation per image). The first training
         batch initialises the conditional base (``data_init``). logs: loss, nll, bits_per_dim."""
         if self.training and self.config.data_init and not bool(self.elementwise.initialised):
@@ -261,8 +285,10 @@ class MSFlow(StageTwoModel):
     # ------------------------------------------------------------------------------------------------ mixture
     def _require_mixture(self) -> GaussianMixtureStageOne:
         if self.mixture is None or not bool(self.mixture.fitted):
-            raise RuntimeError("this MS-FLOW has no fitted mixture: build it with mixture_components > 0 and call "
-                               "fit_mixture(images) first")
+            raise RuntimeError(
+                "this MS-FLOW has no fitted mixture: build it with mixture_components > 0 and call "
+                "fit_mixture(images) first"
+            )
         return self.mixture
 
     def fit_mixture(self, images: torch.Tensor | np.ndarray, seed: int = 0):
@@ -274,8 +300,13 @@ class MSFlow(StageTwoModel):
         v = dequantise(images.cpu(), generator=torch.Generator().manual_seed(seed))
         return self.mixture.fit(v.reshape(len(v), -1).double().numpy(), self.config.mixture_reg_covar, seed)
 
-    def mixture_condition(self, x: torch.Tensor, mode: str = "mean", generator: torch.Generator | None = None,
-                          noise: torch.Tensor | None = None) -> torch.Tensor:
+    def mixture_condition(
+        self,
+        x: torch.Tensor,
+        mode: str = "mean",
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The paired y of images x: k ~ q(k | v), y = mu_k ("mean") or y ~ N(mu_k, Sigma_k) ("sample"), shaped
         like x (appendix D.1)."""
         mixture = self._require_mixture()
@@ -290,8 +321,13 @@ class MSFlow(StageTwoModel):
         return mixture.condition(components.to(mixture.means.device)).reshape(-1, *self.image_shape)
 
     @torch.no_grad()
-    def mixture_log_likelihood(self, x: torch.Tensor, flow: bool = True, noise: torch.Tensor | None = None,
-                               generator: torch.Generator | None = None) -> torch.Tensor:
+    def mixture_log_likelihood(
+        self,
+        x: torch.Tensor,
+        flow: bool = True,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Nats per 8-bit image (module docstring) of the whole model, (N,) float64: with ``flow``,
         log sum_k pi_k p_flow(v | mu_k) (the mixture + flow); without, the mixture alone log sum_k pi_k N(v; mu_k,
         Sigma_k) (sklearn's ``score_samples`` of v minus D log 256). Same v for both when ``noise`` is given."""
@@ -299,8 +335,14 @@ class MSFlow(StageTwoModel):
         v = dequantise(x, noise, generator).reshape(len(x), -1)
         if not flow:
             return mixture.log_density(v) - self.residual_dim * LOG_256
-        terms = torch.stack([
-            mixture.log_weights[k] + self.log_density(v, mixture.condition(
-                torch.full((len(v),), k, dtype=torch.long, device=v.device))).double()
-            for k in range(mixture.components)], dim=1)
+        terms = torch.stack(
+            [
+                mixture.log_weights[k]
+                + self.log_density(
+                    v, mixture.condition(torch.full((len(v),), k, dtype=torch.long, device=v.device))
+                ).double()
+                for k in range(mixture.components)
+            ],
+            dim=1,
+        )
         return torch.logsumexp(terms, dim=1) - self.residual_dim * LOG_256

@@ -11,8 +11,9 @@ encoder: ``infer_residual`` raises NotImplementedError. Details: docs/stage-two.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,7 @@ DISCRIMINATOR_NORMS = ("spectral", "none")
 class PairDiscriminator(nn.Module):
     """DCGAN-style discriminator of image pairs: D([x, y]) -> one logit per pair (module docstring)."""
 
-    def __init__(self, image_channels: int, image_size: int, base_channels: int = 32,
-                 norm: str = "spectral") -> None:
+    def __init__(self, image_channels: int, image_size: int, base_channels: int = 32, norm: str = "spectral") -> None:
         super().__init__()
         if norm not in DISCRIMINATOR_NORMS:
             raise ValueError(f"norm must be one of {DISCRIMINATOR_NORMS}, got {norm!r}")
@@ -105,11 +105,13 @@ class MSGANConfig(StageTwoConfig):
         if self.loss not in GAN_LOSSES:
             raise ConfigError("loss", f"unknown GAN loss {self.loss!r}; allowed: {', '.join(GAN_LOSSES)}")
         if self.discriminator_norm not in DISCRIMINATOR_NORMS:
-            raise ConfigError("discriminator_norm", f"unknown {self.discriminator_norm!r}; allowed: "
-                              f"{', '.join(DISCRIMINATOR_NORMS)}")
+            raise ConfigError(
+                "discriminator_norm", f"unknown {self.discriminator_norm!r}; allowed: {', '.join(DISCRIMINATOR_NORMS)}"
+            )
         if not 0 < self.discriminator_learning_rate <= 1:
-            raise ConfigError("discriminator_learning_rate",
-                              f"must be in (0, 1], got {self.discriminator_learning_rate}")
+            raise ConfigError(
+                "discriminator_learning_rate", f"must be in (0, 1], got {self.discriminator_learning_rate}"
+            )
 
 
 class MSGAN(StageTwoModel):
@@ -123,10 +125,12 @@ class MSGAN(StageTwoModel):
         self.config = config or MSGANConfig()
         c = self.config
         self.generator = AdaINDecoder(c.image_channels, c.residual_dim, c.base_channels, c.adain_hidden)
-        self.discriminator = PairDiscriminator(c.image_channels, c.image_size, c.discriminator_channels,
-                                               c.discriminator_norm)
-        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(),
-                                                        lr=c.discriminator_learning_rate, betas=(0.5, 0.999))
+        self.discriminator = PairDiscriminator(
+            c.image_channels, c.image_size, c.discriminator_channels, c.discriminator_norm
+        )
+        self.discriminator_optimizer = torch.optim.Adam(
+            self.discriminator.parameters(), lr=c.discriminator_learning_rate, betas=(0.5, 0.999)
+        )
 
     def optimised_parameters(self) -> Iterator[nn.Parameter]:
         return self.generator.parameters()
@@ -149,8 +153,9 @@ class MSGAN(StageTwoModel):
         self.discriminator_optimizer.step()
         return discriminator_terms(loss, real_logits, fake_logits)
 
-    def objective(self, x: torch.Tensor, cond: torch.Tensor,
-                  step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(
+        self, x: torch.Tensor, cond: torch.Tensor, step: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """(generator loss, logs). In training mode with gradients on, D is updated first (module docstring).
         logs: loss (= generator_loss), generator_loss, discriminator_loss, discriminator_real,
         discriminator_fake (mean probabilities), discriminator_accuracy."""
@@ -162,17 +167,23 @@ class MSGAN(StageTwoModel):
         else:
             with torch.no_grad():
                 real_logits, fake_logits = self.discriminator(x, y), self.discriminator(fake, y)
-                terms = discriminator_terms(discriminator_loss(real_logits, fake_logits, self.config.loss),
-                                            real_logits, fake_logits)
+                terms = discriminator_terms(
+                    discriminator_loss(real_logits, fake_logits, self.config.loss), real_logits, fake_logits
+                )
         with frozen(self.discriminator):
             loss = generator_loss(self.discriminator(fake, y), self.config.loss)
         logs = {"loss": loss.detach(), "generator_loss": loss.detach()} | terms
         return loss, {name: float(value) for name, value in logs.items()}
 
 
-def discriminator_terms(loss: torch.Tensor, real_logits: torch.Tensor,
-                        fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def discriminator_terms(
+    loss: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor
+) -> dict[str, torch.Tensor]:
     real_logits, fake_logits = real_logits.detach(), fake_logits.detach()
     accuracy = torch.cat([(real_logits > 0).float(), (fake_logits < 0).float()]).mean()
-    return {"discriminator_loss": loss.detach(), "discriminator_real": torch.sigmoid(real_logits).mean(),
-            "discriminator_fake": torch.sigmoid(fake_logits).mean(), "discriminator_accuracy": accuracy}
+    return {
+        "discriminator_loss": loss.detach(),
+        "discriminator_real": torch.sigmoid(real_logits).mean(),
+        "discriminator_fake": torch.sigmoid(fake_logits).mean(),
+        "discriminator_accuracy": accuracy,
+    }

@@ -120,8 +120,9 @@ class MSVAE(StageTwoModel):
         """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
-    def objective(self, x: torch.Tensor, y: torch.Tensor,
-                  step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(
+        self, x: torch.Tensor, y: torch.Tensor, step: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss, logs), loss = recon + beta * kl (MS-VAE eq. 2 term b, negated). x: images (uint8 or float in
         [0, 1]); y: stage-one probabilities (any float dtype). logs: loss, recon, kl, kl_unit.<j>."""
         x, y = as_unit_float(x), as_unit_float(y)

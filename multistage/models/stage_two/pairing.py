@@ -8,7 +8,7 @@ different y's, and 1 for the quantitative experiments.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
