@@ -462,7 +462,7 @@ PREFECT_RETRY = textwrap.dedent(
 
     @flow
     def only_stage_one():
-        state = pipeline_flow.stage_one_task(params["stage_one"], params["runtime"], "data", "code",
+        state = pipeline_flow.stage_one_task(params["stage_one"], params["runtime"], "data", [], "code",
                                              return_state=True)
         return state.name
 
