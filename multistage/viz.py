@@ -43,19 +43,92 @@ def reconstruction_triplets(path: str | Path, x: torch.Tensor, y: torch.Tensor, 
     return save_rows(path, [x, y, x_hat])
 
 
+def save_labelled_grid(
+    path: str | Path,
+    rows: Sequence[torch.Tensor],
+    row_labels: Sequence[str],
+    column_labels: Sequence[str] = (),
+    title: str = "",
+    scale: int = 4,
+) -> Path:
+    """Rows of images (each ``(n, C, H, W)`` in [0, 1]) as one grid, every image upscaled ``scale`` times
+    (nearest neighbour, so pixels stay pixels), with a label left of each row and, optionally, above each column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(row_labels) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(row_labels)} row labels")
+    width = rows[0].shape[0]
+    if any(r.shape[0] != width for r in rows) or (column_labels and len(column_labels) != width):
+        raise ValueError("every row must hold the same number of images, one per column label")
+    images = torch.cat([_as_rgb(r) for r in rows])
+    height, side = images.shape[-2:]
+    images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    padding = max(1, scale)
+    grid = make_grid(images, nrow=width, padding=padding, pad_value=1.0).permute(1, 2, 0).numpy()
+    cell_y, cell_x = height * scale + padding, side * scale + padding
+    dpi = 100
+    label_room = 1.4 + 0.06 * max(len(label) for label in row_labels)
+    figure = plt.figure(figsize=(grid.shape[1] / dpi + label_room, grid.shape[0] / dpi + 0.6), dpi=dpi)
+    axis = figure.add_axes((label_room / (grid.shape[1] / dpi + label_room), 0.02, 1.0, 0.9))
+    axis.imshow(grid, interpolation="nearest")
+    axis.set_yticks([padding + cell_y * (i + 0.5) for i in range(len(rows))], list(row_labels), fontsize=9)
+    if column_labels:
+        axis.set_xticks([padding + cell_x * (j + 0.5) for j in range(width)], list(column_labels), fontsize=8)
+        axis.xaxis.tick_top()
+    else:
+        axis.set_xticks([])
+    axis.tick_params(length=0)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+    if title:
+        figure.suptitle(title, fontsize=10, y=0.995)
+    try:
+        return _replace_into(Path(path), lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight"))
+    finally:
+        plt.close(figure)
+
+
+def discrete_traversal(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    base_code: torch.Tensor,
+    block: tuple[int, int],
+    unit: int,
+    values: torch.Tensor,
+) -> list[torch.Tensor]:
+    """JointVAE figure 5: one row per value k of the discrete code occupying columns ``block = (start, size)`` of
+    the code (set to the one-hot of k), the columns traversing continuous ``unit`` over ``values``."""
+    start, size = block
+    rows = []
+    for k in range(size):
+        codes = base_code.reshape(1, -1).repeat(len(values), 1)
+        codes[:, start : start + size] = 0.0
+        codes[:, start + k] = 1.0
+        codes[:, unit] = values
+        with torch.no_grad():
+            rows.append(decode(codes))
+    return rows
+
+
 def traversal_values(limit: float = 2.5, count: int = 9) -> torch.Tensor:
     return torch.linspace(-limit, limit, count)
 
 
 def latent_traversal(
-    decode: Callable[[torch.Tensor], torch.Tensor], base_code: torch.Tensor, values: torch.Tensor
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    base_code: torch.Tensor,
+    values: torch.Tensor,
+    dims: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
-    """One row per latent dimension: ``base_code`` with that dimension set to each of ``values``, decoded.
+    """One row per latent dimension (all, or ``dims``): ``base_code`` with that dimension set to each of
+    ``values``, decoded.
 
     ``decode`` maps codes ``(n, L)`` to images ``(n, C, H, W)`` in [0, 1].
     """
     rows = []
-    for dim in range(base_code.shape[-1]):
+    for dim in range(base_code.shape[-1]) if dims is None else dims:
         codes = base_code.reshape(1, -1).repeat(len(values), 1)
         codes[:, dim] = values
         with torch.no_grad():

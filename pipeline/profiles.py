@@ -9,6 +9,9 @@ it, and nothing is written):
         prefect deployment run multistage-pipeline/pipeline -p overrides="$(python -m pipeline.profiles paper --json)"
     python -m pipeline.profiles paper --apply          # writes the leaves into params.yaml (comments kept)
 
+``--set key=value`` (repeatable) adds or replaces leaves on top of the profile, e.g. the path a data set is read
+from: ``python -m pipeline.profiles jointvae_mnist --set prepare.mnist_idx.images=/data/train-images-idx3-ubyte.gz``.
+
 ``cpu`` holds the embedded default's values of the same keys, so ``--apply cpu`` returns to the default.
 
 (Named ``profiles``, not ``profile``: Prefect runs ``pipeline/flow.py`` with ``pipeline/`` on ``sys.path``, where a
@@ -70,7 +73,7 @@ def validate(params: dict, source: str) -> None:
         path.write_text(yaml.safe_dump(params, sort_keys=False))
         try:
             validate_section(RuntimeParams, params.get("runtime", {}), "runtime", source)
-            validate_section(prepare.PrepareParams, params.get("prepare"), "prepare", source)
+            prepare.check_selection(validate_section(prepare.PrepareParams, params.get("prepare"), "prepare", source))
             train_stage_one.check_model_options(
                 validate_section(train_stage_one.StageOneParams, params.get("stage_one"), "stage_one", source),
                 source=source,
@@ -80,9 +83,22 @@ def validate(params: dict, source: str) -> None:
             raise ParamsError(str(error).replace(str(path), source)) from None
 
 
-def profiled_params(name: str, params_file: str | Path = PARAMS_FILE) -> tuple[dict, dict[str, Any]]:
-    """(params.yaml with the profile applied, the profile's leaves); validated."""
-    leaves = load_profile(name)
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings (values read as YAML) as leaves; a ParamsError for an item without ``=``."""
+    leaves: dict[str, Any] = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise ParamsError(f"--set {item!r}: expected key=value, e.g. prepare.mnist_idx.images=/data/mnist.gz")
+        leaves[key.strip()] = yaml.safe_load(value)
+    return leaves
+
+
+def profiled_params(
+    name: str, params_file: str | Path = PARAMS_FILE, settings: dict[str, Any] | None = None
+) -> tuple[dict, dict[str, Any]]:
+    """(params.yaml with the profile and then ``settings`` applied, the leaves applied); validated."""
+    leaves = load_profile(name) | dict(settings or {})
     params = apply_overrides(read_params_file(params_file), leaves)
     validate(params, f"{params_file} with profile {name!r}")
     return params, leaves
@@ -122,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--json", action="store_true", help="print the overrides as JSON (Prefect `-p overrides=`)")
     mode.add_argument("--apply", action="store_true", help="write the profile into the params file")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a leaf on top of the profile (repeatable)"
+    )
     args = parser.parse_args(argv)
     try:
-        _, leaves = profiled_params(args.name, args.params)
+        _, leaves = profiled_params(args.name, args.params, parse_settings(args.set))
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

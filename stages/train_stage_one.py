@@ -20,6 +20,7 @@ starts at step 0.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import Field, create_model
 
+from multistage.metrics.clustering import collapse_message, discrete_information
 from multistage.models.registry import STAGE_ONE
 from multistage.models.stage_one.base import ConfigError, StageOneConfig
 from multistage.nn.likelihoods import LIKELIHOODS
@@ -315,11 +317,16 @@ def run(
         plot_curves(tmp / "curves.png", result.history, terms, f"stage one ({params.model})")
     for j, value in enumerate(kl_per_unit):
         summary[f"stage_one.kl_unit.{j}"] = float(value)
-    if "alpha" in posterior:  # analytic KL of each discrete code against its uniform prior, over the whole data
+    if "alpha" in posterior:  # each discrete code's KL against its uniform prior, and how much of it is information
         start = 0
         for i, size in enumerate(model.discrete_dims):
-            alpha = np.clip(posterior["alpha"][:, start : start + size], 1e-12, 1.0)
-            summary[f"stage_one.kl_discrete.{i}"] = float((alpha * np.log(alpha * size)).sum(axis=1).mean())
+            information = discrete_information(posterior["alpha"][:, start : start + size])
+            summary[f"stage_one.kl_discrete.{i}"] = information["kl"]
+            summary[f"stage_one.discrete.{i}.mutual_information"] = information["mutual_information"]
+            summary[f"stage_one.discrete.{i}.values_used"] = information["values_used"]
+            warning = collapse_message(information, f"discrete code c{i}")
+            if warning:
+                print(f"stage one: warning: {warning}", file=sys.stderr)
             start += size
     summary["stage_one.likelihood." + params.likelihood] = 1.0
     summary["stage_one.precision." + resolve_precision(precision, device)] = 1.0

@@ -18,7 +18,7 @@ from multistage.evaluation.representation import (
     representation_from_codes,
 )
 from multistage.metrics.checks import varying_factors
-from multistage.metrics.indicators import discrete_code_accuracy
+from multistage.metrics.clustering import discrete_information, majority_accuracy, matched_accuracy
 
 
 def factor_set_scores(
@@ -66,13 +66,15 @@ def factor_set_scores(
         categorical_factors=tuple(config.categorical_factors),
     )
 
-    if ground_truth and blocks:  # JointVAE: class accuracy of each discrete code (Hungarian matching), per factor
-        start = 0
-        for i, size in enumerate(blocks):
-            categories = codes["alpha"][:, start : start + size].argmax(axis=1)
-            for k, name in enumerate(names):
-                scores[f"x.discrete.c{i}.accuracy.{name}"] = discrete_code_accuracy(categories, factor_classes[:, k])
-            start += size
+    start = 0
+    for i, size in enumerate(blocks):  # JointVAE: what each discrete code carries, and the classes it finds
+        alpha = codes["alpha"][:, start : start + size]
+        scores |= {f"x.discrete.c{i}.{key}": value for key, value in discrete_information(alpha).items()}
+        categories = alpha.argmax(axis=1)
+        for k, name in enumerate(names if ground_truth else ()):
+            scores[f"x.discrete.c{i}.accuracy.{name}"] = matched_accuracy(categories, factor_classes[:, k])
+            scores[f"x.discrete.c{i}.majority_accuracy.{name}"] = majority_accuracy(categories, factor_classes[:, k])
+        start += size
     if ground_truth:
         varying = int(varying_factors(factor_classes).sum())
         if varying < 2:  # these classify which factor was fixed

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from multistage.viz import latent_traversal, plot_bars, reconstruction_triplets, save_rows, traversal_values
+from multistage.viz import (
+    discrete_traversal,
+    latent_traversal,
+    plot_bars,
+    reconstruction_triplets,
+    save_labelled_grid,
+    save_rows,
+    traversal_values,
+)
 
 
 def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, device, count: int) -> list[dict[str, str]]:
@@ -49,13 +57,17 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, devic
         def decode_y(c):
             return stage_one.decode_mean(c)
 
-        save_rows(folder / "traversal_y.png", [r.cpu() for r in latent_traversal(decode_y, c0, values)])
+        continuous = range(int(getattr(stage_one, "latent_dim", c0.shape[-1])))
+        save_rows(folder / "traversal_y.png", [r.cpu() for r in latent_traversal(decode_y, c0, values, continuous)])
         captions.append(
             {
                 "file": "traversal_y.png",
-                "caption": "Traversal of the stage-one code C, decoded by stage one (Y): one row per latent",
+                "caption": "Traversal of the stage-one code C, decoded by stage one (Y): one row per "
+                + ("continuous " if getattr(stage_one, "discrete_dims", ()) else "")
+                + "latent",
             }
         )
+        captions += _discrete_traversals(folder, stage_one, decode_y, c0, examples.get("kl_ranked"), values)
         if model.conditioning != "none" and "z" in own:
             z0 = own["z"][0].to(device)
 
@@ -99,4 +111,35 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, devic
                 "carries, in nats; units near 0 are unused",
             }
         )
+    return captions
+
+
+def _discrete_traversals(folder: Path, stage_one, decode, c0, kl_ranked, values) -> list[dict[str, str]]:
+    """JointVAE figure 5, one figure per discrete code: a row per value of the code, the columns traversing the
+    continuous unit with the largest KL (the most informative one), the other units at the first held-out image's
+    code."""
+    sizes = tuple(int(k) for k in getattr(stage_one, "discrete_dims", ()) or ())
+    if not sizes:
+        return []
+    latent = int(stage_one.latent_dim)
+    ranked = [name for name, _ in kl_ranked or () if name.startswith("z") and name[1:].isdigit()]
+    unit = int(ranked[0][1:]) if ranked else 0
+    captions, start = [], latent
+    for i, size in enumerate(sizes):
+        rows = [r.cpu() for r in discrete_traversal(decode, c0, (start, size), unit, values)]
+        save_labelled_grid(
+            folder / f"traversal_discrete_c{i}.png",
+            rows,
+            [f"c{i} = {k}" for k in range(size)],
+            [f"{v:+.1f}" for v in values.tolist()],
+            title=f"discrete code c{i} (rows) x continuous unit z{unit} (columns)",
+        )
+        captions.append(
+            {
+                "file": f"traversal_discrete_c{i}.png",
+                "caption": f"Each value of the discrete code c{i} (one row each) with the most informative "
+                f"continuous unit z{unit} traversed (JointVAE figure 5), decoded by stage one",
+            }
+        )
+        start += size
     return captions

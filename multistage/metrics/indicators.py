@@ -9,8 +9,7 @@ Noise-modelling paper, section 6.2, for Gaussian posteriors q(z|x_m) and the pri
 * def. 4-5, eq. 8: KL(q(z) || p(z)) ~= E KL(q(z|x) || p(z)) - I_encoder(x; z).
 
 JointVAE section 4, figure 8: the mean KL of each latent unit, ranked (``kl_per_unit``). The discrete code's class
-accuracy (JointVAE section 4) matches categories to classes by the Hungarian algorithm
-(``discrete_code_accuracy``).
+accuracy (JointVAE section 4.1) is in ``multistage.metrics.clustering``.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from typing import Annotated
 
 import numpy as np
 from annotated_types import Ge
-from scipy.optimize import linear_sum_assignment
 
 from multistage.metrics.checks import check_codes
 
@@ -29,7 +27,6 @@ __all__ = [
     "gaussian_kl_per_image",
     "noise_modelling_indicators",
     "kl_per_unit",
-    "discrete_code_accuracy",
     "IndicatorsConfig",
     "KlPerUnitConfig",
     "indicators_metric",
@@ -89,22 +86,6 @@ def kl_per_unit(
     values = gaussian_kl_per_image(mu, logvar).mean(axis=0)
     ranked = sorted(zip(names, values.tolist()), key=lambda pair: -pair[1])
     return {f"kl_per_unit.{name}": float(v) for name, v in zip(names, values)}, ranked
-
-
-def discrete_code_accuracy(categories: np.ndarray, classes: np.ndarray) -> float:
-    """Accuracy of predicting ``classes`` (N,) from the discrete code's ``categories`` (N,) under the best
-    one-to-one matching of categories to classes (Hungarian algorithm)."""
-    categories, classes = np.asarray(categories).ravel(), np.asarray(classes).ravel()
-    if categories.shape != classes.shape or categories.size == 0:
-        raise ValueError(
-            f"categories and classes must be non-empty and of one length, got {categories.shape}, {classes.shape}"
-        )
-    _, category_index = np.unique(categories, return_inverse=True)
-    _, class_index = np.unique(classes, return_inverse=True)
-    table = np.zeros((category_index.max() + 1, class_index.max() + 1))
-    np.add.at(table, (category_index, class_index), 1.0)
-    rows, columns = linear_sum_assignment(table, maximize=True)
-    return float(table[rows, columns].sum() / categories.size)
 
 
 @dataclass(frozen=True)

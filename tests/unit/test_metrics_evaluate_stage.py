@@ -125,6 +125,8 @@ def test_discrete_code_accuracy_and_representation_layout(tmp_path, monkeypatch)
     )
     assert result["x.discrete.c0.accuracy.shape"] == 1.0  # the discrete code is the shape, relabelled
     assert result["x.discrete.c0.accuracy.scale"] < 0.5
+    assert result["x.discrete.c0.majority_accuracy.shape"] == 1.0
+    assert result["x.discrete.c0.mutual_information"] > 0.5 and result["x.discrete.c0.values_used"] == 3
     mu = np.zeros((2, 1))
     alpha = np.array([[0.1, 0.7, 0.2, 0.9, 0.1], [0.6, 0.3, 0.1, 0.2, 0.8]])
     np.testing.assert_array_equal(

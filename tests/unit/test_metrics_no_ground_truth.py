@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+from multistage.metrics.clustering import matched_accuracy as discrete_code_accuracy
 from multistage.metrics.downstream import downstream_accuracy
 from multistage.metrics.indicators import (
-    discrete_code_accuracy,
     gaussian_kl_per_image,
     kl_per_unit,
     noise_modelling_indicators,

@@ -165,3 +165,24 @@ def test_no_script_folder_module_shadows_the_standard_library():
     for folder in ("pipeline", "stages", "bench"):
         names = {path.stem for path in (ROOT / folder).glob("*.py")} - {"__init__"}
         assert not names & set(sys.stdlib_module_names), (folder, names & set(sys.stdlib_module_names))
+
+
+def test_the_jointvae_profile_takes_the_data_path_from_the_command_line(tmp_path, capsys):
+    """JointVAE's MNIST settings (appendix C.1) need the user's MNIST: without its path the profile is one error
+    naming the key; ``--set`` supplies it, and ``--apply`` writes it with the profile."""
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text())
+    assert profile.main(["jointvae_mnist", "--params", str(target)]) == 2
+    assert "prepare.mnist_idx.images is required" in capsys.readouterr().err
+    path = "/data/mnist/train-images-idx3-ubyte.gz"
+    assert profile.main(["jointvae_mnist", "--params", str(target), "--set", f"prepare.mnist_idx.images={path}"]) == 0
+    assert f"prepare.mnist_idx.images={path}" in capsys.readouterr().out
+    assert profile.main(["jointvae_mnist", "--params", str(target), "--set", "no_equals_sign"]) == 2
+    assert "expected key=value" in capsys.readouterr().err
+    args = ["jointvae_mnist", "--params", str(target), "--set", f"prepare.mnist_idx.images={path}", "--apply"]
+    assert profile.main(args) == 0
+    written = yaml.safe_load(target.read_text())
+    assert written["prepare"]["mnist_idx"]["images"] == path and written["stage_one"]["model"] == "jointvae"
+    settings = written["stage_one"]["jointvae"]
+    assert (settings["gamma_c"], settings["capacity_c_steps"], settings["temperature"]) == (30.0, 25000, 0.67)
+    assert written["stage_one"]["learning_rate"] == 0.0005 and written["stage_one"]["batch_size"] == 64
