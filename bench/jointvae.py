@@ -213,12 +213,14 @@ def vars_of(args) -> dict:
 
 
 def draw(model, data: dict[str, np.ndarray], report: dict, settings: dict, folder: Path) -> None:
-    """The discrete traversals (paper fig. 5) and the KL per unit over training (paper fig. 7)."""
+    """The discrete traversals (paper fig. 5), the KL per unit over training (paper fig. 7) and the continuous
+    units' traversals ranked by KL (paper fig. 8)."""
+    from multistage.evaluation.figures import draw_ranked_traversal
     from multistage.viz import discrete_traversal, save_labelled_grid, traversal_values
 
     folder.mkdir(parents=True, exist_ok=True)
-    ranked = sorted((k for k in report["kl_per_unit"] if k.startswith("z")), key=lambda k: -report["kl_per_unit"][k])
-    unit = int(ranked[0][1:])
+    ranked = sorted(((k, v) for k, v in report["kl_per_unit"].items() if k.startswith("z")), key=lambda kv: -kv[1])
+    unit = int(ranked[0][0][1:])
     posterior = posterior_of(model, data["test"][:1])
     base = torch.cat([torch.from_numpy(posterior["mu"][0]), torch.zeros(settings["discrete"])])
     values = traversal_values(2.0, 9)
@@ -233,6 +235,8 @@ def draw(model, data: dict[str, np.ndarray], report: dict, settings: dict, folde
         title=f"JointVAE on {data_name(folder)}: each discrete value (rows, with its majority {label}) x z{unit}",
     )
     plot_training(folder / "kl_over_training.png", report["progress"], data_name(folder))
+    base[10] = 1.0  # the first discrete value
+    draw_ranked_traversal(folder / "traversal_ranked.png", model.decode_mean, base, ranked, values)
 
 
 def plot_training(path: Path, progress: list[dict], name: str) -> None:

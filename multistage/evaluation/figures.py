@@ -94,6 +94,17 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, devic
                     "caption": f"Traversal of the residual z with {symbol} fixed ({name}: X-hat = G({symbol}, z))",
                 },
             ]
+    if "kl_ranked" in examples and x.ndim == 4:
+        draw_ranked_traversal(
+            folder / "traversal_ranked.png", stage_one.decode_mean, examples["c"][0].to(device), examples["kl_ranked"]
+        )
+        captions.append(
+            {
+                "file": "traversal_ranked.png",
+                "caption": "Traversal of each continuous stage-one unit, ranked by its mean KL on the held-out images "
+                "(JointVAE figure 8): units with a large KL change the image, units near 0 nats do not",
+            }
+        )
     if "kl_ranked" in examples:
         labels, values = zip(*examples["kl_ranked"])
         plot_bars(
@@ -143,3 +154,18 @@ def _discrete_traversals(folder: Path, stage_one, decode, c0, kl_ranked, values)
         )
         start += size
     return captions
+
+
+def draw_ranked_traversal(path: Path, decode, base_code, kl_ranked, values=None) -> Path:
+    """JointVAE figure 8: one row per continuous unit, ordered by its mean KL (``kl_ranked``: (name ``z<j>``,
+    nats) pairs, largest first), each row a traversal of that unit from ``base_code``, labelled with its KL."""
+    values = traversal_values(2.5, 9) if values is None else values
+    ranked = [(name, kl) for name, kl in kl_ranked if name.startswith("z") and name[1:].isdigit()]
+    rows = [r.cpu() for r in latent_traversal(decode, base_code, values, [int(name[1:]) for name, _ in ranked])]
+    return save_labelled_grid(
+        path,
+        rows,
+        [f"{name}: {kl:.2f} nats" for name, kl in ranked],
+        [f"{v:+.1f}" for v in values.tolist()],
+        title="each continuous unit traversed, ranked by its KL (information it carries)",
+    )
