@@ -83,8 +83,8 @@ def save_labelled_grid(
     axis.tick_params(length=0)
     for spine in axis.spines.values():
         spine.set_visible(False)
-    if title:
-        figure.suptitle(title, fontsize=10, y=0.995)
+    if title:  # above the column labels; the tight bounding box below makes room for both
+        axis.set_title(title, fontsize=10, pad=22 if column_labels else 6)
     try:
         return _replace_into(Path(path), lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight"))
     finally:
