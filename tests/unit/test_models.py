@@ -21,6 +21,7 @@ from multistage.models.stage_one.betatcvae import (
     log_qz_weighted,
     tc_decomposition,
 )
+from multistage.models.stage_two.base import ConfigError
 from multistage.models.stage_two.msvae import MSVAE, MSVAEConfig
 from multistage.models.stage_two.pairing import make_pairs
 from multistage.nn import AdaIN, ConvDecoder, ConvEncoder
@@ -252,6 +253,60 @@ def test_msvae_starts_at_y_logs_and_one_step():
     assert all(math.isfinite(value) for value in logs.values())
     with_y = MSVAE(MSVAEConfig(image_channels=1, image_size=32, residual_dim=2, residual_encoder_sees_y=True))
     assert with_y.residual_encoder(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))[0].shape == (2, 2)
+
+
+def test_msvae_options_against_an_independent_loss():
+    """Free bits, KL warm-up and the learned-variance Gaussian recomputed by hand from the same encoder outputs,
+    decoder logits and noise; FiLM and the non-zero initialisation let z move the output at step 0."""
+    x = torch.rand(5, 3, 32, 32)
+    y = torch.rand(5, 3, 32, 32).clamp(0.05, 0.95)
+
+    def terms(model, step):
+        torch.manual_seed(1)
+        loss, logs = model.objective(x, y, step)
+        torch.manual_seed(1)
+        mu, logvar = model.residual_encoder(x, y)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        kl_units = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).mean(0)
+        return loss.item(), logs, torch.sigmoid(model.decode(y, z)), kl_units
+
+    options = dict(image_channels=3, image_size=32, residual_dim=4, base_channels=8, zero_init=False)
+    model = MSVAE(MSVAEConfig(**options, free_bits=0.75, kl_warmup_steps=10, beta=2.0))
+    loss, logs, mean, kl_units = terms(model, 4)
+    bce = -(x * mean.log() + (1 - x) * (1 - mean).log()).sum() / 5
+    expected = bce + 2.0 * 0.4 * kl_units.clamp(min=0.75).sum()
+    assert loss == pytest.approx(expected.item(), rel=1e-4)
+    assert logs["kl"] == pytest.approx(kl_units.sum().item(), rel=1e-4)  # the logged KL is the true one
+    assert terms(model, 0)[0] == pytest.approx(bce.item(), rel=1e-4)  # no KL at the start of the warm-up
+    assert terms(model, None)[0] == pytest.approx((bce + 2.0 * kl_units.clamp(min=0.75).sum()).item(), rel=1e-4)
+
+    gaussian = MSVAE(MSVAEConfig(**options, likelihood="gaussian_learned"))
+    loss, logs, mean, kl_units = terms(gaussian, None)
+    variance = 0.05
+    nll = 0.5 * (((x - mean) ** 2).sum() / 5 / variance + 3 * 32 * 32 * math.log(2 * math.pi * variance))
+    assert loss == pytest.approx((nll + kl_units.sum()).item(), rel=1e-4)
+    assert logs["decoder_variance"] == pytest.approx(variance)
+    assert any(p is gaussian.likelihood.raw_log_variance for p in gaussian.optimised_parameters())
+
+    for modulation in ("adain", "film"):
+        free = MSVAE(MSVAEConfig(**options, modulation=modulation))
+        z = torch.randn(5, 4)
+        assert (free.generate(y, z) - free.generate(y, -z)).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="modulation: must be one of adain, film"):
+        MSVAEConfig(modulation="concat")
+    with pytest.raises(ConfigError, match="likelihood: must be one of bernoulli, gaussian_learned"):
+        MSVAEConfig(likelihood="gaussian")
+
+
+def test_film_is_adain_without_the_normalisation():
+    torch.manual_seed(0)
+    adain, film = AdaIN(6, 3, hidden=8, zero_init=False), AdaIN(6, 3, hidden=8, normalise=False, zero_init=False)
+    film.load_state_dict(adain.state_dict())
+    h, z = torch.randn(2, 6, 5, 5), torch.randn(2, 3)
+    gamma, beta = adain.modulation(z)
+    torch.testing.assert_close(film(h, z), gamma[:, :, None, None] * h + beta[:, :, None, None])
+    normalised = (h - h.mean((2, 3), keepdim=True)) / (h.var((2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(adain(h, z), gamma[:, :, None, None] * normalised + beta[:, :, None, None])
 
 
 # ------------------------------------------------------------------------------------------ registry

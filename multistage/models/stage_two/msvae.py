@@ -8,6 +8,20 @@ residual x - y (``residual_encoder_sees_y`` adds y as channels); the ``adain_dec
 convolutional encoder-decoder over y alone with additive skips, z entering only through AdaIN after every
 convolution, and a zero-initialised head so that the output starts at y. The layer table and the design
 choices: docs/stage-two.md, "MS-VAE networks".
+
+Options that decide whether z carries the detail stage one drops (measured in docs/studies/stage-two-detail.md):
+
+* ``kl_warmup_steps``: beta rises linearly from 0 over these steps (the KL warm-up of Bowman et al. 2016, sec. 3.1,
+  and Sønderby et al. 2016, sec. 2.3), so the decoder learns to use z before the KL pulls q(z|x, y) to the prior;
+* ``free_bits``: the KL term is sum_j max(lambda, KL_j), KL_j the batch mean of unit j's KL (Kingma et al. 2016,
+  "free bits", appendix C.8): a unit's first lambda nats are free;
+* ``modulation``: ``adain`` (MS-VAE sec. 3.2's modified AdaIN) or ``film`` (FiLM, gamma(z) h + beta(z), without
+  the instance normalisation);
+* ``zero_init``: the AdaIN modulation networks' last layers and the residual head start at zero (output = y,
+  z ignored at step 0) or at PyTorch's default initialisation;
+* ``likelihood``: ``bernoulli`` (the logits' binary cross-entropy), or ``gaussian_learned``: N(x | sigmoid(logits),
+  sigma^2) with one learned variance (the noise-modelling paper, sec. 7.1; ``multistage.nn.likelihoods``). As
+  sigma^2 falls, the reconstruction term grows against the KL, which a fixed Bernoulli cannot do.
 """
 
 from __future__ import annotations
@@ -20,35 +34,61 @@ import torch.nn.functional as F
 from torch import nn
 
 from multistage.models.stage_one.betatcvae import as_unit_float, gaussian_kl_per_unit
-from multistage.models.stage_two.base import StageTwoConfig, StageTwoModel, check_non_negative, check_positive
+from multistage.models.stage_two.base import (
+    ConfigError,
+    StageTwoConfig,
+    StageTwoModel,
+    check_non_negative,
+    check_positive,
+)
 from multistage.nn.adain import AdaIN
 from multistage.nn.conv import ConvEncoder
+from multistage.nn.likelihoods import build_likelihood
 
 Y_CLAMP = 1e-4
+MODULATIONS = ("adain", "film")
+STAGE_TWO_LIKELIHOODS = ("bernoulli", "gaussian_learned")
 
 
 @dataclass
 class MSVAEConfig(StageTwoConfig):
     """MS-VAE stage-two hyper-parameters. residual_dim: size of z; beta: weight of KL[q(z|x,y)||p(z)] (eq. 2
     term b has beta = 1); base_channels: width b of the AdaIN decoder; adain_hidden: hidden units of each
-    AdaIN's gamma/beta network; residual_encoder_sees_y: also feed y to the residual encoder (default: x - y only)."""
+    AdaIN's gamma/beta network; residual_encoder_sees_y: also feed y to the residual encoder (default: x - y only);
+    kl_warmup_steps, free_bits, modulation, zero_init, likelihood: see the module docstring."""
 
     beta: float = 1.0
     base_channels: int = 32
     adain_hidden: int = 64
     residual_encoder_sees_y: bool = False
+    kl_warmup_steps: int = 0
+    free_bits: float = 0.0
+    modulation: str = "adain"
+    zero_init: bool = True
+    likelihood: str = "bernoulli"
 
     def validate(self) -> None:
         super().validate()
         check_positive(self, "base_channels")
-        check_non_negative(self, "beta", "adain_hidden")
+        check_non_negative(self, "beta", "adain_hidden", "kl_warmup_steps", "free_bits")
+        for name, allowed in (("modulation", MODULATIONS), ("likelihood", STAGE_TWO_LIKELIHOODS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 class AdaINDecoder(nn.Module):
     """G(y, z): encoder-decoder over y, every convolution followed by AdaIN(h, z); output logits = logit(y) + a
     zero-initialised residual head (see the module docstring for the layout)."""
 
-    def __init__(self, image_channels: int, residual_dim: int, base_channels: int = 32, adain_hidden: int = 64):
+    def __init__(
+        self,
+        image_channels: int,
+        residual_dim: int,
+        base_channels: int = 32,
+        adain_hidden: int = 64,
+        modulation: str = "adain",
+        zero_init: bool = True,
+    ):
         super().__init__()
         b, c = base_channels, image_channels
 
@@ -61,10 +101,14 @@ class AdaINDecoder(nn.Module):
         self.down_convolutions = nn.ModuleList([down(c, b), down(b, b), down(b, 2 * b)])
         self.up_convolutions = nn.ModuleList([up(2 * b, b), up(b, b)])
         widths = [b, b, 2 * b, b, b]
-        self.adains = nn.ModuleList([AdaIN(w, residual_dim, hidden=adain_hidden) for w in widths])
+        normalise = modulation == "adain"
+        self.adains = nn.ModuleList(
+            [AdaIN(w, residual_dim, hidden=adain_hidden, normalise=normalise, zero_init=zero_init) for w in widths]
+        )
         self.residual_head = up(b, c)
-        nn.init.zeros_(self.residual_head.weight)
-        nn.init.zeros_(self.residual_head.bias)
+        if zero_init:
+            nn.init.zeros_(self.residual_head.weight)
+            nn.init.zeros_(self.residual_head.bias)
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = as_unit_float(y)
@@ -90,7 +134,11 @@ class MSVAE(StageTwoModel):
         c = self.config
         encoder_channels = c.image_channels * (2 if c.residual_encoder_sees_y else 1)
         self.encoder = ConvEncoder(encoder_channels, c.image_size, 2 * c.residual_dim)
-        self.adain_decoder = AdaINDecoder(c.image_channels, c.residual_dim, c.base_channels, c.adain_hidden)
+        self.adain_decoder = AdaINDecoder(
+            c.image_channels, c.residual_dim, c.base_channels, c.adain_hidden, c.modulation, c.zero_init
+        )
+        shape = (c.image_channels, c.image_size, c.image_size)
+        self.likelihood = build_likelihood(c.likelihood, shape) if c.likelihood != "bernoulli" else None
 
     def residual_encoder(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar) of q(z|x, y), each (B, residual_dim), from the residual x - y (and y if configured)."""
@@ -102,12 +150,14 @@ class MSVAE(StageTwoModel):
         return mu, logvar
 
     def decode(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli logits of p(x|y, z), (B, C, H, W); equal to logit(y) at initialisation."""
+        """Logits of p(x|y, z), (B, C, H, W) (the Gaussian likelihood's mean is their sigmoid); equal to logit(y)
+        at initialisation with ``zero_init``."""
         return self.adain_decoder(y, z)
 
     @torch.no_grad()
     def generate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Probabilities sigmoid(G(y, z)); z from the prior N(0, I) for samples, from q(z|x,y) for reconstructions."""
+        """The mean sigmoid(G(y, z)) of p(x|y, z); z from the prior N(0, I) for samples, from q(z|x,y) for
+        reconstructions."""
         return torch.sigmoid(self.decode(y, z))
 
     @torch.no_grad()
@@ -123,16 +173,29 @@ class MSVAE(StageTwoModel):
     def objective(
         self, x: torch.Tensor, y: torch.Tensor, step: int | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, logs), loss = recon + beta * kl (MS-VAE eq. 2 term b, negated). x: images (uint8 or float in
-        [0, 1]); y: stage-one probabilities (any float dtype). logs: loss, recon, kl, kl_unit.<j>."""
+        """(loss, logs), loss = recon + beta_t * KL term (MS-VAE eq. 2 term b, negated; beta_t = beta, or its
+        warm-up at ``step``; the KL term with free bits when set). x: images (uint8 or float in [0, 1]); y:
+        stage-one probabilities (any float dtype). logs: loss, recon, kl (the true KL), kl_unit.<j>, and
+        decoder_variance for the Gaussian likelihood."""
+        c = self.config
         x, y = as_unit_float(x), as_unit_float(y)
         mu, logvar = self.residual_encoder(x, y)
         z = self.reparameterize(mu, logvar)
         logits = self.decode(y, z)
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+        if self.likelihood is None:
+            recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+        else:
+            recon = self.likelihood.negative_log_likelihood(torch.sigmoid(logits), x)
         kl_per_unit = gaussian_kl_per_unit(mu, logvar).mean(dim=0)
         kl = kl_per_unit.sum()
-        loss = recon + self.config.beta * kl
-        names = ["loss", "recon", "kl"] + [f"kl_unit.{j}" for j in range(self.config.residual_dim)]
+        kl_term = kl_per_unit.clamp(min=c.free_bits).sum() if c.free_bits > 0 else kl
+        beta = c.beta
+        if c.kl_warmup_steps > 0 and step is not None:
+            beta = c.beta * min(1.0, step / c.kl_warmup_steps)
+        loss = recon + beta * kl_term
+        names = ["loss", "recon", "kl"] + [f"kl_unit.{j}" for j in range(c.residual_dim)]
         values = torch.cat([torch.stack([loss, recon, kl]).detach(), kl_per_unit.detach()]).tolist()
-        return loss, dict(zip(names, values))
+        logs = dict(zip(names, values))
+        if self.likelihood is not None:
+            logs |= {key: float(value) for key, value in self.likelihood.logs().items()}
+        return loss, logs
