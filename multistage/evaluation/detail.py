@@ -59,13 +59,16 @@ def column_kinds(dataset, categorical_factors: tuple[str, ...]) -> dict[str, str
 
 
 def column_values(dataset, rows: np.ndarray, kinds: dict[str, str | float]) -> dict[str, np.ndarray]:
-    """The true value of each column for ``rows``: factor values (class indices for class factors), nuisance."""
+    """The true value of each column of ``kinds`` for ``rows``: factor values (class indices for class factors),
+    nuisance values (integers for class nuisance)."""
     values = {}
-    for k, name in enumerate(dataset.factor_names):
-        values[name] = (dataset.factor_classes if kinds[name] == "class" else dataset.factor_values)[rows, k]
-    for name in sorted(dataset.nuisance):
-        column = np.asarray(dataset.nuisance[name])[rows]
-        values[name] = column.astype(np.int64) if kinds[name] == "class" else column.astype(np.float64)
+    for name, kind in kinds.items():
+        if name in dataset.factor_names:
+            k = dataset.factor_names.index(name)
+            values[name] = (dataset.factor_classes if kind == "class" else dataset.factor_values)[rows, k]
+        else:
+            column = np.asarray(dataset.nuisance[name])[rows]
+            values[name] = column.astype(np.int64) if kind == "class" else column.astype(np.float64)
     return values
 
 
