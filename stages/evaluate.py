@@ -89,8 +89,7 @@ EvaluateParams = section_model(
     },
 )
 EvaluateParams.__doc__ = (
-    "params.yaml's ``evaluate``: the fields of EvaluationConfig and one sub-section per "
-    "registered metric with settings (``evaluate.sap.images``)."
+    "params.yaml's ``evaluate``: EvaluationConfig's fields, a sub-section per metric with settings (``evaluate.sap``)."
 )
 
 
@@ -189,9 +188,10 @@ def main(params_file: str | Path = PARAMS_FILE) -> dict:
     print(
         f"evaluate: MIG (histogram) on X {show(f'x.mig.histogram{bins}')}, on Y {show(f'y.mig.histogram{bins}')}, "
         f"on X-hat {show(f'x_hat.mig.histogram{bins}')}; MIG (sampling) on X {show('x.mig.sampling')}; "
-        f"SAP {show('x.sap')}; FactorVAE score {show('x.factorvae_score')}; Fréchet (factor classifier) Y "
-        f"{show('frechet.factor_classifier.y')} -> X-hat {show('frechet.factor_classifier.x_hat')}; "
-        f"TC {show('tc_decomposition.total_correlation')}"
+        f"SAP {show('x.sap')}; FactorVAE score {show('x.factorvae_score')}; Fréchet (detail network) Y "
+        f"{show('frechet.detail_classifier.y')} -> X-hat {show('frechet.detail_classifier.x_hat')} (shape-only "
+        f"{show('frechet.factor_classifier.y')} -> {show('frechet.factor_classifier.x_hat')}); detail gap closed "
+        f"{show('detail.gap_closed')}; TC {show('tc_decomposition.total_correlation')}"
     )
     return scores
 

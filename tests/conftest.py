@@ -81,6 +81,8 @@ TINY_PARAMS = {
         "tc_decomposition": {"samples": 200},
         "kid": {"subsets": 5, "subset_size": 30},
         "downstream": {"hidden_units": [8], "max_iter": 30},
+        "detail_probes": {"train_images": 200},
+        "detail_frechet": {"steps": 10, "batch_size": 32, "train_images": 200},
     },
     "registry": {
         "enabled": True,

@@ -50,6 +50,16 @@ VARIANT_NUISANCE: dict[str, tuple[str, ...]] = {
     "noisy": (),
     "scream": SCREAM_NUISANCE_NAMES,
 }
+#: Columns (factors and nuisance) whose values are angles, with their period: the orientation and the grating's phase
+#: wrap at 2 pi, and a grating turned by pi is the same grating (its phase aside). The evaluation's detail probes
+#: score these on the circle.
+CIRCULAR_PERIODS: dict[str, float] = {
+    "orientation": 2.0 * math.pi,
+    "grating_angle": math.pi,
+    "grating_phase": 2.0 * math.pi,
+}
+#: Nuisance columns that index a choice (a class) rather than measure a quantity.
+CATEGORICAL_NUISANCE: tuple[str, ...] = ("photo",)
 COLOR_VARIANT_RANGE = (0.5, 1.0)  # disentanglement_lib ColorDSprites: colour ~ U(0.5, 1)^3
 PHOTO_THUMBNAIL = (350, 274)  # disentanglement_lib ScreamDSprites: thumbnail((350, 274))
 

@@ -20,18 +20,21 @@ import numpy as np
 
 from multistage.metrics import (
     dci,
+    detail,
     downstream,
     factorvae_score,
+    frechet,
     indicators,
     kid,
     mig_sampling,
+    reconstruction,
     sap,
     tc_decomposition,
     zdiff,
 )
 
 Scope = Literal["factor_set", "held_out"]
-NEEDS = ("ground_truth", "two_varying_factors", "features")
+NEEDS = ("ground_truth", "two_varying_factors", "features", "images", "nuisance")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class MetricInputs:
     Held out (``scope="held_out"``: called by the stage once per comparison): ``features`` of the real images and
     ``other_features`` of those compared with them, named by ``label`` in the keys; ``named_codes``, the arrays an
     MLP reads ({"c": C, "z": Z, "c_z": [C, Z]}) with the factors of the same rows in ``factor_classes``.
+    Images: ``images`` (x), ``other_images`` (compared with x) and ``condition_images`` (stage one's y of the same
+    x), float (N, C, H, W) in [0, 1]. Detail probes: fitted on ``probe_features`` of real images whose columns
+    (factors and nuisance, by name) are ``probe_columns``, of kinds ``column_kinds`` ("continuous", "class" or a
+    circular period); scored on ``named_features`` ({"x": ..., "y": ..., "x_hat": ...}) of rows whose true values
+    are ``columns``; ``nuisance_columns`` name the columns of the summary.
     """
 
     mu: np.ndarray | None = None
@@ -61,6 +69,15 @@ class MetricInputs:
     other_features: np.ndarray | None = None
     label: str = ""
     named_codes: Mapping[str, np.ndarray] | None = None
+    images: Any = None
+    other_images: Any = None
+    condition_images: Any = None
+    probe_features: np.ndarray | None = None
+    probe_columns: Mapping[str, np.ndarray] | None = None
+    column_kinds: Mapping[str, str | float] | None = None
+    named_features: Mapping[str, np.ndarray] | None = None
+    columns: Mapping[str, np.ndarray] | None = None
+    nuisance_columns: tuple[str, ...] = ()
 
 
 MetricFunction = Callable[[MetricInputs, Any, int], dict[str, float | None]]
@@ -71,7 +88,7 @@ class Metric:
     """A registry entry: ``name`` (the key of ``evaluate.metrics`` and of its params sub-section), the function,
     its config dataclass, where it runs (``scope``) and what it needs beyond its inputs (a subset of :data:`NEEDS`):
     ``ground_truth`` factors, ``two_varying_factors`` (it classifies which factor was fixed), classifier
-    ``features`` (image data only)."""
+    ``features`` (image data only), ``images`` (not series), ``nuisance`` columns in the data."""
 
     name: str
     function: MetricFunction
@@ -130,6 +147,18 @@ register(Metric("dci", dci.dci_metric, dci.DciConfig, "factor_set", GROUND_TRUTH
 register(Metric("kl_per_unit", indicators.kl_per_unit_metric, indicators.KlPerUnitConfig, "held_out"))
 register(Metric("kid", kid.kid_metric, kid.KidConfig, "held_out", GROUND_TRUTH | {"features"}))
 register(Metric("downstream", downstream.downstream_metric, downstream.DownstreamConfig, "held_out", GROUND_TRUTH))
+DETAIL = GROUND_TRUTH | {"features", "nuisance"}
+register(Metric("detail_probes", detail.detail_probes_metric, detail.DetailProbesConfig, "held_out", DETAIL))
+register(Metric("detail_frechet", frechet.detail_frechet_metric, frechet.DetailFrechetConfig, "held_out", DETAIL))
+register(
+    Metric(
+        "foreground_error",
+        reconstruction.foreground_error_metric,
+        reconstruction.ForegroundErrorConfig,
+        "held_out",
+        frozenset({"images"}),
+    )
+)
 
 
 def default_configs() -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 On ``eval_images`` held-out images X, with E the stage-one encoder and G a stage-two decoder: Y = E[p(y | c)],
 X-hat = G(Y, z); MIG (histogram) of E on X, Y and X-hat; Fréchet distance and KID in an in-domain factor
-classifier's features with a real-vs-real floor; L1/L2/BCE; the conditioning terms M1..M4 (MS-VAE sec. 4); the
+classifier's features with a real-vs-real floor, and the Fréchet distance in the detail network's features
+(factors and nuisance); the detail probes (how much of each nuisance column X-hat carries, between Y and X);
+L1/L2/BCE over all pixels and over the foreground; the conditioning terms M1..M4 (MS-VAE sec. 4); the
 downstream MLP (figure 6); the KL per unit (JointVAE figure 8). Each variant gets a ``compare.<variant>.`` row
 (stage one's own, ``compare.stage_one.``), the first variant's also without the prefix. The factor set's metrics
 come from the registry (:mod:`multistage.evaluation.factor_set`).
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 
 from multistage.data.base import to_float
 from multistage.evaluation.config import EvaluationConfig
+from multistage.evaluation.detail import DetailProbeData, has_nuisance, train_detail_network
 from multistage.evaluation.factor_set import factor_set_scores
 from multistage.evaluation.registry import METRICS, MetricInputs
 from multistage.evaluation.representation import (
@@ -36,7 +39,7 @@ from multistage.evaluation.variants import VariantOutputs, condition_for, stage_
 from multistage.metrics.conditioning import normalized_code_mutual_information
 from multistage.metrics.frechet import extract_features, frechet_distance, train_factor_classifier
 from multistage.metrics.mig import mutual_information_gap
-from multistage.metrics.reconstruction import ReconstructionErrorAccumulator
+from multistage.metrics.reconstruction import ForegroundErrorAccumulator, ReconstructionErrorAccumulator
 
 
 def needing(need: str) -> set[str]:
@@ -44,16 +47,22 @@ def needing(need: str) -> set[str]:
     return {name for name, metric in METRICS.items() if need in metric.needs}
 
 
+#: A feature space of the held-out pass: images (B, C, H, W) float tensor -> (B, F) features.
+Extractor = Callable[[torch.Tensor], np.ndarray]
+
+
 @dataclass
 class HeldOut:
     """The held-out pass's results: the rows, stage one's codes of X and Y (``x``, ``y``, ``x_logvar``), the
-    classifier's features of X and Y, Y's reconstruction errors, the first batch for the figures."""
+    features of X and Y in each feature space (``features[space]["x"]``), Y's reconstruction errors (all pixels,
+    and over the foreground when asked), the first batch for the figures."""
 
     indices: np.ndarray
     codes: dict[str, np.ndarray]
-    features: dict[str, np.ndarray]
+    features: dict[str, dict[str, np.ndarray]]
     errors: ReconstructionErrorAccumulator
     examples: dict[str, torch.Tensor]
+    foreground: ForegroundErrorAccumulator | None = None
 
 
 @dataclass
@@ -81,16 +90,23 @@ class GroundTruthScorers:
 
 
 def skipped_groups(dataset, wanted: set[str]) -> dict[str, str]:
-    """``skipped.<group>`` notes for what the data cannot feed: no ground truth, or series instead of images."""
+    """``skipped.<group>`` notes for what the data cannot feed: no ground truth, series instead of images, no
+    nuisance columns."""
+    name = repr(dataset.meta.get("dataset", "prepared"))
+    notes: dict[str, str] = {}
+    if not is_image_data(dataset):
+        reason = "the data are series, not images"
+        notes |= {group: reason for group in sorted(wanted & needing("images"))}
     if not has_ground_truth(dataset):
-        reason = f"dataset {dataset.meta.get('dataset', 'prepared')!r} has no ground-truth factors"
-        groups = ("mig_histogram", "frechet", *sorted(wanted & needing("ground_truth")))
+        reason = f"dataset {name} has no ground-truth factors"
+        notes |= {group: reason for group in ("mig_histogram", "frechet", *sorted(wanted & needing("ground_truth")))}
     elif not is_image_data(dataset):
         reason = "the data are series, not images, and the factor classifier needs images"
-        groups = ("frechet", *sorted(wanted & needing("features")))
-    else:
-        return {}
-    return {f"skipped.{group}": reason for group in groups}
+        notes |= {group: reason for group in ("frechet", *sorted(wanted & needing("features")))}
+    elif not has_nuisance(dataset):
+        reason = f"dataset {name} (variant {dataset.meta.get('variant', '-')}) has no nuisance columns"
+        notes |= {group: reason for group in sorted(wanted & needing("nuisance"))}
+    return {f"skipped.{group}": reason for group, reason in notes.items()}
 
 
 def train_classifier(
@@ -129,16 +145,19 @@ def held_out_pass(
     indices: np.ndarray,
     stage_one,
     variants: dict,
-    classifier,
+    extractors: dict[str, Extractor],
     device,
     timed,
     show_progress: bool,
+    foreground_threshold: float | None = None,
 ) -> HeldOut:
-    """One pass over the held-out rows in batches: stage one's codes of X and Y, the classifier's features, Y's
-    errors, and each variant's outputs (:class:`VariantOutputs`)."""
+    """One pass over the held-out rows in batches: stage one's codes of X and Y, their features in each space of
+    ``extractors``, Y's errors (over the foreground too, with a threshold), and each variant's outputs
+    (:class:`VariantOutputs`)."""
     codes = {key: [] for key in ("x", "y", "x_logvar")}
-    features = {key: [] for key in ("x", "y")}
+    features = {space: {"x": [], "y": []} for space in extractors}
     errors = ReconstructionErrorAccumulator()
+    foreground = None if foreground_threshold is None else ForegroundErrorAccumulator(foreground_threshold)
     examples: dict[str, torch.Tensor] = {}
     with (
         timed("held_out"),
@@ -154,24 +173,39 @@ def held_out_pass(
             codes["x"].append(c_r.cpu().numpy())
             codes["y"].append(stage_one.representation(y).cpu().numpy())
             codes["x_logvar"].append(x_logvar.cpu().numpy())
-            if classifier is not None:
+            for space, extract in extractors.items():
                 for key, images_of in (("x", x), ("y", y)):
-                    features[key].append(extract_features(classifier, images_of, batch_size=n, device=device))
+                    features[space][key].append(extract(images_of))
             errors.update(x, y)
+            if foreground is not None:
+                foreground.update(x, y, y)
             for variant in variants.values():
-                variant.update(x, c_r, y, stage_one, classifier, device)
+                variant.update(x, c_r, y, stage_one, extractors, device, foreground_threshold)
             if not examples:
                 examples = {"x": x.cpu(), "y": y.cpu(), "c": c_r.cpu()}
             bar.update(n)
     codes = {k: np.concatenate(v).astype(np.float64) for k, v in codes.items()}
     check_finite_codes({"representation": codes["x"], "logvar": codes["x_logvar"]}, "held-out images")
-    features = {k: np.concatenate(v) for k, v in features.items() if v}
-    return HeldOut(indices, codes, features, errors, examples)
+    features = {space: {k: np.concatenate(v) for k, v in sets.items()} for space, sets in features.items()}
+    return HeldOut(indices, codes, features, errors, examples, foreground)
 
 
-def feature_scores(config: EvaluationConfig, held_out: HeldOut, reference: np.ndarray, timed) -> dict[str, float]:
-    """Fréchet distance (and KID when asked) between the features of X and of Y, and of a real-vs-real floor."""
-    features, scores = held_out.features, {}
+def feature_scores(
+    config: EvaluationConfig, held_out: HeldOut, references: dict[str, np.ndarray], timed
+) -> dict[str, float]:
+    """Fréchet distance (and KID when asked) between the features of X and of Y, and of a real-vs-real floor, in
+    the factor classifier's features and (with nuisance) the detail network's."""
+    scores = {}
+    if "detail_classifier" in references:
+        detail = held_out.features["detail_classifier"]
+        with timed("detail_frechet"):
+            for key, other in (("y", detail["y"]), ("real_reference", references["detail_classifier"])):
+                scores |= METRICS["detail_frechet"](
+                    MetricInputs(features=detail["x"], other_features=other, label=key),
+                    config.config_of("detail_frechet"),
+                    config.seed,
+                )
+    features, reference = held_out.features["factor_classifier"], references["factor_classifier"]
     with timed("frechet"):
         scores["frechet.factor_classifier.y"] = frechet_distance(features["x"], features["y"])
         scores["frechet.factor_classifier.real_reference"] = frechet_distance(features["x"], reference)
@@ -207,14 +241,32 @@ def compute(
     timed = timer(scores)
 
     rng = np.random.default_rng(config.classifier.seed)  # the classifier's rows, then the real-vs-real floor's
-    classifier = None
+    extractors: dict[str, Extractor] = {}
+    detail_on = ground_truth and images_2d and has_nuisance(dataset)
     if ground_truth and images_2d:
         classifier, accuracy = train_classifier(config, dataset, images, rng, device, timed, show_progress)
         scores |= accuracy
+        extractors["factor_classifier"] = feature_extractor(classifier, device)
+    if detail_on and "detail_frechet" in wanted:
+        network, accuracy = train_detail_network(config, dataset, images, device, timed, show_progress)
+        scores |= accuracy
+        extractors["detail_classifier"] = feature_extractor(network, device)
+    probe_data = None
+    if detail_on and "detail_probes" in wanted:
+        with timed("detail_probes"):
+            probe_data = DetailProbeData(config, dataset, images)
+        extractors["detail_probe"] = probe_data.extract
+    threshold = config.config_of("foreground_error").threshold if "foreground_error" in wanted else None
     indices = held_out_indices(dataset, config.eval_images, config.seed)
     outputs = {name: VariantOutputs(name, model, config.seed) for name, model in stage_two.items()}
-    held_out = held_out_pass(config, images, indices, stage_one, outputs, classifier, device, timed, show_progress)
+    held_out = held_out_pass(
+        config, images, indices, stage_one, outputs, extractors, device, timed, show_progress, threshold
+    )
     codes, examples = held_out.codes, held_out.examples
+    detail_row = None
+    if probe_data is not None:
+        detail_row = probe_data.scorer(held_out.features["detail_probe"], indices)
+        scores |= detail_row(None)
 
     scorers = None
     if ground_truth:
@@ -226,12 +278,22 @@ def compute(
         )
         with timed("mig_histogram"):
             scores |= scorers.mig(codes["x"], "x") | scorers.mig(codes["y"], "y")
-    if classifier is not None:
+    if "factor_classifier" in extractors:
         train_pool = dataset.train_indices  # real-vs-real floor: features of as many other real (training) images
         reference_indices = train_pool[np.sort(rng.permutation(len(train_pool))[: len(indices)])]
-        reference = extract_features(classifier, images[reference_indices], batch_size=config.batch_size, device=device)
-        scores |= feature_scores(config, held_out, reference, timed)
+        references = {}
+        for space in ("factor_classifier", "detail_classifier"):
+            if space in extractors:
+                references[space] = np.concatenate(
+                    [
+                        extractors[space](to_float(images[reference_indices[start : start + config.batch_size]]))
+                        for start in range(0, len(reference_indices), config.batch_size)
+                    ]
+                )
+        scores |= feature_scores(config, held_out, references, timed)
     scores |= {f"reconstruction.y.{name}": float(v) for name, v in held_out.errors.result().items()}
+    if held_out.foreground is not None:
+        scores |= {f"reconstruction.y.foreground.{k}": float(v) for k, v in held_out.foreground.result().items()}
     scores["conditioning.M1"] = normalized_code_mutual_information(codes["x"], codes["y"], config.mig_bins)
     scores["evaluate.images"] = int(len(indices))
     if "kl_per_unit" in wanted:
@@ -260,11 +322,12 @@ def compute(
         with timed(f"variant.{name}"):
             row = variant.scores(
                 codes,
-                held_out.features.get("x"),
+                {space: sets["x"] for space, sets in held_out.features.items() if space != "detail_probe"},
                 config,
                 scorers.mig if scorers is not None else None,
                 downstream,
                 scores,
+                detail_row,
             )
         scores |= {f"compare.{name}.{k}": v for k, v in row.items()}
         if position == 0:  # the headline keeps the pre-matrix keys (downstream.mlp.c stays stage one's)
@@ -280,6 +343,15 @@ def compute(
         else:
             scores["skipped.inception_fid"] = "the data are series, not images"
     return scores, examples
+
+
+def feature_extractor(network, device) -> Extractor:
+    """The penultimate features of a classifier (factor or detail network) as a feature space."""
+
+    def extract(images: torch.Tensor) -> np.ndarray:
+        return extract_features(network, images, batch_size=len(images), device=device)
+
+    return extract
 
 
 def inception_fid_scores(

@@ -9,8 +9,8 @@ import torch
 from multistage.evaluation.config import EvaluationConfig
 from multistage.evaluation.registry import METRICS, MetricInputs
 from multistage.metrics.conditioning import normalized_code_mutual_information
-from multistage.metrics.frechet import extract_features, frechet_distance
-from multistage.metrics.reconstruction import ReconstructionErrorAccumulator
+from multistage.metrics.frechet import frechet_distance
+from multistage.metrics.reconstruction import ForegroundErrorAccumulator, ReconstructionErrorAccumulator
 from multistage.models.stage_two.baselines import parameter_count
 
 
@@ -33,8 +33,9 @@ class VariantOutputs:
         self.name, self.model = name, model
         self.generator = torch.Generator().manual_seed(seed)
         self.codes: dict[str, list[np.ndarray]] = {}
-        self.features: dict[str, list[np.ndarray]] = {}
+        self.features: dict[str, dict[str, list[np.ndarray]]] = {}
         self.errors = None
+        self.foreground = None
         self.examples: dict[str, torch.Tensor] = {}
         self.has_residual_encoder = True
         self.has_code = True
@@ -42,7 +43,12 @@ class VariantOutputs:
     def _append(self, table: dict, key: str, value: np.ndarray) -> None:
         table.setdefault(key, []).append(value)
 
-    def update(self, x: torch.Tensor, c_r: torch.Tensor, y: torch.Tensor, stage_one, classifier, device) -> None:
+    def update(
+        self, x: torch.Tensor, c_r: torch.Tensor, y: torch.Tensor, stage_one, extractors: dict, device, threshold=None
+    ) -> None:
+        """One held-out batch: the variant's images, their stage-one codes, their features in each space of
+        ``extractors`` (X-hat and X-sample) and X-hat's errors (over the foreground of x or y too, with a
+        ``threshold``)."""
         model, n = self.model, len(x)
         cond = condition_for(model, c_r, y)
         images: dict[str, torch.Tensor] = {}
@@ -67,22 +73,37 @@ class VariantOutputs:
                 self.has_code = False
         for key, value in images.items():
             self._append(self.codes, key, stage_one.representation(value).cpu().numpy())
-            if classifier is not None and key in ("x_hat", "x_sample"):
-                self._append(self.features, key, extract_features(classifier, value, batch_size=n, device=device))
+            if key in ("x_hat", "x_sample"):
+                for space, extract in extractors.items():
+                    if space != "detail_probe" or key == "x_hat":  # the probes read X-hat only
+                        self._append(self.features.setdefault(space, {}), key, extract(value))
         if "x_hat" in images:
             self.errors = self.errors or ReconstructionErrorAccumulator()
             self.errors.update(x, images["x_hat"])
+            if threshold is not None:
+                self.foreground = self.foreground or ForegroundErrorAccumulator(threshold)
+                self.foreground.update(x, images["x_hat"], y)
         if not self.examples:
             self.examples = {key: value.cpu() for key, value in images.items()}
             if z is not None:
                 self.examples["z"] = z.cpu()
 
     def scores(
-        self, shared: dict[str, np.ndarray], x_features, config: EvaluationConfig, mig, downstream, headline: dict
+        self,
+        shared: dict[str, np.ndarray],
+        x_features: dict[str, np.ndarray],
+        config: EvaluationConfig,
+        mig,
+        downstream,
+        headline: dict,
+        detail=None,
     ) -> dict:
         """The comparison row (keys as the single-model stage names them; None where the variant has no such
-        output): Fréchet distance / KID of X-hat and X-sample, MIG of the stage-one encoder on them and of the
-        variant's own code, M1..M4, L1/L2/BCE of X-hat, downstream accuracies from its residual, its size."""
+        output): Fréchet distance of X-hat and X-sample in each feature space of ``x_features`` (the real images'
+        features: ``factor_classifier``, ``detail_classifier``) and KID in the factor classifier's, MIG of the
+        stage-one encoder on them and of the variant's own code, M1..M4, L1/L2/BCE of X-hat (and over the
+        foreground), the detail probes' scores of X-hat (``detail(features)``, its ``detail_probe`` features),
+        downstream accuracies from its residual, its size."""
         model, bins = self.model, config.mig_bins
         codes = {k: np.concatenate(v).astype(np.float64) for k, v in self.codes.items()}
         row: dict[str, float | None] = {"parameters": float(parameter_count(model))}
@@ -104,25 +125,15 @@ class VariantOutputs:
             row["mig_ratio.x_hat_over_y"] = (
                 None if not isinstance(top, float) else top / y_mig if y_mig > 0 else float("nan")
             )
-        if x_features is not None:
-            for name in ("x_hat", "x_sample"):
-                if name not in self.features:
-                    row[f"frechet.factor_classifier.{name}"] = row[f"kid.factor_classifier.{name}"] = None
-                    continue
-                other = np.concatenate(self.features[name])
-                row[f"frechet.factor_classifier.{name}"] = frechet_distance(x_features, other)
-                if "kid" in config.metrics:
-                    row |= METRICS["kid"](
-                        MetricInputs(features=x_features, other_features=other, label=name),
-                        config.config_of("kid"),
-                        config.seed,
-                    )
-            fd_hat, fd_y = row["frechet.factor_classifier.x_hat"], headline.get("frechet.factor_classifier.y")
-            row["frechet.factor_classifier.ratio_x_hat_over_y"] = (
-                fd_hat / max(fd_y, 1e-12) if isinstance(fd_hat, float) and fd_y is not None else None
-            )
+        for space, real in x_features.items():
+            row |= self._feature_row(space, real, config, headline)
         if self.errors is not None:
             row |= {f"reconstruction.x_hat.{name}": float(v) for name, v in self.errors.result().items()}
+        if self.foreground is not None:
+            row |= {f"reconstruction.x_hat.foreground.{k}": float(v) for k, v in self.foreground.result().items()}
+        if detail is not None:
+            probe_features = self.features.get("detail_probe", {}).get("x_hat")
+            row |= detail(np.concatenate(probe_features)) if probe_features else {"detail.gap_closed": None}
         c_r = shared["x"]
         terms = {
             "M1": shared["y"],
@@ -145,12 +156,42 @@ class VariantOutputs:
             row |= downstream(inputs)
         return row
 
+    def _feature_row(self, space: str, real: np.ndarray, config: EvaluationConfig, headline: dict) -> dict:
+        """Fréchet distances of X-hat and X-sample to the real images in one feature space (and KID in the factor
+        classifier's), and the ratio of X-hat's to Y's."""
+        row: dict[str, float | None] = {}
+        features = self.features.get(space, {})
+        for name in ("x_hat", "x_sample"):
+            if name not in features:
+                row[f"frechet.{space}.{name}"] = None
+                if space == "factor_classifier":
+                    row[f"kid.factor_classifier.{name}"] = None
+                continue
+            other = np.concatenate(features[name])
+            if space == "detail_classifier":
+                inputs = MetricInputs(features=real, other_features=other, label=name)
+                row |= METRICS["detail_frechet"](inputs, config.config_of("detail_frechet"), config.seed)
+            else:
+                row[f"frechet.{space}.{name}"] = frechet_distance(real, other)
+            if space == "factor_classifier" and "kid" in config.metrics:
+                row |= METRICS["kid"](
+                    MetricInputs(features=real, other_features=other, label=name),
+                    config.config_of("kid"),
+                    config.seed,
+                )
+        fd_hat, fd_y = row[f"frechet.{space}.x_hat"], headline.get(f"frechet.{space}.y")
+        row[f"frechet.{space}.ratio_x_hat_over_y"] = (
+            fd_hat / max(fd_y, 1e-12) if isinstance(fd_hat, float) and fd_y is not None else None
+        )
+        return row
+
 
 def stage_one_comparison_row(scores: dict, bins: int, stage_one) -> dict:
     """The beta-TCVAE-with-|C|-latents row of the comparison (MS-VAE sec. 4): stage one itself, its output Y in the
     place of X-hat, its code C."""
     renamed = {
         "frechet.factor_classifier.y": "frechet.factor_classifier.x_hat",
+        "frechet.detail_classifier.y": "frechet.detail_classifier.x_hat",
         "kid.factor_classifier.y": "kid.factor_classifier.x_hat",
         "kid.factor_classifier.y.std": "kid.factor_classifier.x_hat.std",
         "conditioning.M1": "conditioning.M2",
@@ -159,6 +200,9 @@ def stage_one_comparison_row(scores: dict, bins: int, stage_one) -> dict:
     row |= {k.replace("x.", "code.", 1): v for k, v in scores.items() if k.startswith(f"x.mig.histogram{bins}")}
     row |= {k.replace("y.", "x_hat.", 1): v for k, v in scores.items() if k.startswith(f"y.mig.histogram{bins}")}
     row |= {k.replace(".y.", ".x_hat.", 1): v for k, v in scores.items() if k.startswith("reconstruction.y.")}
+    row |= {
+        k.removesuffix(".y") + ".x_hat": v for k, v in scores.items() if k.startswith("detail.") and k.endswith(".y")
+    }
     row |= {k: v for k, v in scores.items() if k.startswith("downstream.mlp.c.")}
     row["parameters"] = row["parameters_with_stage_one"] = float(parameter_count(stage_one))
     return row

@@ -4,7 +4,9 @@ With ground truth: ``mig`` (histogram), ``mig_sampling`` (beta-TCVAE appendix A)
 ``factorvae_score``, ``dci``, ``downstream`` (MS-VAE figure 6). Without: ``tc_decomposition`` (beta-TCVAE eq. 3),
 ``indicators`` (noise-modelling sec. 6.2, KL per unit, discrete accuracy), ``aggregate_posterior`` (the density
 estimators behind both). Generation and conditioning: ``conditioning`` (MS-VAE M1..M4), ``frechet`` and ``kid``
-(in an in-domain factor classifier's features), ``inception_fid`` (optional), ``reconstruction`` (L1, L2, BCE).
+(in an in-domain factor classifier's features; the detail network's, trained on factors and nuisance, for the
+detail-aware distance), ``inception_fid`` (optional), ``reconstruction`` (L1, L2, BCE, and over the foreground).
+Detail: ``detail`` (probes fitted on real images read each nuisance column off X, Y and X-hat).
 
 The metrics the evaluate stage runs, with their config dataclasses, are registered in
 ``multistage.evaluation.registry``.

@@ -11,15 +11,24 @@ images. Our datasets (dSprites and friends) are far from ImageNet, so the featur
 convolutional classifier trained on the dataset's own ground-truth factors (``FactorClassifier``): the distance is
 *not* comparable to published Inception-feature numbers, and results are always named as a Fréchet distance in
 the features of an in-domain factor classifier.
+
+That classifier sees only what its heads ask for: trained on shape, scale, orientation and position, it has no
+reason to tell a coloured, textured sprite from a grey one, so a distance in its features is blind to the detail
+that stage two is for. The *detail network* is the same architecture with one more head: a regression of the
+dataset's nuisance columns (colour, grating, ...; ``regression_targets``), trained together with the factor heads;
+its features are the space of the detail-aware Fréchet distance (``frechet.detail_classifier.*``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import scipy.linalg
 import torch
+from annotated_types import Gt
 from torch import nn
 from torch.nn import functional
 
@@ -31,6 +40,9 @@ __all__ = [
     "train_factor_classifier",
     "extract_features",
     "factor_accuracies",
+    "regression_r2",
+    "DetailFrechetConfig",
+    "detail_frechet_metric",
 ]
 
 
@@ -119,8 +131,9 @@ def _as_float_images(batch: np.ndarray | torch.Tensor, device: torch.device | st
 
 
 class FactorClassifier(nn.Module):
-    """A small conv net with one linear head per ground-truth factor; its 128-d penultimate layer is the feature
-    space of the Fréchet distance.
+    """A small conv net with one linear head per ground-truth factor (and, with ``regression_outputs`` > 0, one
+    linear regression head of that many outputs, see ``regress``); its 128-d penultimate layer is the feature space
+    of the Fréchet distance.
 
     Body: 4 conv layers (4x4, stride 2, padding 1; 32, 32, 64, 64 channels, ReLU), adaptive average pooling to
     4x4 (so 64x64 and 32x32 images share the architecture and absolute position survives, which the position
@@ -135,6 +148,7 @@ class FactorClassifier(nn.Module):
         factor_sizes: Sequence[int],
         factor_names: Sequence[str] | None = None,
         feature_dim: int = 128,
+        regression_outputs: int = 0,
     ) -> None:
         super().__init__()
         factor_sizes = tuple(int(size) for size in factor_sizes)
@@ -148,6 +162,7 @@ class FactorClassifier(nn.Module):
             "factor_sizes": factor_sizes,
             "factor_names": factor_names,
             "feature_dim": int(feature_dim),
+            "regression_outputs": int(regression_outputs),
         }
         self.factor_names = factor_names
         self.factor_sizes = factor_sizes
@@ -158,6 +173,7 @@ class FactorClassifier(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 4 * 4, feature_dim), nn.ELU()]
         self.body = nn.Sequential(*layers)
         self.heads = nn.ModuleList(nn.Linear(feature_dim, size) for size in factor_sizes)
+        self.regression = nn.Linear(feature_dim, regression_outputs) if regression_outputs > 0 else None
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float in [0, 1] -> (B, feature_dim) penultimate features."""
@@ -169,6 +185,12 @@ class FactorClassifier(nn.Module):
         """(B, C, H, W) float in [0, 1] -> list of K logit tensors (B, size_k)."""
         features = self.features(images)
         return [head(features) for head in self.heads]
+
+    def regress(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float in [0, 1] -> (B, regression_outputs) standardised regression outputs."""
+        if self.regression is None:
+            raise ValueError("this classifier was built without regression outputs")
+        return self.regression(self.features(images))
 
 
 def _device_rng_scope(device: torch.device):
@@ -201,6 +223,33 @@ def factor_accuracies(
     return accuracies
 
 
+def regression_r2(
+    classifier: FactorClassifier,
+    images: np.ndarray,
+    targets: np.ndarray,
+    names: Sequence[str],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """R^2 = 1 - SSE / SST of each standardised regression output of ``classifier`` on the given images, against
+    ``targets`` (N, R) already standardised as in training: {"<name>": r2, ...}."""
+    device = torch.device(device)
+    was_training = classifier.training
+    classifier.eval()
+    with torch.no_grad():
+        predicted = np.concatenate(
+            [
+                classifier.regress(_as_float_images(images[start : start + batch_size], device)).double().cpu().numpy()
+                for start in range(0, len(images), batch_size)
+            ]
+        )
+    classifier.train(was_training)
+    truth = np.asarray(targets, dtype=np.float64)
+    total = np.maximum(np.square(truth - truth.mean(axis=0)).sum(axis=0), np.finfo(np.float64).tiny)
+    r2 = 1.0 - np.square(truth - predicted).sum(axis=0) / total
+    return {name: float(value) for name, value in zip(names, r2)}
+
+
 def train_factor_classifier(
     images: np.ndarray,
     factor_classes: np.ndarray,
@@ -214,10 +263,15 @@ def train_factor_classifier(
     learning_rate: float = 1e-3,
     heldout_fraction: float = 0.1,
     progress_every: int = 50,
+    regression_targets: np.ndarray | None = None,
+    regression_names: Sequence[str] | None = None,
 ) -> tuple[FactorClassifier, dict[str, float]]:
     """Train a ``FactorClassifier`` to predict every factor, on (1 - heldout_fraction) of the images.
 
-    Loss: the sum over factors of the cross-entropy of each head. Adam, ``steps`` minibatches of ``batch_size``
+    Loss: the sum over factors of the cross-entropy of each head, plus, with ``regression_targets`` (N, R) float
+    (the detail network), the sum over the R outputs of the mean squared error of the regression head against the
+    targets standardised by their mean and standard deviation on the training part. Adam, ``steps`` minibatches
+    of ``batch_size``
     drawn uniformly (with replacement) from the training part. Deterministic from ``seed``: the split and the
     batches come from ``np.random.default_rng(seed)``, the weights from ``torch.manual_seed(seed)`` inside a
     forked RNG scope (the caller's global torch RNG state is left untouched).
@@ -228,7 +282,9 @@ def train_factor_classifier(
         progress: optional callback ``progress(step, {"loss": float})`` every ``progress_every`` steps and at
             the last step.
         factor_names: names for the heads and the accuracy keys (default factor0..factorK-1).
-    Returns (classifier in eval mode, {"<factor>": held-out accuracy, ..., "mean": mean over factors}).
+        regression_names: the R outputs' names (default output0..), keys ``r2.<name>`` of the result.
+    Returns (classifier in eval mode, {"<factor>": held-out accuracy, ..., "mean": mean over factors} and, with
+    regression targets, {"r2.<name>": held-out R^2 of each standardised output}).
     """
     device = torch.device(device)
     factor_classes = np.asarray(factor_classes)
@@ -245,27 +301,46 @@ def train_factor_classifier(
     num_heldout = min(max(1, int(round(heldout_fraction * num_images))), num_images - 1)
     heldout_indices = np.sort(permutation[:num_heldout])
     train_indices = np.sort(permutation[num_heldout:])
+    standardised = None
+    if regression_targets is not None:
+        targets = np.asarray(regression_targets, dtype=np.float64)
+        if targets.ndim != 2 or len(targets) != num_images or not np.all(np.isfinite(targets)):
+            raise ValueError(f"regression_targets must be finite (N={num_images}, R), got shape {targets.shape}")
+        mean, std = targets[train_indices].mean(axis=0), targets[train_indices].std(axis=0)
+        standardised = (targets - mean) / np.where(std > 0, std, 1.0)
+        regression_names = tuple(regression_names or (f"output{j}" for j in range(targets.shape[1])))
+    outputs = 0 if standardised is None else standardised.shape[1]
 
     with _device_rng_scope(device):
         torch.manual_seed(seed)
-        classifier = FactorClassifier(images.shape[1], factor_sizes, factor_names).to(device)
+        classifier = FactorClassifier(images.shape[1], factor_sizes, factor_names, regression_outputs=outputs)
+        classifier = classifier.to(device)
         optimizer = torch.optim.Adam(classifier.parameters(), lr=learning_rate)
         classifier.train()
         for step in range(1, int(steps) + 1):
             batch_indices = np.sort(train_indices[rng.integers(0, len(train_indices), size=batch_size)])
             batch = _as_float_images(images[batch_indices], device)
             targets = torch.from_numpy(np.asarray(factor_classes[batch_indices], dtype=np.int64)).to(device)
-            logits = classifier(batch)
-            loss = sum(functional.cross_entropy(head_logits, targets[:, k]) for k, head_logits in enumerate(logits))
+            features = classifier.features(batch)
+            loss = sum(
+                functional.cross_entropy(head(features), targets[:, k]) for k, head in enumerate(classifier.heads)
+            )
+            if standardised is not None:
+                wanted = torch.from_numpy(standardised[batch_indices]).to(device=device, dtype=torch.float32)
+                loss = loss + functional.mse_loss(classifier.regression(features), wanted) * outputs
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if progress is not None and (step % progress_every == 0 or step == steps):
                 progress(step, {"loss": float(loss.detach())})
     classifier.eval()
-    accuracies = factor_accuracies(
-        classifier, images[heldout_indices], factor_classes[heldout_indices], batch_size, device
-    )
+    heldout_images = images[heldout_indices]
+    accuracies = factor_accuracies(classifier, heldout_images, factor_classes[heldout_indices], batch_size, device)
+    if standardised is not None:
+        r2 = regression_r2(
+            classifier, heldout_images, standardised[heldout_indices], regression_names, batch_size, device
+        )
+        accuracies |= {f"r2.{name}": value for name, value in r2.items()}
     return classifier, accuracies
 
 
@@ -292,3 +367,21 @@ def extract_features(
     if not chunks:
         return np.zeros((0, classifier.config["feature_dim"]), dtype=np.float64)
     return np.concatenate(chunks, axis=0)
+
+
+@dataclass(frozen=True)
+class DetailFrechetConfig:
+    """The detail network behind ``frechet.detail_classifier.*``: ``steps`` Adam steps of ``batch_size`` images
+    drawn from ``train_images`` rows of the training split (chosen by ``seed``, which also fixes the weights)."""
+
+    steps: Annotated[int, Gt(0)] = 1000
+    batch_size: Annotated[int, Gt(1)] = 64
+    train_images: Annotated[int, Gt(10)] = 20000
+    seed: int = 0
+
+
+def detail_frechet_metric(inputs, config: DetailFrechetConfig, seed: int) -> dict[str, float]:
+    """Registry adapter: the Fréchet distance between ``features`` and ``other_features`` (the detail network's,
+    which the evaluate stage extracts), key ``frechet.detail_classifier.<label>``. ``config`` shapes the network,
+    not the distance; ``seed`` draws nothing."""
+    return {f"frechet.detail_classifier.{inputs.label}": frechet_distance(inputs.features, inputs.other_features)}

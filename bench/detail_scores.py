@@ -1,0 +1,157 @@
+"""What the scores that see detail cost the evaluate stage, and how their probe was chosen, on the embedded default's
+data (textured dSprites at 32 px, 60,000 images, 10 % test split).
+
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.detail_scores cost     # seconds the new work adds to evaluate
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.detail_scores choice   # probe features: raw pixels vs the map
+
+The data are generated into ``--work-dir`` with ``multistage.data.dsprites.make_dsprites`` (as ``prepare`` makes
+them by default). ``cost`` times the parts the detail scores add, with the default ``evaluate`` params: training
+the detail network, the probes' features and fits on their training rows, the features of X, Y and one X-hat
+(``eval_images`` held-out images; Y and X-hat stand-ins: X blurred, the cost does not depend on the model), the
+foreground errors, the detail Fréchet distances and the probes' scores; wall and CPU seconds of each, with the load
+average. ``choice`` fits ridge probes on ``--probe-images`` training-split images, on the raw pixels and on
+``detail_feature_map``, and prints the R^2 of each column on the real held-out images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from multistage.data.base import load_dataset
+from multistage.data.dsprites import make_dsprites
+
+
+def data(work_dir: Path):
+    folder = work_dir / "textured32"
+    if not (folder / "meta.json").exists():
+        make_dsprites(folder, n_images=60000, seed=0, variant="textured", image_size=32)
+    return load_dataset(folder)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float, float]] = []
+
+    def __call__(self, name: str):
+        clock = self
+
+        class Timed:
+            def __enter__(self):
+                self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+            def __exit__(self, *exc):
+                clock.rows.append((name, time.perf_counter() - self.wall, time.process_time() - self.cpu))
+
+        return Timed()
+
+
+def cost(dataset) -> None:
+    from multistage.evaluation.config import EvaluationConfig
+    from multistage.evaluation.detail import DetailProbeData, train_detail_network
+    from multistage.evaluation.representation import held_out_indices
+    from multistage.evaluation.scoring import feature_extractor
+    from multistage.metrics.frechet import frechet_distance
+    from multistage.metrics.reconstruction import ForegroundErrorAccumulator
+
+    config, device, clock = EvaluationConfig(), torch.device("cpu"), Clock()
+
+    def timed(group):
+        return clock(group)
+
+    network, _ = train_detail_network(config, dataset, dataset.images, device, timed, show_progress=False)
+    with clock("detail_probes: features and fits of the training rows"):
+        probes = DetailProbeData(config, dataset, dataset.images)
+    extract = feature_extractor(network, device)
+    indices = held_out_indices(dataset, config.eval_images, config.seed)
+    features = {space: {"x": [], "y": [], "x_hat": []} for space in ("network", "map")}
+    foreground = {name: ForegroundErrorAccumulator(0.1) for name in ("y", "x_hat")}
+    with clock("held-out pass: detail features of X, Y, X-hat, X-sample; foreground errors"):
+        for start in range(0, len(indices), config.batch_size):
+            x = torch.from_numpy(dataset.images[indices[start : start + config.batch_size]]).float() / 255
+            y = torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, 1.5, 1.5)))
+            x_hat = torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, 0.7, 0.7)))
+            for name, images in (("x", x), ("y", y), ("x_hat", x_hat)):
+                features["network"][name].append(extract(images))
+                features["map"][name].append(probes.extract(images))
+            extract(x_hat)  # X-sample's features, as the stage extracts them
+            foreground["y"].update(x, y, y)
+            foreground["x_hat"].update(x, x_hat, y)
+    stacked = {space: {k: np.concatenate(v) for k, v in sets.items()} for space, sets in features.items()}
+    with clock("detail Fréchet: real-vs-real reference features and the distances"):
+        pool = dataset.train_indices
+        reference = np.concatenate(
+            [
+                extract(
+                    torch.from_numpy(dataset.images[np.sort(pool[start : start + config.batch_size])]).float() / 255
+                )
+                for start in range(0, len(indices), config.batch_size)
+            ]
+        )
+        for other in (stacked["network"]["y"], stacked["network"]["x_hat"], stacked["network"]["x_hat"], reference):
+            frechet_distance(stacked["network"]["x"], other)
+    with clock("detail probes: scores of X, Y and X-hat"):
+        row = probes.scorer(stacked["map"], indices)
+        shared, variant = row(None), row(stacked["map"]["x_hat"])
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; torch threads {torch.get_num_threads()}")
+    for name, wall, cpu in clock.rows:
+        print(f"{wall:7.1f} s wall {cpu:7.1f} s CPU  {name}")
+    wall, cpu = sum(r[1] for r in clock.rows), sum(r[2] for r in clock.rows)
+    print(f"{wall:7.1f} s wall {cpu:7.1f} s CPU  in all")
+    print("X ceiling:", {k: round(v, 3) for k, v in shared.items() if k.endswith(".x")})
+    print("stand-in X-hat gap closed:", variant["detail.gap_closed"])
+
+
+def choice(dataset, probe_images: int) -> None:
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    from multistage.evaluation.detail import column_kinds, column_values
+    from multistage.metrics.detail import circular_embedding, column_score, detail_feature_map
+
+    rng = np.random.default_rng(0)
+    train = np.sort(rng.permutation(dataset.train_indices)[:probe_images])
+    test = dataset.test_indices[:5000]
+    kinds = {k: v for k, v in column_kinds(dataset, ("shape",)).items() if v != "class"}
+    truth_train, truth_test = column_values(dataset, train, kinds), column_values(dataset, test, kinds)
+    maps = {"raw pixels": lambda rows: dataset.images[rows].reshape(len(rows), -1) / 255.0}
+    maps["detail_feature_map"] = lambda rows: detail_feature_map(dataset.images[rows])
+    for name, feature_map in maps.items():
+        for alpha in (1.0, 10.0, 100.0):
+            started = time.perf_counter()
+            scaler = StandardScaler().fit(feature_map(train))
+            fitted, tested = scaler.transform(feature_map(train)), scaler.transform(feature_map(test))
+            scores = {}
+            for column, kind in kinds.items():
+                circular = not isinstance(kind, str)
+                target = circular_embedding(truth_train[column], kind) if circular else truth_train[column]
+                predicted = Ridge(alpha=alpha).fit(fitted, target).predict(tested)
+                scores[column] = column_score(
+                    truth_test[column], predicted, "circular" if circular else "continuous", kind if circular else None
+                )
+            took = time.perf_counter() - started
+            print(f"{name}, ridge alpha {alpha}: {took:.0f} s;", {k: round(v, 3) for k, v in scores.items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("cost", "choice"))
+    parser.add_argument("--work-dir", type=Path, default=Path("bench/work"))
+    parser.add_argument("--probe-images", type=int, default=8000)
+    args = parser.parse_args()
+    dataset = data(args.work_dir)
+    if args.what == "cost":
+        cost(dataset)
+    else:
+        choice(dataset, args.probe_images)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Known answers of the scores that see detail, on a small textured dSprites made by the project's generator: the
+detail probes (ceiling, oracle, grey), the circular score, the foreground error and the detail-aware Fréchet
+distance against the shape-only one."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from multistage.data import dsprites
+from multistage.evaluation.detail import column_kinds, column_values, regression_targets
+from multistage.evaluation.registry import METRICS, MetricInputs
+from multistage.metrics.detail import (
+    DetailProbes,
+    circular_embedding,
+    column_score,
+    detail_feature_map,
+    detail_scores,
+    gap_closed,
+)
+from multistage.metrics.frechet import extract_features, frechet_distance, train_factor_classifier
+from multistage.metrics.reconstruction import ForegroundErrorAccumulator, reconstruction_errors
+
+GREY = 0.75 * (1.0 - 0.5 / 2)  # the textured sprite's mean brightness: mean colour x mean grating intensity
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory):
+    """2,400 textured dSprites at 32 px; X (test split, float), a grey X-hat (the renderer with the colour fixed
+    to grey and no grating: the same sprites without their detail) and a stand-in Y (the grey sprites blurred, as
+    stage one's reconstructions are)."""
+    dataset = dsprites.make_dsprites(
+        tmp_path_factory.mktemp("textured"),
+        n_images=2400,
+        seed=3,
+        variant="textured",
+        image_size=32,
+        test_fraction=0.25,
+    )
+    test = dataset.test_indices
+    x = dataset.images[test].astype(np.float64) / 255.0
+    classes = dataset.factor_classes[test]
+    neutral = {name: np.full(len(test), GREY) for name in dsprites.COLOUR_NAMES}
+    neutral |= {name: np.zeros(len(test)) for name in ("grating_angle", "grating_frequency", "grating_phase")}
+    grey = dsprites.render_textured(classes, neutral, grating_contrast=0.0)
+    grey = dsprites.sources.fit_images(grey, 32, "resize").astype(np.float64) / 255.0
+    y = gaussian_filter(grey, sigma=(0, 0, 1.0, 1.0))
+    return types.SimpleNamespace(dataset=dataset, test=test, x=x, grey=grey, y=y)
+
+
+@pytest.fixture(scope="module")
+def probes(textured):
+    """Probes of the nuisance columns, the position and the scale (ridge fits only: the class probe, a logistic
+    regression, is tested on its own below)."""
+    dataset = textured.dataset
+    kinds = {k: v for k, v in column_kinds(dataset, ("shape",)).items() if k not in ("shape", "orientation", "posY")}
+    train = dataset.train_indices
+    fitted = DetailProbes(
+        detail_feature_map(dataset.images[train]), column_values(dataset, train, kinds), kinds, alpha=10.0
+    )
+    return fitted, column_values(dataset, textured.test, kinds), tuple(sorted(dataset.nuisance))
+
+
+def score(probes, textured, x_hat) -> dict:
+    fitted, columns, nuisance = probes
+    named = {"x": detail_feature_map(textured.x), "y": detail_feature_map(textured.y)}
+    return detail_scores(fitted, named | {"x_hat": detail_feature_map(x_hat)}, columns, nuisance)
+
+
+def test_the_columns_of_textured_dsprites_and_their_kinds(textured):
+    kinds = column_kinds(textured.dataset, ("shape",))
+    assert kinds["shape"] == "class" and kinds["scale"] == "continuous" and kinds["colour_r"] == "continuous"
+    assert kinds["grating_angle"] == math.pi and kinds["grating_phase"] == kinds["orientation"] == 2 * math.pi
+    targets, names = regression_targets(textured.dataset, textured.test[:5], kinds)
+    assert names[:3] == ["colour_b", "colour_g", "colour_r"] and "grating_angle.cos" in names
+    assert targets.shape == (5, len(names)) and np.abs(targets[:, names.index("grating_angle.sin")]).max() <= 1
+
+
+def test_the_real_images_reach_the_ceiling_and_the_oracle_closes_the_whole_gap(textured, probes):
+    scores = score(probes, textured, textured.x)
+    for name in ("colour_r", "colour_g", "colour_b"):
+        assert scores[f"detail.{name}.x"] > 0.9, name  # the probe reads colour off real images
+    for name in ("grating_frequency", "grating_angle"):
+        assert scores[f"detail.{name}.x"] > 0.3, name  # and the grating, at 32 px, part of the way
+    for name in probes[0].models:  # X scored as X-hat is X: every score is the ceiling, every gap is closed
+        assert scores[f"detail.{name}.x_hat"] == scores[f"detail.{name}.x"], name
+        assert scores[f"detail.{name}.gap_closed"] in (None, 1.0), name
+    assert scores["detail.gap_closed"] == 1.0
+    assert scores["detail.grating_phase.gap_closed"] is None  # the spectrum drops the phase: no gap to close
+    # an oracle that rounds X to 8 bits again after a +-1/2 grey-level error: within 0.05 of the whole gap
+    rng = np.random.default_rng(0)
+    requantised = np.clip(np.round(textured.x * 255 + rng.uniform(-0.5, 0.5, textured.x.shape)) / 255, 0, 1)
+    assert score(probes, textured, requantised)["detail.gap_closed"] > 0.95
+
+
+def test_a_grey_x_hat_closes_none_of_the_gap(textured, probes):
+    scores = score(probes, textured, textured.grey)
+    for name in ("colour_r", "colour_g", "colour_b", "grating_frequency", "grating_angle"):
+        assert scores[f"detail.{name}.y"] < 0.05, name  # the grey, blurred Y carries no detail
+        assert abs(scores[f"detail.{name}.gap_closed"]) < 0.05, name
+    assert abs(scores["detail.gap_closed"]) < 0.05
+    assert scores["detail.posX.x_hat"] > 0.9  # the grey sprite is still in its place: the factors are kept
+
+
+def test_the_registered_probe_metric_and_a_class_column(textured):
+    """The registry's adapter fits and scores in one call; the shape, a class column, is scored by accuracy (well
+    above chance on X)."""
+    dataset = textured.dataset
+    kinds = {name: column_kinds(dataset, ("shape",))[name] for name in ("shape", "colour_r")}
+    train = dataset.train_indices
+    inputs = MetricInputs(
+        probe_features=detail_feature_map(dataset.images[train]),
+        probe_columns=column_values(dataset, train, kinds),
+        column_kinds=kinds,
+        named_features={name: detail_feature_map(getattr(textured, name)) for name in ("x", "y")}
+        | {"x_hat": detail_feature_map(textured.x)},
+        columns=column_values(dataset, textured.test, kinds),
+        nuisance_columns=("colour_r",),
+    )
+    result = METRICS["detail_probes"](inputs, seed=0)
+    assert result["detail.shape.x"] > 0.5  # 3 shapes: chance is 1/3
+    assert result["detail.shape.x_hat"] == result["detail.shape.x"] and result["detail.shape.gap_closed"] in (None, 1.0)
+    assert result["detail.colour_r.x"] > 0.9 and result["detail.gap_closed"] == 1.0
+
+
+def test_a_circular_column_scores_on_the_circle():
+    rng = np.random.default_rng(1)
+    angle = rng.uniform(0, math.pi, 500)
+    # theta and theta + period are the same grating: predicting one for the other is perfect
+    assert column_score(angle, circular_embedding(angle + math.pi, math.pi), "circular", math.pi) == pytest.approx(1.0)
+    assert column_score(angle, circular_embedding(angle - 3 * math.pi, math.pi), "circular", math.pi) == pytest.approx(
+        1.0
+    )
+    # read as a plain number the same prediction is far off (clipped at 0)
+    assert column_score(angle, angle + math.pi, "continuous") == 0.0
+    # near the wrap: 0.01 read as pi - 0.01 is a small error on the circle
+    near = np.array([0.01, math.pi - 0.01, 1.0, 2.0])
+    predicted = circular_embedding(np.array([math.pi - 0.01, 0.01, 1.0, 2.0]), math.pi)
+    assert column_score(near, predicted, "circular", math.pi) > 0.99
+    # a probe fitted on angles labelled theta scores the same when the truth is labelled theta + period
+    features = np.stack([np.cos(2 * angle), np.sin(2 * angle), rng.normal(size=500)], axis=1)
+    fitted = DetailProbes(features, {"a": angle}, {"a": math.pi})
+    assert fitted.scores(features, {"a": angle}) == fitted.scores(features, {"a": angle + math.pi})
+    assert fitted.scores(features, {"a": angle})["a"] > 0.99
+
+
+def test_gap_closed_is_null_where_the_gap_is_tiny():
+    assert gap_closed(0.9, 0.1, 0.5) == pytest.approx(0.5)
+    assert gap_closed(0.3, 0.27, 0.3) is None  # X and Y within 0.05: no ratio of two small differences
+    assert gap_closed(0.3, 0.27, 0.3, min_gap=0.01) == pytest.approx(1.0)
+    assert gap_closed(float("nan"), 0.0, 0.5) is None
+
+
+def test_the_foreground_error_sees_inside_the_object(textured):
+    x, grey, y = textured.x, textured.grey, textured.y
+    oracle = ForegroundErrorAccumulator(0.1)
+    oracle.update(x, x, y)
+    assert oracle.result()["l1"] == 0.0 and oracle.result()["l2"] == 0.0
+    inside = ForegroundErrorAccumulator(0.1)
+    for start in range(0, len(x), 100):  # streamed in batches: the same as one call
+        inside.update(x[start : start + 100], grey[start : start + 100], y[start : start + 100])
+    result = inside.result()
+    assert result["l1"] > 0.05  # colour and grating missing inside the sprite
+    everywhere = reconstruction_errors(x, grey)["l1"]
+    assert everywhere < result["l1"] / 3  # averaged with the black background, the error looks small
+    assert 0.02 < result["fraction"] < 0.6
+    # outside the mask both are black but for faint antialiased edges below the threshold
+    assert everywhere == pytest.approx(result["l1"] * result["fraction"], rel=0.02)
+    one_call = METRICS["foreground_error"](
+        MetricInputs(images=x, other_images=grey, condition_images=y, label="x_hat"), seed=0
+    )
+    assert one_call["reconstruction.x_hat.foreground.l1"] == pytest.approx(result["l1"], rel=1e-12)
+    with pytest.raises(ValueError, match="of one shape"):
+        inside.update(x[:2], grey[:3], y[:2])
+
+
+def test_the_detail_fd_sees_what_the_shape_only_fd_misses(textured):
+    """Both networks: the same architecture, steps and seed, one without the nuisance head. X against itself is 0
+    in both; the grey X-hat is far from X in the detail network's features and, relative to the distance between
+    two halves of the real images, further than the shape-only classifier sees it."""
+    torch.set_num_threads(1)
+    dataset = textured.dataset
+    train = dataset.train_indices
+    kinds = column_kinds(dataset, ("shape",))
+    targets, names = regression_targets(dataset, train, kinds)
+    common = dict(steps=400, batch_size=32, seed=0, factor_names=dataset.factor_names)
+    images, classes = dataset.images[train], dataset.factor_classes[train]
+    shape_only, _ = train_factor_classifier(images, classes, dataset.factor_sizes, **common)
+    detail, held_out = train_factor_classifier(
+        images, classes, dataset.factor_sizes, regression_targets=targets, regression_names=names, **common
+    )
+    # 400 steps on 1,800 images: the nuisance head has begun to learn colour (measured: blue 0.63, red 0.18)
+    assert max(held_out[f"r2.{name}"] for name in dsprites.COLOUR_NAMES) > 0.4
+    half = len(textured.x) // 2
+    ratios = {}
+    for name, network in (("shape_only", shape_only), ("detail", detail)):
+        x = extract_features(network, textured.x)
+        grey = extract_features(network, textured.grey)
+        assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+        floor = frechet_distance(x[:half], x[half:])  # real against real: the sampling noise of the distance
+        ratios[name] = frechet_distance(x[:half], grey[half:]) / floor
+    # measured: the grey set is 1.31 times the real-vs-real floor for the detail network, 0.96 for the shape-only
+    # classifier (no further from X than other real images)
+    assert ratios["detail"] > 1.15
+    assert ratios["detail"] > 1.2 * ratios["shape_only"]
