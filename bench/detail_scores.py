@@ -3,6 +3,7 @@ data (textured dSprites at 32 px, 60,000 images, 10 % test split).
 
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.detail_scores cost     # seconds the new work adds to evaluate
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.detail_scores choice   # probe features: raw pixels vs the map
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.detail_scores robustness  # blur and missing grating vs the probes
 
 The data are generated into ``--work-dir`` with ``multistage.data.dsprites.make_dsprites`` (as ``prepare`` makes
 them by default). ``cost`` times the parts the detail scores add, with the default ``evaluate`` params: training
@@ -10,7 +11,10 @@ the detail network, the probes' features and fits on their training rows, the fe
 (``eval_images`` held-out images; Y and X-hat stand-ins: X blurred, the cost does not depend on the model), the
 foreground errors, the detail Fréchet distances and the probes' scores; wall and CPU seconds of each, with the load
 average. ``choice`` fits ridge probes on ``--probe-images`` training-split images, on the raw pixels and on
-``detail_feature_map``, and prints the R^2 of each column on the real held-out images.
+``detail_feature_map``, and prints the R^2 of each column on the real held-out images. ``robustness`` fits the
+probes three ways (one probe on the whole map; each column on its feature group; groups and a blurred copy of
+every fitting image) and scores 2,000 held-out images drawn as they are, in their true colours without the
+grating, blurred by sigma 0.7 and 1.5, and grey without the grating (the colour and grating scores of each).
 """
 
 from __future__ import annotations
@@ -140,17 +144,63 @@ def choice(dataset, probe_images: int) -> None:
             print(f"{name}, ridge alpha {alpha}: {took:.0f} s;", {k: round(v, 3) for k, v in scores.items()})
 
 
+def robustness(dataset, probe_images: int) -> None:
+    from multistage.data import dsprites
+    from multistage.data.sources import fit_images
+    from multistage.evaluation.detail import column_kinds, column_values
+    from multistage.metrics.detail import DetailProbes, blurred, detail_feature_map
+
+    rng = np.random.default_rng(0)
+    train = np.sort(rng.permutation(dataset.train_indices)[:probe_images])
+    test = dataset.test_indices[:2000]
+    kinds = {k: v for k, v in column_kinds(dataset, ("shape",)).items() if v != "class"}
+    x = dataset.images[test].astype(np.float64) / 255.0
+    nuisance = {name: np.asarray(column)[test] for name, column in dataset.nuisance.items()}
+    classes, size = dataset.factor_classes[test], x.shape[-1]
+
+    def drawn(**changes):
+        values = nuisance | changes
+        return fit_images(dsprites.render_textured(classes, values, grating_contrast=0.0), size, "resize") / 255.0
+
+    grey = {name: np.full(len(test), 0.75) for name in dsprites.COLOUR_NAMES}
+    sets = {
+        "X": x,
+        "true colours, no grating": drawn(),
+        "X blurred 0.7": blurred(x, 0.7),
+        "X blurred 1.5": blurred(x, 1.5),
+        "grey, no grating": drawn(**grey),
+    }
+    truth = column_values(dataset, test, kinds)
+    fit_images_ = dataset.images[train]
+    for name, channels, sigma in (("whole map", None, 0.0), ("feature groups", 3, 0.0), ("groups + blur 0.8", 3, 0.8)):
+        features = detail_feature_map(fit_images_)
+        columns = column_values(dataset, train, kinds)
+        if sigma:
+            features = np.concatenate([features, detail_feature_map(blurred(fit_images_, sigma))])
+            columns = {k: np.concatenate([v, v]) for k, v in columns.items()}
+        marks = np.arange(len(features)) >= len(train)
+        probes = DetailProbes(features, columns, kinds, alpha=10.0, channels=channels, blurred_rows=marks)
+        for label, images in sets.items():
+            scores = probes.scores(detail_feature_map(images), truth)
+            colour = np.mean([scores[f"colour_{c}"] for c in "rgb"])
+            shown = f"colour {colour:.3f}, grating angle {scores['grating_angle']:.3f}, "
+            shown += f"frequency {scores['grating_frequency']:.3f}, scale {scores['scale']:.3f}"
+            print(f"{name:18s} {label:26s} {shown}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("cost", "choice"))
+    parser.add_argument("what", choices=("cost", "choice", "robustness"))
     parser.add_argument("--work-dir", type=Path, default=Path("bench/work"))
     parser.add_argument("--probe-images", type=int, default=8000)
     args = parser.parse_args()
     dataset = data(args.work_dir)
     if args.what == "cost":
         cost(dataset)
-    else:
+    elif args.what == "choice":
         choice(dataset, args.probe_images)
+    else:
+        robustness(dataset, args.probe_images)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from multistage.evaluation.config import EvaluationConfig
-from multistage.metrics.detail import DetailProbes, circular_embedding, detail_feature_map, detail_scores
+from multistage.metrics.detail import (
+    DetailProbes,
+    blurred,
+    circular_embedding,
+    detail_feature_map,
+    detail_scores,
+)
 from multistage.metrics.frechet import train_factor_classifier
 
 DETAIL_METRICS = ("detail_probes", "detail_frechet")
@@ -135,7 +141,8 @@ def train_detail_network(config: EvaluationConfig, dataset, images, device, time
 class DetailProbeData:
     """The detail probes of one evaluation: fitted once on the features (``detail_feature_map``) of
     ``detail_probes.train_images`` real images of the training split (drawn by ``evaluate.seed``), disjoint from
-    the scored held-out rows of the test split; ``extract`` maps the held-out pass's images to the same features."""
+    the scored held-out rows of the test split, and of their copies blurred by ``blur_augmentation``, each column
+    on its own feature group; ``extract`` maps the held-out pass's images to the same features."""
 
     def __init__(self, config: EvaluationConfig, dataset, images) -> None:
         self.settings = config.config_of("detail_probes")
@@ -144,15 +151,23 @@ class DetailProbeData:
         self.nuisance = tuple(sorted(dataset.nuisance))
         pool = dataset.train_indices
         rows = pool[np.sort(np.random.default_rng(config.seed).permutation(len(pool))[: self.settings.train_images])]
-        features = np.concatenate(
-            [self.extract(images[rows[start : start + 500]]) for start in range(0, len(rows), 500)]
-        )
+        sigma = self.settings.blur_augmentation
+        features, copies = [], 1 + (sigma > 0)
+        for start in range(0, len(rows), 500):
+            chunk = images[rows[start : start + 500]]
+            features.append(self.extract(chunk))
+        if sigma > 0:  # a blurred copy of every fitting image: blur alone is not a loss of detail
+            for start in range(0, len(rows), 500):
+                features.append(self.extract(blurred(images[rows[start : start + 500]], sigma)))
+        values = column_values(dataset, rows, self.kinds)
         self.probes = DetailProbes(
-            features,
-            column_values(dataset, rows, self.kinds),
+            np.concatenate(features),
+            {name: np.concatenate([column] * copies) for name, column in values.items()},
             self.kinds,
             alpha=self.settings.ridge_alpha,
             seed=config.seed,
+            channels=int(images.shape[1]),
+            blurred_rows=np.arange(copies * len(rows)) >= len(rows),
         )
 
     def extract(self, images) -> np.ndarray:

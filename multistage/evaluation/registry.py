@@ -53,7 +53,8 @@ class MetricInputs:
     x), float (N, C, H, W) in [0, 1]. Detail probes: fitted on ``probe_features`` of real images whose columns
     (factors and nuisance, by name) are ``probe_columns``, of kinds ``column_kinds`` ("continuous", "class" or a
     circular period); scored on ``named_features`` ({"x": ..., "y": ..., "x_hat": ...}) of rows whose true values
-    are ``columns``; ``nuisance_columns`` name the columns of the summary.
+    are ``columns``; ``nuisance_columns`` name the columns of the summary; ``image_channels`` (when the features are
+    ``detail_feature_map``'s) lets each column read its own feature group.
     """
 
     mu: np.ndarray | None = None
@@ -78,6 +79,7 @@ class MetricInputs:
     named_features: Mapping[str, np.ndarray] | None = None
     columns: Mapping[str, np.ndarray] | None = None
     nuisance_columns: tuple[str, ...] = ()
+    image_channels: int | None = None
 
 
 MetricFunction = Callable[[MetricInputs, Any, int], dict[str, float | None]]

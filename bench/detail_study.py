@@ -1,0 +1,331 @@
+"""What lets stage two's z carry the detail stage one drops: MS-VAE trained with one lever changed at a time on the
+embedded default's paired set, each scored by the evaluate stage's detail probes against stage-two CPU-minutes.
+
+    dvc repro pairs                                   # in a clone with the default params: data, stage one, pairs
+    OMP_NUM_THREADS=1 python -m bench.detail_study --repo <that clone> --levers default warmup ... --seeds 0
+    python -m bench.detail_study --repo <that clone> --merge   # combine per-process files, write the figure
+
+A lever is a set of ``stage_two.msvae`` options and training overrides (``LEVERS``). For each (lever, seed) the
+script trains ``multistage.models.stage_two.msvae.MSVAE`` on ``pairs/`` with the project's training loop (one
+checkpoint per run under ``bench/work/detail_study/``, so a killed run resumes), counts the process's CPU seconds,
+then scores the ``evaluate.eval_images`` held-out images of the test split exactly as the evaluate stage does:
+
+* ``colour_r2``: the mean over colour_r/g/b of the detail probes' R^2 on X-hat (``multistage.metrics.detail``);
+* ``grating_frequency_gap_closed``, ``grating_angle_gap_closed``, ``gap_closed``: the fraction of the X-Y gap that
+  X-hat closes, per column and averaged over the nuisance columns (null where X and Y differ by < ``min_gap``);
+* ``mig_ratio``: the stage-one encoder's MIG (histogram, 20 bins, all factors) on X-hat over its MIG on Y;
+* ``detail_fd_ratio``: the detail network's Fréchet distance of X-hat to X over that of Y to X;
+* ``kl``: the KL of q(z|x, y) at the end of training (nats, summed over units), ``recon``: its reconstruction term.
+
+Every run is written to ``--out`` as soon as it is scored; ``--merge`` combines the files, takes the median over
+seeds of each lever (``<lever>.<key>`` the median, ``<lever>.seeds.<key>`` the per-seed values) and draws
+``docs/studies/stage-two-detail/levers.png`` (gap closed against stage-two CPU-minutes) and the X / Y / X-hat grid of
+the first lever given to ``--grid``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multistage.data.base import load_dataset, to_float
+from multistage.evaluation.config import EvaluationConfig
+from multistage.evaluation.detail import DetailProbeData, train_detail_network
+from multistage.evaluation.representation import held_out_indices
+from multistage.evaluation.scoring import feature_extractor
+from multistage.metrics.frechet import frechet_distance
+from multistage.metrics.mig import mutual_information_gap
+from multistage.models.stage_two.msvae import MSVAE, MSVAEConfig
+from multistage.train import LoopConfig, train
+from stages.common import load_trained_model
+
+WORK = Path("bench/work/detail_study")
+RESULTS = Path("bench/results/detail_study.json")
+FIGURES = Path("docs/studies/stage-two-detail")
+
+# name: (stage_two.msvae options, training overrides); everything else is the embedded default's stage_two
+LEVERS: dict[str, tuple[dict, dict]] = {
+    "default": ({}, {}),
+    "warmup": ({"kl_warmup_steps": 1000}, {}),
+    "free_bits": ({"free_bits": 1.0}, {}),
+    "no_zero_init": ({"zero_init": False}, {}),
+    "film": ({"modulation": "film"}, {}),
+    "encoder_sees_y": ({"residual_encoder_sees_y": True}, {}),
+    "z10": ({}, {"residual_dim": 10}),
+    "gaussian": ({"likelihood": "gaussian_learned"}, {}),
+    "beta0.25": ({"beta": 0.25}, {}),
+    "lr3e-4": ({}, {"learning_rate": 3e-4}),
+    "steps5000": ({}, {"steps": 5000}),
+    "gaussian_z10": ({"likelihood": "gaussian_learned"}, {"residual_dim": 10}),
+    "gaussian_z10_steps5000": ({"likelihood": "gaussian_learned"}, {"residual_dim": 10, "steps": 5000}),
+    "gaussian_warmup": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 1500}, {}),
+    "gaussian_steps7500": ({"likelihood": "gaussian_learned"}, {"steps": 7500}),
+    "gaussian_warmup_lr2e-3": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 1500}, {"learning_rate": 2e-3}),
+    "gaussian_warmup_steps5000": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 3000}, {"steps": 5000}),
+    "gaussian_warmup_lr3e-3": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 1500}, {"learning_rate": 3e-3}),
+    "gaussian_warmup_lr2e-3_steps5000": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
+        {"learning_rate": 2e-3, "steps": 5000},
+    ),
+    "gaussian_warmup_lr2e-3_z10": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
+        {"learning_rate": 2e-3, "residual_dim": 10},
+    ),
+    "gaussian_sees_y": ({"likelihood": "gaussian_learned", "residual_encoder_sees_y": True}, {}),
+}
+DEFAULT_TRAINING = {"steps": 2500, "batch_size": 64, "learning_rate": 1e-3, "residual_dim": 5}
+
+
+class Reference:
+    """What every run is scored against, computed once per process: the held-out rows, X and Y, the probes fitted
+    on real training images, the detail network and the features and MIG of X and Y."""
+
+    def __init__(self, repo: Path, device: torch.device) -> None:
+        self.dataset = load_dataset(repo / "data/prepared")
+        self.stage_one = load_trained_model(repo / "models/stage_one/model.pt", "stage_one", device)
+        self.config, self.device = EvaluationConfig(), device
+        self.indices = held_out_indices(self.dataset, self.config.eval_images, self.config.seed)
+        self.network, _ = train_detail_network(
+            self.config, self.dataset, self.dataset.images, device, lambda _: _Null(), show_progress=False
+        )
+        self.network_features = feature_extractor(self.network, device)
+        self.probes = DetailProbeData(self.config, self.dataset, self.dataset.images)
+        self.x, self.y = [], []
+        with torch.no_grad():
+            for start in range(0, len(self.indices), self.config.batch_size):
+                x = to_float(self.dataset.images[self.indices[start : start + self.config.batch_size]]).to(device)
+                self.x.append(x)
+                self.y.append(self.stage_one.decode_mean(self.stage_one.representation(x)))
+        self.features = {name: self.describe(images) for name, images in (("x", self.x), ("y", self.y))}
+        self.scorer = self.probes.scorer({k: v["map"] for k, v in self.features.items()}, self.indices)
+        self.shared = self.scorer(None)
+
+    def describe(self, batches: list[torch.Tensor]) -> dict[str, np.ndarray]:
+        """The probes' features, the detail network's features and the stage-one codes of a list of batches."""
+        with torch.no_grad():
+            return {
+                "map": np.concatenate([self.probes.extract(b) for b in batches]),
+                "network": np.concatenate([self.network_features(b) for b in batches]),
+                "codes": np.concatenate([self.stage_one.representation(b).cpu().numpy() for b in batches]),
+            }
+
+    def mig(self, codes: np.ndarray) -> float:
+        classes = self.dataset.factor_classes[self.indices]
+        return mutual_information_gap(codes, classes, self.dataset.factor_names, bins=self.config.mig_bins)[
+            f"mig.histogram{self.config.mig_bins}"
+        ]
+
+    def score(self, model: MSVAE) -> dict[str, float | None]:
+        with torch.no_grad():
+            x_hat = [model.generate(y, model.infer_residual(x, y)) for x, y in zip(self.x, self.y)]
+        described = self.describe(x_hat)
+        row = self.scorer(described["map"])
+        colour = [row.get(f"detail.colour_{c}.x_hat") for c in "rgb"]
+        x_net = self.features["x"]["network"]
+        return {
+            "colour_r2": float(np.mean(colour)) if None not in colour else None,
+            "grating_frequency_gap_closed": row.get("detail.grating_frequency.gap_closed"),
+            "grating_angle_gap_closed": row.get("detail.grating_angle.gap_closed"),
+            "gap_closed": row.get("detail.gap_closed"),
+            "mig_ratio": self.mig(described["codes"]) / self.mig(self.features["y"]["codes"]),
+            "detail_fd_ratio": frechet_distance(x_net, described["network"])
+            / frechet_distance(x_net, self.features["y"]["network"]),
+            "columns": {k: v for k, v in row.items() if k.startswith("detail.")},
+        }
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train_lever(repo: Path, reference: Reference, lever: str, seed: int, steps: int | None) -> tuple[MSVAE, dict]:
+    options, overrides = LEVERS[lever]
+    training = DEFAULT_TRAINING | overrides | ({"steps": steps} if steps else {})
+    images = reference.dataset.images
+    config = MSVAEConfig(
+        image_channels=int(images.shape[1]),
+        image_size=int(images.shape[-1]),
+        residual_dim=training["residual_dim"],
+        **options,
+    )
+    torch.manual_seed(seed)
+    model = MSVAE(config).to(reference.device)
+    optimizer = torch.optim.Adam(model.optimised_parameters(), lr=training["learning_rate"])
+    x_index = np.load(repo / "pairs/x_index.npy")
+    y_all = np.load(repo / "pairs/y.npy", mmap_mode="r")
+
+    def step_fn(batch: np.ndarray, step: int):
+        batch = np.sort(batch)
+        x = to_float(images[x_index[batch]]).to(reference.device)
+        y = torch.from_numpy(np.asarray(y_all[batch], dtype=np.float32)).to(reference.device)
+        return model.objective(x, y, step)
+
+    loop = LoopConfig(
+        steps=training["steps"], batch_size=training["batch_size"], seed=seed, checkpoint_every=250, log_every=250
+    )
+    name = f"{lever}_s{seed}_{training['steps']}"
+    progress = WORK / f"{name}.time.json"
+    spent = json.loads(progress.read_text())["cpu_seconds"] if progress.exists() else 0.0
+    started = time.process_time()
+
+    def keep_time(step: int, logs: dict) -> None:
+        progress.write_text(json.dumps({"cpu_seconds": spent + time.process_time() - started, "step": step}))
+
+    fingerprint = json.dumps([lever, seed, training, options], sort_keys=True)
+    result = train(
+        model,
+        optimizer,
+        step_fn,
+        len(x_index),
+        loop,
+        WORK / f"{name}.pt",
+        fingerprint,
+        callback=keep_time,
+        description=f"stage two ({lever}, seed {seed})",
+        show_progress=False,
+    )
+    keep_time(training["steps"], {})
+    model.eval()
+    last = result.history[-1] if result.history else {}
+    cpu = json.loads(progress.read_text())["cpu_seconds"]
+    return model, {"cpu_minutes": cpu / 60, "kl": last.get("kl"), "recon": last.get("recon"), **training}
+
+
+def run(args) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        files = sorted(WORK.glob("runs_*.json")) + ([RESULTS] if RESULTS.exists() else [])
+        merged = merge(files, RESULTS)
+        draw_levers(merged, FIGURES / "levers.png")
+        for key, value in merged.items():
+            if key != "runs" and ".seeds" not in key:
+                print(key, value)
+        return
+    device = torch.device("cpu")
+    reference = Reference(args.repo, device)
+    tag = "_".join(args.levers) + "_s" + "_".join(map(str, args.seeds)) + (f"_{args.steps}" if args.steps else "")
+    out = args.out or WORK / f"runs_{tag}.json"
+    done = json.loads(out.read_text()) if out.exists() else {}
+    print("X ceiling / Y floor:", {k: round(v, 3) for k, v in reference.shared.items() if v is not None})
+    for lever in args.levers:
+        for seed in args.seeds:
+            model, trained = train_lever(args.repo, reference, lever, seed, args.steps)
+            scores = reference.score(model)
+            key = f"{lever}/{seed}/{trained['steps']}"
+            done[key] = trained | scores | {"lever": lever, "seed": seed}
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(done, indent=1))
+            tmp.replace(out)
+            shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in done[key].items() if k != "columns"}
+            print(key, shown, flush=True)
+            if args.grid:
+                save_grid(reference, model, FIGURES / f"grid_{lever}_s{seed}.png", lever)
+
+
+SUMMARY_KEYS = (
+    "colour_r2",
+    "grating_frequency_gap_closed",
+    "grating_angle_gap_closed",
+    "gap_closed",
+    "mig_ratio",
+    "detail_fd_ratio",
+    "kl",
+    "cpu_minutes",
+)
+
+
+def merge(files: list[Path], out: Path) -> dict:
+    """Every run of ``files`` (later files win on the same key), the median over seeds of each lever's summary keys
+    (``<lever>.<key>``; ``<lever>.seeds.<key>``: the per-seed values in seed order), written to ``out``."""
+    runs: dict[str, dict] = {}
+    for file in files:
+        runs |= json.loads(file.read_text()).get("runs", {}) if file == out else json.loads(file.read_text())
+    merged: dict = {"runs": dict(sorted(runs.items()))}
+    for lever in sorted({run["lever"] for run in runs.values()}):
+        chosen = sorted((r for r in runs.values() if r["lever"] == lever), key=lambda r: r["seed"])
+        # a lever's figure is its longest run per seed (a lever may have been run at several step counts)
+        longest = max(r["steps"] for r in chosen)
+        chosen = [r for r in chosen if r["steps"] == longest]
+        for key in SUMMARY_KEYS:
+            values = [r[key] for r in chosen]
+            merged[f"{lever}.seeds.{key}"] = values
+            present = [v for v in values if v is not None]
+            merged[f"{lever}.{key}"] = statistics.median(present) if present else None
+        merged[f"{lever}.seeds"] = [r["seed"] for r in chosen]
+        merged[f"{lever}.steps"] = longest
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=1) + "\n")
+    tmp.replace(out)
+    return merged
+
+
+def draw_levers(merged: dict, path: Path) -> None:
+    """Gap closed (mean over the nuisance columns) and colour R^2 of every run against its stage-two CPU-minutes,
+    one marker per lever."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levers = sorted({run["lever"] for run in merged["runs"].values()})
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    markers = "os^vD<>phX*P"
+    for i, lever in enumerate(levers):
+        runs = [r for r in merged["runs"].values() if r["lever"] == lever]
+        for axis, key in zip(axes, ("gap_closed", "colour_r2")):
+            points = [(r["cpu_minutes"], r[key]) for r in runs if r[key] is not None]
+            if points:
+                axis.scatter(*zip(*points), marker=markers[i % len(markers)], s=50, label=lever)
+    for axis, label in zip(axes, ("nuisance gap closed by X-hat (mean)", "colour R$^2$ on X-hat")):
+        axis.set_xlabel("stage-two CPU-minutes (one thread)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].axhline(0.7, color="grey", linestyle="--", linewidth=1)
+    axes[1].axhline(0.9, color="grey", linestyle="--", linewidth=1)
+    axes[1].legend(fontsize=8, loc="best")
+    figure.suptitle("MS-VAE stage two on textured dSprites 32 px: which lever lets z carry the detail")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def save_grid(reference: Reference, model: MSVAE, path: Path, lever: str) -> None:
+    from multistage.viz import save_labelled_grid
+
+    x, y = reference.x[0][:8], reference.y[0][:8]
+    with torch.no_grad():
+        x_hat = model.generate(y, model.infer_residual(x, y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_labelled_grid(path, [x, y, x_hat], ["X", "Y", "X-hat"], title=f"MS-VAE stage two: {lever}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, default=None, help="a clone where `dvc repro pairs` has run")
+    parser.add_argument("--levers", nargs="+", default=["default"], choices=sorted(LEVERS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=None, help="override every lever's steps")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--grid", action="store_true", help="draw X / Y / X-hat of each run")
+    parser.add_argument("--merge", action="store_true", help="combine the runs into --out's summary and figure")
+    args = parser.parse_args()
+    if args.repo is None and not args.merge:
+        parser.error("--repo is needed to train: a clone where `dvc repro pairs` has run")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
