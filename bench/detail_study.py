@@ -78,6 +78,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
         {"learning_rate": 2e-3, "residual_dim": 10},
     ),
+    "gaussian_warmup_lr2e-3_waves64": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "texture_waves": 64},
+        {"learning_rate": 2e-3},
+    ),
     "gaussian_sees_y": ({"likelihood": "gaussian_learned", "residual_encoder_sees_y": True}, {}),
 }
 DEFAULT_TRAINING = {"steps": 2500, "batch_size": 64, "learning_rate": 1e-3, "residual_dim": 5}

@@ -38,9 +38,17 @@ def save_rows(path: str | Path, rows: Sequence[torch.Tensor], padding: int = 2) 
     return _replace_into(Path(path), lambda tmp: save_image(grid, tmp))
 
 
-def reconstruction_triplets(path: str | Path, x: torch.Tensor, y: torch.Tensor, x_hat: torch.Tensor) -> Path:
-    """Rows x | y | x-hat: the data, the stage-one reconstruction, the stage-two reconstruction."""
-    return save_rows(path, [x, y, x_hat])
+def readable_scale(images: torch.Tensor) -> int:
+    """The nearest-neighbour upscaling that draws images of this size at least 128 px wide (4x for 32 px)."""
+    return max(1, -(-128 // int(images.shape[-1])))
+
+
+def reconstruction_triplets(
+    path: str | Path, x: torch.Tensor, y: torch.Tensor, x_hat: torch.Tensor, x_hat_label: str = "X-hat (stage two)"
+) -> Path:
+    """Labelled rows X | Y | X-hat (the data, the stage-one reconstruction, the stage-two reconstruction), upscaled
+    so that small images can be read (``readable_scale``)."""
+    return save_labelled_grid(path, [x, y, x_hat], ["X", "Y (stage one)", x_hat_label], scale=readable_scale(x))
 
 
 def save_labelled_grid(

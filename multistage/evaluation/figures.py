@@ -9,6 +9,7 @@ from multistage.viz import (
     discrete_traversal,
     latent_traversal,
     plot_bars,
+    readable_scale,
     reconstruction_triplets,
     save_labelled_grid,
     save_rows,
@@ -28,20 +29,21 @@ def draw_figures(folder: Path, examples: dict, stage_one, stage_two: dict, devic
     what = "x-hat" if shown == "x_hat" else "a sample G(y, eps)"
     captions = []
     if x.ndim == 4:
-        reconstruction_triplets(folder / "reconstructions.png", x, y, own[shown][:count])
+        label = f"X-hat ({name})" if shown == "x_hat" else f"G(y, eps) ({name})"
+        reconstruction_triplets(folder / "reconstructions.png", x, y, own[shown][:count], label)
         captions.append(
             {
                 "file": "reconstructions.png",
                 "caption": f"Reconstructions: x (top), y = stage one (middle), {what} = stage two ({name}, bottom)",
             }
         )
-        rows, labels = [x, y], ["x", "y (stage one)"]
+        rows, labels = [x, y], ["X", "Y (stage one)"]
         for variant, outputs in examples["variants"].items():
             key = "x_hat" if "x_hat" in outputs else "x_sample"
             rows.append(outputs[key][:count])
             labels.append(f"{variant}" + ("" if key == "x_hat" else " (sample)"))
         if len(rows) > 3:
-            save_rows(folder / "comparison_reconstructions.png", rows)
+            save_labelled_grid(folder / "comparison_reconstructions.png", rows, labels, scale=readable_scale(x))
             captions.append(
                 {
                     "file": "comparison_reconstructions.png",

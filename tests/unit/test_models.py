@@ -298,6 +298,26 @@ def test_msvae_options_against_an_independent_loss():
         MSVAEConfig(likelihood="gaussian")
 
 
+def test_the_texture_path_starts_silent_and_draws_plane_waves():
+    """FourierTexture: zero at initialisation (X-hat = y), its gain receives gradient at step 0, and each weight
+    of a(z) draws one fixed plane wave below the Nyquist limit."""
+    torch.manual_seed(0)
+    model = MSVAE(MSVAEConfig(image_channels=3, image_size=32, residual_dim=3, base_channels=8, texture_waves=6))
+    y = torch.rand(4, 3, 32, 32).clamp(0.05, 0.95)
+    torch.testing.assert_close(model.generate(y, torch.randn(4, 3)), y, rtol=0, atol=1e-5)
+    loss, _ = model.objective(torch.rand(4, 3, 32, 32), y, 0)
+    loss.backward()
+    assert model.adain_decoder.texture.gain.weight.grad.abs().sum() > 0
+    waves = model.adain_decoder.texture.waves
+    assert waves.shape == (12, 32, 32)
+    spectrum = torch.fft.fft2(waves.double()).abs()
+    peaks = spectrum.flatten(1).argmax(1)
+    frequencies = torch.fft.fftfreq(32)
+    fy, fx = frequencies[peaks // 32], frequencies[peaks % 32]
+    assert bool(((fx**2 + fy**2).sqrt() <= 0.5 * math.sqrt(2) + 1e-9).all())
+    torch.testing.assert_close(waves[0] ** 2 + waves[6] ** 2, torch.ones(32, 32))  # a cos / sin pair per wave
+
+
 def test_film_is_adain_without_the_normalisation():
     torch.manual_seed(0)
     adain, film = AdaIN(6, 3, hidden=8, zero_init=False), AdaIN(6, 3, hidden=8, normalise=False, zero_init=False)

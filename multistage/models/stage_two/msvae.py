@@ -21,11 +21,16 @@ Options that decide whether z carries the detail stage one drops (measured in do
   z ignored at step 0) or at PyTorch's default initialisation;
 * ``likelihood``: ``bernoulli`` (the logits' binary cross-entropy), or ``gaussian_learned``: N(x | sigmoid(logits),
   sigma^2) with one learned variance (the noise-modelling paper, sec. 7.1; ``multistage.nn.likelihoods``). As
-  sigma^2 falls, the reconstruction term grows against the KL, which a fixed Bernoulli cannot do.
+  sigma^2 falls, the reconstruction term grows against the KL, which a fixed Bernoulli cannot do;
+* ``texture_waves``: K > 0 adds ``FourierTexture``, a full-resolution texture path: K fixed plane waves (the
+  Fourier features of Tancik et al. 2020) mixed by weights that are a function of z alone, gated per output channel
+  by a map of the decoder's last features. The convolutions over y can only reshape y's smooth blob; a stripe
+  pattern of a given angle, frequency and phase is a sum of plane waves.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -66,14 +71,58 @@ class MSVAEConfig(StageTwoConfig):
     modulation: str = "adain"
     zero_init: bool = True
     likelihood: str = "bernoulli"
+    texture_waves: int = 0
 
     def validate(self) -> None:
         super().validate()
         check_positive(self, "base_channels")
-        check_non_negative(self, "beta", "adain_hidden", "kl_warmup_steps", "free_bits")
+        check_non_negative(self, "beta", "adain_hidden", "kl_warmup_steps", "free_bits", "texture_waves")
         for name, allowed in (("modulation", MODULATIONS), ("likelihood", STAGE_TWO_LIKELIHOODS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+
+class FourierTexture(nn.Module):
+    """A texture at full resolution for the AdaIN decoder: g(h) * sum_k a_k(z) phi_k / sqrt(2K).
+
+    phi_k are 2K fixed maps cos(2 pi f_k <d_k, p>) and sin(.) over the pixel grid p (plane waves, the Fourier
+    features of Tancik et al. 2020): K directions d_k uniform on the half circle and K frequencies f_k log-uniform
+    from one cycle per image to the Nyquist limit (0.5 cycles per pixel), drawn once from a fixed seed. The weights
+    a(z) are a small network of z alone, so, as in AdaIN, z scales fixed features and enters nowhere else; any
+    plane wave's angle and phase in a small window is then a weighted sum of the nearby phi_k. g(h) is a
+    transposed convolution of the decoder's last (AdaIN-modulated) features to one gain map per image channel,
+    zero at initialisation (the texture starts at zero), which places the texture where the object is."""
+
+    def __init__(
+        self, features: int, image_channels: int, size: int, residual_dim: int, waves: int, hidden: int
+    ) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        angles = torch.rand(waves, generator=generator, dtype=torch.float64) * math.pi
+        lowest, highest = math.log(1.0 / size), math.log(0.5)
+        frequencies = torch.exp(
+            lowest + (highest - lowest) * torch.rand(waves, generator=generator, dtype=torch.float64)
+        )
+        rows, columns = torch.meshgrid(
+            torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+        )
+        phase = (
+            2
+            * math.pi
+            * frequencies[:, None, None]
+            * (columns * torch.cos(angles)[:, None, None] + rows * torch.sin(angles)[:, None, None])
+        )
+        self.register_buffer("waves", torch.cat([torch.cos(phase), torch.sin(phase)]).float(), persistent=False)
+        self.weights = nn.Sequential(
+            nn.Linear(residual_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * waves)
+        )
+        self.gain = nn.ConvTranspose2d(features, image_channels, kernel_size=4, stride=2, padding=1)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.gain.bias)
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        pattern = torch.einsum("bk,khw->bhw", self.weights(z), self.waves) / math.sqrt(len(self.waves))
+        return self.gain(h) * pattern[:, None]
 
 
 class AdaINDecoder(nn.Module):
@@ -88,6 +137,8 @@ class AdaINDecoder(nn.Module):
         adain_hidden: int = 64,
         modulation: str = "adain",
         zero_init: bool = True,
+        texture_waves: int = 0,
+        image_size: int = 32,
     ):
         super().__init__()
         b, c = base_channels, image_channels
@@ -109,6 +160,8 @@ class AdaINDecoder(nn.Module):
         if zero_init:
             nn.init.zeros_(self.residual_head.weight)
             nn.init.zeros_(self.residual_head.bias)
+        hidden = adain_hidden or 64
+        self.texture = FourierTexture(b, c, image_size, residual_dim, texture_waves, hidden) if texture_waves else None
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = as_unit_float(y)
@@ -120,7 +173,10 @@ class AdaINDecoder(nn.Module):
             skips.append(h)
         for convolution, skip in zip(self.up_convolutions, reversed(skips[:-1])):
             h = F.relu(next(adains)(convolution(h) + skip, z))
-        return torch.logit(y.clamp(Y_CLAMP, 1.0 - Y_CLAMP)) + self.residual_head(h)
+        logits = torch.logit(y.clamp(Y_CLAMP, 1.0 - Y_CLAMP)) + self.residual_head(h)
+        if self.texture is not None:
+            logits = logits + self.texture(h, z)
+        return logits
 
 
 class MSVAE(StageTwoModel):
@@ -135,7 +191,14 @@ class MSVAE(StageTwoModel):
         encoder_channels = c.image_channels * (2 if c.residual_encoder_sees_y else 1)
         self.encoder = ConvEncoder(encoder_channels, c.image_size, 2 * c.residual_dim)
         self.adain_decoder = AdaINDecoder(
-            c.image_channels, c.residual_dim, c.base_channels, c.adain_hidden, c.modulation, c.zero_init
+            c.image_channels,
+            c.residual_dim,
+            c.base_channels,
+            c.adain_hidden,
+            c.modulation,
+            c.zero_init,
+            c.texture_waves,
+            c.image_size,
         )
         shape = (c.image_channels, c.image_size, c.image_size)
         self.likelihood = build_likelihood(c.likelihood, shape) if c.likelihood != "bernoulli" else None
