@@ -78,6 +78,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
         {"learning_rate": 2e-3, "residual_dim": 10},
     ),
+    "gaussian_warmup_lr2e-3_z10_steps5000": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
+        {"learning_rate": 2e-3, "residual_dim": 10, "steps": 5000},
+    ),
     "gaussian_warmup_lr2e-3_waves64": (
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "texture_waves": 64},
         {"learning_rate": 2e-3},
@@ -206,6 +210,57 @@ def train_lever(repo: Path, reference: Reference, lever: str, seed: int, steps: 
     return model, {"cpu_minutes": cpu / 60, "kl": last.get("kl"), "recon": last.get("recon"), **training}
 
 
+def diagnose(repo: Path, steps: int) -> None:
+    """Can each half of MS-VAE handle colour on its own? (1) The AdaIN decoder given the true colour as z (no
+    encoder, no KL) against the same decoder given z = 0, the Bernoulli loss of each after ``steps`` steps: the
+    difference is what knowing the colour is worth to the Bernoulli likelihood, in nats per image. (2) The
+    residual encoder's network regressing the true colour from x - y (supervised): the R^2 on held-out pairs."""
+    import torch.nn.functional as F
+
+    from multistage.models.stage_two.msvae import AdaINDecoder
+    from multistage.nn.conv import ConvEncoder
+
+    dataset = load_dataset(repo / "data/prepared")
+    x_index = np.load(repo / "pairs/x_index.npy")
+    y_all = np.load(repo / "pairs/y.npy", mmap_mode="r")
+    colour = np.stack([np.asarray(dataset.nuisance[f"colour_{c}"]) for c in "rgb"], 1).astype(np.float32)
+    colour = (colour - colour.mean(0)) / colour.std(0)
+    held_out = np.arange(len(x_index) - 2000, len(x_index))
+
+    def batch(rows):
+        x = to_float(dataset.images[x_index[rows]])
+        return x, torch.from_numpy(np.asarray(y_all[rows], dtype=np.float32)), torch.from_numpy(colour[x_index[rows]])
+
+    def fit(module, loss_of, label):
+        torch.manual_seed(0)
+        optimizer, rng, recent = torch.optim.Adam(module.parameters(), 1e-3), np.random.default_rng(0), []
+        for _ in range(steps):
+            loss = loss_of(*batch(np.sort(rng.choice(len(x_index) - 2000, 64, replace=False))))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            recent = (recent + [loss.item()])[-200:]
+        print(f"{label}: mean loss over the last 200 of {steps} steps {np.mean(recent):.2f}")
+        return module
+
+    for label, scale in (("decoder given the true colour as z", 1.0), ("decoder given z = 0", 0.0)):
+        decoder = AdaINDecoder(3, 3)
+        fit(
+            decoder,
+            lambda x, y, c, d=decoder, k=scale: F.binary_cross_entropy_with_logits(d(y, k * c), x, reduction="sum")
+            / len(x),
+            label + " (Bernoulli, nats per image)",
+        )
+    encoder = ConvEncoder(3, 32, 3)
+    fit(encoder, lambda x, y, c: F.mse_loss(encoder(x - y), c), "encoder regressing the colour from x - y (MSE)")
+    with torch.no_grad():
+        x, y, c = batch(held_out)
+        predicted = encoder(x - y).numpy()
+    truth = c.numpy()
+    r2 = 1 - ((predicted - truth) ** 2).sum(0) / ((truth - truth.mean(0)) ** 2).sum(0)
+    print("held-out R^2 of the colour read from x - y (r, g, b):", np.round(r2, 3))
+
+
 def run(args) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     if args.merge:
@@ -324,10 +379,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--grid", action="store_true", help="draw X / Y / X-hat of each run")
     parser.add_argument("--merge", action="store_true", help="combine the runs into --out's summary and figure")
+    parser.add_argument("--diagnose", type=int, default=0, metavar="STEPS", help="the decoder / encoder colour checks")
     args = parser.parse_args()
     if args.repo is None and not args.merge:
         parser.error("--repo is needed to train: a clone where `dvc repro pairs` has run")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.diagnose:
+        diagnose(args.repo, args.diagnose)
+        return
     run(args)
 
 
