@@ -15,7 +15,8 @@ then scores the ``evaluate.eval_images`` held-out images of the test split exact
   X-hat closes, per column and averaged over the nuisance columns (null where X and Y differ by < ``min_gap``);
 * ``mig_ratio``: the stage-one encoder's MIG (histogram, 20 bins, all factors) on X-hat over its MIG on Y;
 * ``detail_fd_ratio``: the detail network's Fréchet distance of X-hat to X over that of Y to X;
-* ``kl``: the KL of q(z|x, y) at the end of training (nats, summed over units), ``recon``: its reconstruction term.
+* ``kl``: the KL of q(z|x, y) at the end of training (nats, summed over units), ``recon``: its reconstruction term,
+  ``decoder_variance``: the learned variance of the Gaussian likelihood (null for the Bernoulli).
 
 Every run is written to ``--out`` as soon as it is scored; ``--merge`` combines the files, takes the median over
 seeds of each lever (``<lever>.<key>`` the median, ``<lever>.seeds.<key>`` the per-seed values) and draws
@@ -50,9 +51,9 @@ WORK = Path("bench/work/detail_study")
 RESULTS = Path("bench/results/detail_study.json")
 FIGURES = Path("docs/studies/stage-two-detail")
 
-# name: (stage_two.msvae options, training overrides); everything else is the embedded default's stage_two
+# name: (stage_two.msvae options, training overrides); everything else is stage_two as it was before this study
 LEVERS: dict[str, tuple[dict, dict]] = {
-    "default": ({}, {}),
+    "bernoulli": ({}, {}),  # the previous default
     "warmup": ({"kl_warmup_steps": 1000}, {}),
     "free_bits": ({"free_bits": 1.0}, {}),
     "no_zero_init": ({"zero_init": False}, {}),
@@ -70,7 +71,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "gaussian_warmup_lr2e-3": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 1500}, {"learning_rate": 2e-3}),
     "gaussian_warmup_steps5000": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 3000}, {"steps": 5000}),
     "gaussian_warmup_lr3e-3": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 1500}, {"learning_rate": 3e-3}),
-    "gaussian_warmup_lr2e-3_steps5000": (
+    "default": (  # the embedded default's stage_two.msvae since this study
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
         {"learning_rate": 2e-3, "steps": 5000},
     ),
@@ -190,7 +191,7 @@ def train_lever(repo: Path, reference: Reference, lever: str, seed: int, steps: 
     def keep_time(step: int, logs: dict) -> None:
         progress.write_text(json.dumps({"cpu_seconds": spent + time.process_time() - started, "step": step}))
 
-    fingerprint = json.dumps([lever, seed, training, options], sort_keys=True)
+    fingerprint = json.dumps([seed, training, options], sort_keys=True)  # what is trained, not its name
     result = train(
         model,
         optimizer,
@@ -207,7 +208,8 @@ def train_lever(repo: Path, reference: Reference, lever: str, seed: int, steps: 
     model.eval()
     last = result.history[-1] if result.history else {}
     cpu = json.loads(progress.read_text())["cpu_seconds"]
-    return model, {"cpu_minutes": cpu / 60, "kl": last.get("kl"), "recon": last.get("recon"), **training}
+    logged = {key: last.get(key) for key in ("kl", "recon", "decoder_variance")}
+    return model, {"cpu_minutes": cpu / 60, **logged, **training}
 
 
 def diagnose(repo: Path, steps: int) -> None:
@@ -247,8 +249,9 @@ def diagnose(repo: Path, steps: int) -> None:
         decoder = AdaINDecoder(3, 3)
         fit(
             decoder,
-            lambda x, y, c, d=decoder, k=scale: F.binary_cross_entropy_with_logits(d(y, k * c), x, reduction="sum")
-            / len(x),
+            lambda x, y, c, d=decoder, k=scale: (
+                F.binary_cross_entropy_with_logits(d(y, k * c), x, reduction="sum") / len(x)
+            ),
             label + " (Bernoulli, nats per image)",
         )
     encoder = ConvEncoder(3, 32, 3)
@@ -264,12 +267,13 @@ def diagnose(repo: Path, steps: int) -> None:
 def run(args) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        files = sorted(WORK.glob("runs_*.json")) + ([RESULTS] if RESULTS.exists() else [])
+        # oldest first, so that a run scored again (the same command rerun: it resumes at its last step) wins
+        files = ([RESULTS] if RESULTS.exists() else []) + sorted(
+            WORK.glob("runs_*.json"), key=lambda f: f.stat().st_mtime
+        )
         merged = merge(files, RESULTS)
         draw_levers(merged, FIGURES / "levers.png")
-        for key, value in merged.items():
-            if key != "runs" and ".seeds" not in key:
-                print(key, value)
+        print(markdown_table(merged))
         return
     device = torch.device("cpu")
     reference = Reference(args.repo, device)
@@ -305,7 +309,7 @@ SUMMARY_KEYS = (
 
 
 def merge(files: list[Path], out: Path) -> dict:
-    """Every run of ``files`` (later files win on the same key), the median over seeds of each lever's summary keys
+    """Every run of ``files`` (a later file wins on the same key), the median over seeds of each lever's summary keys
     (``<lever>.<key>``; ``<lever>.seeds.<key>``: the per-seed values in seed order), written to ``out``."""
     runs: dict[str, dict] = {}
     for file in files:
@@ -329,6 +333,29 @@ def merge(files: list[Path], out: Path) -> dict:
     return merged
 
 
+def markdown_table(merged: dict) -> str:
+    """One row per lever (medians over its seeds), as printed by ``--merge`` and shown in the study's page."""
+
+    def shown(value, digits=2):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    rows = [
+        "| lever | seeds | steps | CPU-min | KL (nats) | colour R² | grating freq. / angle gap | gap closed "
+        "| detail FD ratio | MIG ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    levers = sorted({run["lever"] for run in merged["runs"].values()}, key=lambda n: -(merged[f"{n}.gap_closed"] or 0))
+    for lever in levers:
+        m = {key: merged[f"{lever}.{key}"] for key in (*SUMMARY_KEYS, "seeds", "steps")}
+        gaps = f"{shown(m['grating_frequency_gap_closed'])} / {shown(m['grating_angle_gap_closed'])}"
+        rows.append(
+            f"| {lever} | {len(m['seeds'])} | {m['steps']} | {shown(m['cpu_minutes'], 1)} | {shown(m['kl'], 1)} "
+            f"| {shown(m['colour_r2'])} | {gaps} | {shown(m['gap_closed'])} | {shown(m['detail_fd_ratio'])} "
+            f"| {shown(m['mig_ratio'])} |"
+        )
+    return "\n".join(rows)
+
+
 def draw_levers(merged: dict, path: Path) -> None:
     """Gap closed (mean over the nuisance columns) and colour R^2 of every run against its stage-two CPU-minutes,
     one marker per lever."""
@@ -338,7 +365,7 @@ def draw_levers(merged: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     levers = sorted({run["lever"] for run in merged["runs"].values()})
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    figure, axes = plt.subplots(1, 2, figsize=(15, 5))
     markers = "os^vD<>phX*P"
     for i, lever in enumerate(levers):
         runs = [r for r in merged["runs"].values() if r["lever"] == lever]
@@ -352,7 +379,7 @@ def draw_levers(merged: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].axhline(0.7, color="grey", linestyle="--", linewidth=1)
     axes[1].axhline(0.9, color="grey", linestyle="--", linewidth=1)
-    axes[1].legend(fontsize=8, loc="best")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="lever (one point per seed)")
     figure.suptitle("MS-VAE stage two on textured dSprites 32 px: which lever lets z carry the detail")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
