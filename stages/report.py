@@ -195,7 +195,7 @@ def comparison_section(scores: dict, variants: list[str]) -> str:
         f"for the conditioned variants) and of the stage-one encoder on the model's reconstructions; M1..M4 of "
         f"MS-VAE sec. 4; MLP accuracy from C, Z, C+Z (mean over factors). Keys: <code>compare.&lt;row&gt;."
         f"&lt;metric&gt;</code> in {EVALUATE_METRICS}. n/a: the model has no such output.</p>\n"
-        f"<table><tr><th>model</th>{head}</tr>\n" + "\n".join(body) + "\n</table>\n" + figure
+        f'<div class="wide"><table><tr><th>model</th>{head}</tr>\n' + "\n".join(body) + "\n</table></div>\n" + figure
     )
 
 
@@ -342,6 +342,10 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 td:last-child {{ text-align: right; font-variant-numeric: tabular-nums; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }}
 figcaption {{ font-size: 0.9em; color: #555; }} details {{ margin: 1em 0; }}
+.wide {{ overflow-x: auto; max-width: 100%; }}
+.wide table {{ font-size: 0.8em; }} .wide th {{ max-width: 7em; font-weight: 600; vertical-align: bottom; }}
+.wide td, .wide th {{ padding: 3px 5px; }} .wide td {{ white-space: nowrap; font-variant-numeric: tabular-nums; }}
+.wide td:first-child {{ white-space: normal; min-width: 9em; }}
 </style></head><body>
 <h1>multistage report</h1>
 <p>Commit <code>{git_commit()}</code>; dataset <code>{html.escape(dataset or "unknown")}</code>,

@@ -137,3 +137,29 @@ def test_report_in_headless_chromium(dvc_experiments, tmp_path, record_property)
         f"\nreport screenshot: {screenshot} ({width} x {shot_height} px, {len(images)} images, "
         f"{len(console)} console entries)"
     )
+
+
+def test_the_widest_comparison_table_fits_a_1280_px_window(tmp_path):
+    """Every comparison column for stage one and all nine stage-two rows: the page must not scroll sideways."""
+    from stages import report
+
+    variants = ["msvae", "msgan", "msflow", "betatcvae_l", "bigvae", "end_to_end", "c_input", "concat", "z_first"]
+    scores = {
+        f"compare.{name}.{key}": 1234567.0 if key.startswith("parameters") else 0.123456
+        for name in ["stage_one", *variants]
+        for _, key, _ in report.COMPARISON_COLUMNS
+    }
+    params = {"stage_two": {"variants": variants}, "stage_one": {"model": "betatcvae"}}
+    page = tmp_path / "index.html"
+    page.write_text(report.render(scores, params))
+    driver = chromium_driver()
+    try:
+        driver.get(page.as_uri())
+        page_width, window_width, rows = driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth, "
+            "document.querySelectorAll('.wide tr').length]"
+        )
+    finally:
+        driver.quit()
+    assert rows == 11
+    assert page_width <= window_width == 1280
