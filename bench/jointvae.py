@@ -195,7 +195,7 @@ def run_seed(args, data: dict[str, np.ndarray], seed: int, settings: dict) -> di
 
     loop = LoopConfig(
         steps=args.steps,
-        batch_size=64,
+        batch_size=args.batch_size,
         seed=seed,
         checkpoint_every=max(1, args.steps // 10),
         log_every=max(1, args.score_every // 4),
@@ -229,7 +229,12 @@ def run_seed(args, data: dict[str, np.ndarray], seed: int, settings: dict) -> di
 
 
 def vars_of(args) -> dict:
-    return {"architecture": args.architecture, "temperature": args.temperature, "learning_rate": args.learning_rate}
+    return {
+        "architecture": args.architecture,
+        "temperature": args.temperature,
+        "learning_rate": args.learning_rate,
+        "batch_size": args.batch_size,
+    }
 
 
 def draw(model, data: dict[str, np.ndarray], report: dict, settings: dict, folder: Path) -> None:
@@ -331,6 +336,7 @@ def main() -> None:
     parser.add_argument("--architecture", default="conv32")
     parser.add_argument("--temperature", type=float, default=0.67)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--score-every", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -376,7 +382,6 @@ def main() -> None:
         | vars_of(args)
         | {
             "steps": args.steps,
-            "batch_size": 64,
             "threads": args.threads,
             "train_images": len(data["train"]),
             "test_images": len(data["test"]),
