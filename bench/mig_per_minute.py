@@ -56,13 +56,14 @@ def configuration(overrides: dict, params_file: Path) -> dict:
     return params
 
 
-def prepared_data(prepare_params) -> Path:
-    """The prepared dataset for this ``prepare`` section, built once into ``bench/work/data-<digest>``."""
+def prepared_data(prepare_params, root: Path = WORK) -> Path:
+    """The prepared dataset for this ``prepare`` section, built once into ``<root>/data-<digest>`` (``root``:
+    ``bench/work`` by default)."""
     from stages.common import StagingDirectory, fingerprint
     from stages.prepare import _make, check_selection
 
     check_selection(prepare_params)
-    folder = WORK / f"data-{fingerprint(prepare_params.model_dump())[:12]}"
+    folder = Path(root) / f"data-{fingerprint(prepare_params.model_dump())[:12]}"
     if not (folder / "meta.json").exists():
         print(f"preparing {prepare_params.dataset} into {folder}", flush=True)
         folder.parent.mkdir(parents=True, exist_ok=True)

@@ -103,6 +103,17 @@ def tool_env(root: Path) -> dict[str, str]:
     return env
 
 
+def ephemeral_prefect_env(root: Path, home: Path) -> dict[str, str]:
+    """``tool_env(root)`` for a Prefect flow run on an ephemeral API whose state lives in ``home``."""
+    env = tool_env(root)
+    env["PREFECT_HOME"] = str(home)
+    env["PREFECT_API_URL"] = ""
+    env["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"  # the default 20 s is too short on a busy machine
+    env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    return env
+
+
 def sh(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True, timeout: int = 600):
     completed = subprocess.run(args, cwd=cwd, env=env or tool_env(cwd), capture_output=True, text=True, timeout=timeout)
     if check and completed.returncode != 0:

@@ -25,6 +25,7 @@ import torch
 from tests.conftest import (
     PROJECT,
     TINY_PARAMS,
+    ephemeral_prefect_env,
     make_tiny_repo,
     sh,
     tool_env,
@@ -472,12 +473,7 @@ PREFECT_RETRY = textwrap.dedent(
 
 
 def test_prefect_retry_after_a_crash_mid_stage_resumes_and_equals_an_uninterrupted_run(repo, prepared, tmp_path):
-    env = tool_env(repo)
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PREFECT_API_URL"] = ""
-    env["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
-    env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    env = ephemeral_prefect_env(repo, tmp_path / "prefect-home")
     completed = sh(["python", "-c", PREFECT_RETRY], repo, env=env, timeout=900)
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report == {"state": "Completed", "attempts": 2}

@@ -29,14 +29,9 @@ SCRIPT = textwrap.dedent(
 
 
 def test_prefect_flow_runs_caches_and_tracks(tiny_repo, tmp_path):
-    from tests.conftest import tool_env
+    from tests.conftest import ephemeral_prefect_env
 
-    env = tool_env(tiny_repo)
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PREFECT_API_URL"] = ""
-    env["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"  # the default 20 s is too short on a busy machine
-    env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    env = ephemeral_prefect_env(tiny_repo, tmp_path / "prefect-home")
     completed = sh(["python", "-c", SCRIPT], tiny_repo, env=env, timeout=900)
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert [f["flow"] for f in report["flows"]] == ["COMPLETED", "COMPLETED"]
