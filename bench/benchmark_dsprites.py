@@ -6,7 +6,7 @@ from Locatello et al. (2019)'s grid. One *point* is a (model, seed): it trains w
 (progress, atomic checkpoints, resume) for either
 
 * ``--cpu-minutes B``: a fixed budget of process CPU time. The number of steps is set before training from the
-  throughput of 20 timed steps on a throw-away copy of the model, so that every schedule knows the run's length
+  median CPU time of 30 timed steps on a throw-away copy of the model, so that every schedule knows the run's length
   (the annealed capacity reaches C_max after a third of the run, as 100,000 of the published 300,000 steps do);
   the CPU minutes actually spent are recorded beside the steps;
 * ``--steps N``: a fixed number of steps (``--steps 300000`` with ``--learning-rate 1e-4`` is the published run,
@@ -15,8 +15,8 @@ from Locatello et al. (2019)'s grid. One *point* is a (model, seed): it trains w
 then encodes the means of a uniform sample of the grid (``--factor-images``; the whole grid when 0) and scores
 them as disentanglement_lib does: MIG on 10,000 points with 20 histogram bins; SAP with its linear-SVM protocol
 (10,000 train and 5,000 test points); DCI with gradient-boosted trees (sklearn's 100 estimators, 10,000 train and
-5,000 test points); the FactorVAE score (batches of 64, 10,000 training and 5,000 evaluation votes, latents with
-variance below 0.05 pruned). Each point writes ``bench/results/benchmark_dsprites/<model>-s<seed>.json``;
+5,000 test points); the FactorVAE score (batches of 64, 10,000 training and 5,000 evaluation votes, latents whose
+standard deviation is below 0.05 pruned). Each point writes ``bench/results/benchmark_dsprites/<model>-s<seed>.json``;
 ``--merge`` gathers them into ``bench/results/benchmark_dsprites.json`` (``<model>.mig_median``,
 ``<model>.mig_seeds``, ``<model>.per_factor_mig``, ... ), a markdown table beside it and the figure
 ``docs/studies/benchmark-dsprites/benchmark.png``.
@@ -106,8 +106,9 @@ def _sections(params: dict):
     )
 
 
-def measure_rate(stage_one, dataset, device, precision: str, steps: int = 20) -> float:
-    """Steps per CPU-second of a throw-away copy of the model (after 3 untimed steps)."""
+def measure_rate(stage_one, dataset, device, precision: str, steps: int = 30) -> float:
+    """Steps per CPU-second of a throw-away copy of the model: the inverse of the median CPU time of ``steps`` steps
+    (after 3 untimed ones), the median so that a step slowed by another process does not set the plan."""
     import torch
 
     from multistage.data.base import to_float
@@ -117,17 +118,18 @@ def measure_rate(stage_one, dataset, device, precision: str, steps: int = 20) ->
     optimizer = torch.optim.Adam(model.optimised_parameters(), lr=stage_one.learning_rate)
     rng = np.random.default_rng(12345)
     train = dataset.train_indices
-    started = 0.0
+    times = []
     for step in range(steps + 3):
-        if step == 3:
-            started = cpu_seconds()
+        started = cpu_seconds()
         rows = np.sort(train[rng.choice(len(train), stage_one.batch_size, replace=False)])
         out = model.objective(to_float(dataset.images[rows]).to(device), step)
         loss = out[0] if isinstance(out, tuple) else out
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return steps / max(cpu_seconds() - started, 1e-6)
+        if step >= 3:
+            times.append(cpu_seconds() - started)
+    return 1.0 / max(float(np.median(times)), 1e-6)
 
 
 def run_point(
@@ -173,7 +175,9 @@ def run_point(
     work.mkdir(parents=True, exist_ok=True)
     side = work / f"{name}.plan.json"
     plan = json.loads(side.read_text()) if side.is_file() else {}
-    wanted = {"cpu_minutes": cpu_minutes, "steps": steps, "overrides": overrides or {}, "threads": threads}
+    # what sets the training (the scoring's evaluate.* leaves do not): a change re-plans and so retrains
+    training = {k: v for k, v in (overrides or {}).items() if not k.startswith("evaluate.")}
+    wanted = {"cpu_minutes": cpu_minutes, "steps": steps, "overrides": training, "threads": threads}
     if plan.get("wanted") != wanted:  # a new point, or one asked differently: plan it afresh
         seed_everything(seed)
         rate = measure_rate(stage_one, dataset, device, precision) if cpu_minutes is not None else None
@@ -195,6 +199,16 @@ def run_point(
     def step_fn(batch: np.ndarray, step: int):
         return model.objective(to_float(images[np.sort(train_rows[batch])]).to(device), step)
 
+    fingerprint = json.dumps(
+        {"point": name, "stage_one": stage_one.used(), "steps": total, "prepare": prepare.model_dump()}
+        | {"runtime": runtime.model_dump(), "precision": precision},
+        sort_keys=True,
+        default=str,
+    )
+    checkpoint = work / f"{name}.pt"
+    if plan.get("fingerprint") != fingerprint or not checkpoint.is_file():  # training starts from step 0
+        plan["fingerprint"], plan["cpu_minutes_spent"] = fingerprint, 0.0
+        atomic_write_json(side, plan)
     started = cpu_seconds()
     spent_before = float(plan.get("cpu_minutes_spent", 0.0))
 
@@ -202,7 +216,6 @@ def run_point(
         plan["cpu_minutes_spent"] = spent_before + (cpu_seconds() - started) / 60.0
         atomic_write_json(side, plan)
 
-    fingerprint = json.dumps({"point": name, "stage_one": stage_one.used(), "steps": total}, sort_keys=True)
     loop = LoopConfig(
         steps=total,
         batch_size=stage_one.batch_size,
@@ -217,7 +230,7 @@ def run_point(
         step_fn,
         len(train_rows),
         loop,
-        work / f"{name}.pt",
+        checkpoint,
         fingerprint,
         callback=callback,
         description=f"benchmark {name}",
@@ -243,6 +256,8 @@ def run_point(
         "precision": precision,
         "scoring_seconds": time.perf_counter() - scoring_started,
         "factor_images": scores.pop("factor_images"),
+        "overrides": dict(overrides or {}),
+        "protocol": {key: params["evaluate"].get(key) for key in ("mig_bins", "sap", "dci", "factorvae_score")},
         "stage_one": stage_one.used(),
         "scores": scores,
     }
@@ -256,7 +271,7 @@ def score(model, dataset, device, evaluate: dict, factor_images: int, seed: int)
     from multistage.evaluation.registry import METRICS, MetricInputs
     from multistage.metrics.dci import DciConfig
     from multistage.metrics.factorvae_score import FactorVaeScoreConfig
-    from multistage.metrics.mig import mutual_information_gap
+    from multistage.metrics.mig import mig_key, mutual_information_gap
     from multistage.metrics.sap import SapConfig
     from stages.train_stage_one import encode_all
 
@@ -270,9 +285,11 @@ def score(model, dataset, device, evaluate: dict, factor_images: int, seed: int)
     names = tuple(dataset.factor_names)
     rng = np.random.default_rng(seed)
     mig_rows = rng.choice(len(rows), size=min(MIG_POINTS, len(rows)), replace=False)
-    raw = mutual_information_gap(mu[mig_rows], classes[mig_rows], names, bins=int(evaluate.get("mig_bins", 20)))
-    out: dict[str, Any] = {"factor_images": int(len(rows)), "mig": raw["mig.histogram20"]}
-    out |= {f"mig.{n}": raw[f"mig.histogram20.{n}"] for n in names}
+    bins = int(evaluate.get("mig_bins", 20))
+    raw = mutual_information_gap(mu[mig_rows], classes[mig_rows], names, bins=bins)
+    key = mig_key(bins)
+    out: dict[str, Any] = {"factor_images": int(len(rows)), "mig": raw[key]}
+    out |= {f"mig.{n}": raw[f"{key}.{n}"] for n in names}
     inputs = MetricInputs(
         mu=mu,
         representation=mu,
@@ -291,20 +308,43 @@ def score(model, dataset, device, evaluate: dict, factor_images: int, seed: int)
             key = key.removeprefix("x.").replace("dci.gbt.", "dci.")
             out[key] = value
     kl_rows = mu[mig_rows]
-    out["active_units"] = float((kl_rows.var(axis=0) > 0.05).sum())
+    out["active_units"] = float((kl_rows.std(axis=0, ddof=1) >= 0.05).sum())  # disentanglement_lib's pruning
     return out
 
 
-def merge(folder: Path = POINTS, summary_path: Path = SUMMARY, table_path: Path = TABLE, figure: Path = FIGURE):
-    """Gather the points into the summary JSON, the markdown table and the figure; returns the table."""
+def merge(
+    folder: Path = POINTS,
+    summary_path: Path = SUMMARY,
+    table_path: Path = TABLE,
+    figure: Path = FIGURE,
+    records: list[dict] | None = None,
+):
+    """Gather the points (``records``, or every JSON in ``folder``) into the summary JSON, the markdown table and
+    the figure; returns the table. Points of one model run differently (budget, steps, overrides) are an error."""
     from stages.common import atomic_write_json
 
-    records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    if records is None:
+        records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
     if not records:
         raise BenchmarkError(f"no benchmark points in {folder}; run some first (see --help)")
     by_model: dict[str, list[dict]] = {}
     for record in records:
         by_model.setdefault(record["model"], []).append(record)
+    for model, runs in by_model.items():
+        settings = {
+            json.dumps(
+                {"budget": r["cpu_minutes_budget"], "overrides": r.get("overrides")}
+                | {"factor_images": r["factor_images"]}
+                | ({"steps": r["steps"]} if r["cpu_minutes_budget"] is None else {}),
+                sort_keys=True,
+            )
+            for r in runs
+        }
+        if len(settings) > 1:
+            raise BenchmarkError(
+                f"the points of {model} in {folder} were run differently, so their median means nothing: "
+                f"{sorted(settings)}; move the others away"
+            )
     summary: dict[str, Any] = {}
     for model, runs in sorted(by_model.items(), key=lambda item: list(MODELS).index(item[0])):
         runs.sort(key=lambda r: r["seed"])
@@ -330,6 +370,11 @@ def merge(folder: Path = POINTS, summary_path: Path = SUMMARY, table_path: Path 
         "threads": sorted({r["threads"] for r in records}),
         "cpu_minutes_budget": sorted({r["cpu_minutes_budget"] for r in records}, key=lambda v: (v is None, v)),
         "learning_rate": sorted({r["stage_one"]["learning_rate"] for r in records}),
+        "dci_rounds": sorted({r["protocol"]["dci"]["gbt_estimators"] for r in records}),
+        "overrides": sorted({json.dumps(r["overrides"], sort_keys=True) for r in records}),
+        "mig_points": MIG_POINTS,
+        "sap": records[0]["protocol"]["sap"],
+        "factorvae_score": records[0]["protocol"]["factorvae_score"],
     }
     atomic_write_json(summary_path, summary)
     table = markdown_table(by_model)
@@ -426,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--factor-images", type=int, default=100000, help="grid images scored (0: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--out-dir", type=Path, default=POINTS, help="where each point's JSON goes")
+    parser.add_argument("--work", type=Path, default=WORK, help="checkpoints and plans")
+    parser.add_argument("--data-root", type=Path, default=None, help="the prepared grid's cache (bench/work)")
     parser.add_argument("--merge", action="store_true", help="gather the points into the summary, table, figure")
     args = parser.parse_args(argv)
     from stages.common import InputError, ParamsError
@@ -437,8 +485,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cpu_minutes is None and args.steps is None:
             raise BenchmarkError("give --cpu-minutes or --steps")
         overrides = parse_overrides(args.set)
-        for seed in args.seeds:  # every model's first seed first: a cut-short sweep still compares them all
-            for model in args.models:
+        unknown = [m for m in args.models if m not in MODELS]
+        if unknown:
+            raise BenchmarkError(f"unknown models {unknown}; the benchmark's models: {', '.join(MODELS)}")
+    except (BenchmarkError, ParamsError, InputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failed = []
+    for seed in args.seeds:  # every model's first seed first: a cut-short sweep still compares them all
+        for model in args.models:
+            try:
                 record = run_point(
                     model,
                     seed,
@@ -448,12 +504,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.factor_images,
                     args.threads,
                     args.device,
+                    out_dir=args.out_dir,
+                    work=args.work,
+                    data_root=args.data_root,
                 )
-                shown = {k: round(v, 3) for k, v in record["scores"].items() if not k.startswith(("sap.", "dci."))}
-                print(json.dumps({"point": f"{model}-s{seed}", "steps": record["steps"]} | shown), flush=True)
-    except (BenchmarkError, ParamsError, InputError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            except (BenchmarkError, ParamsError, InputError) as error:  # the same for every point: stop
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            except Exception as error:  # noqa: BLE001 - one point's failure (a diverged loss) does not stop the rest
+                print(f"error: point {model}-s{seed} failed: {type(error).__name__}: {error}", file=sys.stderr)
+                failed.append(f"{model}-s{seed}")
+                continue
+            shown = {k: round(v, 3) for k, v in record["scores"].items() if not k.startswith(("sap.", "dci."))}
+            print(json.dumps({"point": f"{model}-s{seed}", "steps": record["steps"]} | shown), flush=True)
+    if failed:
+        print(f"error: {len(failed)} point(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,21 +53,18 @@ def benchmark_point(
     work: str,
     data_root: str | None = None,
 ) -> dict:
-    """One (model, seed): trained (or resumed) and scored; its JSON record."""
-    return _benchmark().run_point(
-        model,
-        seed,
-        cpu_minutes=cpu_minutes,
-        steps=steps,
-        overrides=overrides,
-        factor_images=factor_images,
-        threads=threads,
-        device_name=device,
-        out_dir=Path(out_dir),
-        work=Path(work),
-        show_progress=False,
-        data_root=Path(data_root) if data_root else None,
-    )
+    """One (model, seed), trained (or resumed) and scored in a process of its own (its own random state, thread
+    count and CPU clock, whatever runs beside it); its JSON record."""
+    command = [sys.executable, "-m", "bench.benchmark_dsprites", "--models", model, "--seeds", str(seed)]
+    command += ["--cpu-minutes", str(cpu_minutes)] if cpu_minutes is not None else ["--steps", str(steps)]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={json.dumps(value)}"]
+    command += ["--factor-images", str(factor_images), "--threads", str(threads), "--device", device]
+    command += ["--out-dir", out_dir, "--work", work] + (["--data-root", data_root] if data_root else [])
+    completed = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"point {model}-s{seed} failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    return json.loads((Path(out_dir) / f"{model}-s{seed}.json").read_text())
 
 
 @flow(name="multistage-benchmark", log_prints=True)
@@ -119,7 +117,7 @@ def multistage_benchmark(
         stage="benchmark",
     ) as run_id:
         points = [(model, seed) for seed in seeds for model in models]  # every model's first seed first
-        records = []
+        records, failures = [], []
         width = max(1, concurrency)
         for start in range(0, len(points), width):  # at most ``concurrency`` points train at once
             futures = [
@@ -138,14 +136,20 @@ def multistage_benchmark(
                 )
                 for model, seed in points[start : start + width]
             ]
-            records += [future.result() for future in futures]
-        table = benchmark.merge(Path(out_dir), summary_path, table_path, Path(figure))
+            for future in futures:  # a failed point (a diverged loss) does not stop the others
+                outcome = future.result(raise_on_failure=False)
+                (failures if isinstance(outcome, BaseException) else records).append(outcome)
+        if not records:
+            raise RuntimeError(f"every benchmark point failed; the first: {failures[0]}")
+        table = benchmark.merge(Path(out_dir), summary_path, table_path, Path(figure), records=records)
         print(table)
         merged = json.loads(summary_path.read_text())
         numbers = {k: v for k, v in merged.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         log_run_metrics(run_id, numbers)
         for path in (summary_path, table_path, Path(figure)):
             log_artifact_to_run(run_id, path, "benchmark")
+    if failures:  # merged and logged what succeeded; the flow run still fails, naming the points that did not
+        raise RuntimeError(f"{len(failures)} benchmark point(s) failed: " + "; ".join(map(str, failures)))
     return {"mlflow_run_id": run_id, "points": len(records), "summary": str(summary_path), "table": table}
 
 

@@ -50,7 +50,9 @@ def test_benchmark_flow_trains_scores_merges_and_tracks(tmp_path):
         assert set(summary[f"{model}.per_factor_mig"]) == {"shape", "scale", "orientation", "posX", "posY"}
         assert f"{model}.factorvae_score_median" in summary and f"{model}.dci_disentanglement_median" in summary
         point = json.loads((tmp_path / "points" / f"{model}-s0.json").read_text())
-        assert point["steps"] == 3 and point["factor_images"] == 1200
+        assert (
+            point["steps"] == 3 and point["factor_images"] == 1200 and point["protocol"]["dci"]["gbt_estimators"] == 2
+        )
         assert point["stage_one"]["latent_dim"] == 10 and point["stage_one"]["batch_size"] == 64
     table = (tmp_path / "summary.md").read_text()
     assert "| beta-TCVAE | 1 | 3 |" in table and "| FactorVAE |" in table

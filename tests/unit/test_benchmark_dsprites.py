@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench import benchmark_dsprites as benchmark
@@ -39,3 +41,39 @@ def test_bad_points_are_one_named_error(tmp_path):
     with pytest.raises(benchmark.BenchmarkError, match="no benchmark points"):
         benchmark.merge(tmp_path / "empty", tmp_path / "s.json", tmp_path / "s.md", tmp_path / "f.png")
     assert not list(tmp_path.iterdir())
+
+
+def record(model: str, seed: int, mig: float, budget: float | None = 4.0) -> dict:
+    factors = ("shape", "scale", "orientation", "posX", "posY")
+    scores = {metric: mig for metric in benchmark.METRICS} | {
+        f"mig.{f}": mig * (i + 1) / 5 for i, f in enumerate(factors)
+    }
+    return {
+        "model": model,
+        "label": benchmark.LABELS[model],
+        "seed": seed,
+        "steps": 1000,
+        "cpu_minutes_budget": budget,
+        "cpu_minutes": 4.1,
+        "threads": 1,
+        "factor_images": 100000,
+        "overrides": {"stage_one.learning_rate": 0.001},
+        "protocol": {"dci": {"gbt_estimators": 10}, "sap": {}, "factorvae_score": {}},
+        "stage_one": {"learning_rate": 0.001},
+        "scores": scores,
+    }
+
+
+def test_merge_gives_medians_ranges_and_per_factor_mig_and_refuses_mixed_points(tmp_path):
+    paths = (tmp_path / "s.json", tmp_path / "s.md", tmp_path / "f.png")
+    records = [record("betatcvae", 0, 0.1), record("betatcvae", 1, 0.3), record("betatcvae", 2, 0.2)]
+    table = benchmark.merge(tmp_path, *paths, records=records + [record("factorvae", 0, 0.05)])
+    summary = json.loads(paths[0].read_text())
+    assert summary["betatcvae.mig_median"] == pytest.approx(0.2)
+    assert summary["betatcvae.mig_seeds"] == [0.1, 0.3, 0.2] and summary["betatcvae.mig_range"] == [0.1, 0.3]
+    assert summary["betatcvae.per_factor_mig"]["posY"] == pytest.approx(0.2)  # median of 0.1, 0.3, 0.2
+    assert summary["betatcvae.factors_captured_median"] == 3  # factors at per-factor MIG >= 0.1: 1, 4 and 3
+    assert "| beta-TCVAE | 3 | 1000 | 4.1 | 0.200 (0.100-0.300) |" in table and "| FactorVAE | 1 |" in table
+    assert paths[2].stat().st_size > 10000
+    with pytest.raises(benchmark.BenchmarkError, match="betatcvae.*run differently"):
+        benchmark.merge(tmp_path, *paths, records=records + [record("betatcvae", 3, 0.2, budget=8.0)])
