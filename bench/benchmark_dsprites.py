@@ -145,9 +145,11 @@ def run_point(
     work: Path = WORK,
     show_progress: bool = True,
     data_root: Path | None = None,
+    rescore: bool = False,
 ) -> dict:
     """Train and score one (model, seed) of the benchmark; writes and returns its JSON record. The prepared grid
-    is cached under ``data_root`` (default ``bench/work``), the checkpoints under ``work``."""
+    is cached under ``data_root`` (default ``bench/work``), the checkpoints under ``work``. A point whose record
+    exists for the same plan is returned as it is, unless ``rescore``."""
     import torch
 
     from bench.mig_per_minute import prepared_data
@@ -185,6 +187,11 @@ def run_point(
         plan = {"wanted": wanted, "steps": planned, "steps_per_cpu_second": rate, "cpu_minutes_spent": 0.0}
         atomic_write_json(side, plan)
     total = int(plan["steps"])
+    done = out_dir / f"{name}.json"
+    if done.is_file() and not rescore:  # finished with this plan: its record stands
+        record = json.loads(done.read_text())
+        if record.get("steps") == total and record.get("overrides") == dict(overrides or {}):
+            return record
     leaves = {"stage_one.steps": total}
     if stage_one.model == "annealedvae":
         leaves["stage_one.annealedvae.capacity_steps"] = max(1, int(round(CAPACITY_FRACTION * total)))
