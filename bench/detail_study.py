@@ -27,6 +27,7 @@ the first lever given to ``--grid``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -102,7 +103,12 @@ class Reference:
         self.config, self.device = EvaluationConfig(), device
         self.indices = held_out_indices(self.dataset, self.config.eval_images, self.config.seed)
         self.network, _ = train_detail_network(
-            self.config, self.dataset, self.dataset.images, device, lambda _: _Null(), show_progress=False
+            self.config,
+            self.dataset,
+            self.dataset.images,
+            device,
+            lambda _: contextlib.nullcontext(),
+            show_progress=False,
         )
         self.network_features = feature_extractor(self.network, device)
         self.probes = DetailProbeData(self.config, self.dataset, self.dataset.images)
@@ -148,14 +154,6 @@ class Reference:
             / frechet_distance(x_net, self.features["y"]["network"]),
             "columns": {k: v for k, v in row.items() if k.startswith("detail.")},
         }
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train_lever(repo: Path, reference: Reference, lever: str, seed: int, steps: int | None) -> tuple[MSVAE, dict]:
