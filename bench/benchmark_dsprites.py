@@ -71,6 +71,8 @@ LABELS = {
 #: the published 300,000-step run's fraction of its length over which the annealed capacity rises
 CAPACITY_FRACTION = 100000 / 300000
 MIG_POINTS = 10000
+#: dSprites' factors in the order of the grid (the records' JSON keeps its keys sorted)
+FACTORS = ("shape", "scale", "orientation", "posX", "posY")
 METRICS = ("mig", "sap", "dci.disentanglement", "dci.completeness", "dci.informativeness", "factorvae_score")
 
 
@@ -364,7 +366,7 @@ def merge(
             summary[f"{model}.{key}_median"] = float(np.median(values))
             summary[f"{model}.{key}_range"] = [float(min(values)), float(max(values))]
             summary[f"{model}.{key}_seeds"] = values
-        factors = [k.removeprefix("mig.") for k in runs[0]["scores"] if k.startswith("mig.")]
+        factors = factor_order(runs[0])
         summary[f"{model}.per_factor_mig"] = {
             f: float(np.median([r["scores"][f"mig.{f}"] for r in runs])) for f in factors
         }
@@ -390,6 +392,12 @@ def merge(
     return table
 
 
+def factor_order(record: dict) -> list[str]:
+    """The factors of a record's per-factor MIG, in the grid's order (others after, alphabetically)."""
+    found = [k.removeprefix("mig.") for k in record["scores"] if k.startswith("mig.")]
+    return [f for f in FACTORS if f in found] + sorted(f for f in found if f not in FACTORS)
+
+
 def _spread(values: Sequence[float]) -> str:
     values = np.asarray(values, dtype=float)
     if values.size == 1:
@@ -400,14 +408,14 @@ def _spread(values: Sequence[float]) -> str:
 def markdown_table(by_model: dict[str, list[dict]]) -> str:
     lines = [
         "| model | seeds | steps | CPU-min | MIG | SAP | DCI D | DCI C | DCI I | FactorVAE score "
-        "| per-factor MIG (shape / scale / orientation / x / y) |",
+        "| per-factor MIG (shape / scale / orientation / posX / posY) |",
         "| --- " * 11 + "|",
     ]
     for model in MODELS:
         runs = by_model.get(model)
         if not runs:
             continue
-        factors = [k.removeprefix("mig.") for k in runs[0]["scores"] if k.startswith("mig.")]
+        factors = factor_order(runs[0])
         per_factor = " / ".join(f"{np.median([r['scores'][f'mig.{f}'] for r in runs]):.2f}" for f in factors)
         cells = [_spread([r["scores"][m] for r in runs]) for m in METRICS]
         lines.append(
