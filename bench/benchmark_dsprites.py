@@ -463,18 +463,6 @@ def draw(by_model: dict[str, list[dict]], path: Path) -> None:
     plt.close(figure)
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator:
-            raise BenchmarkError(f"--set {item!r}: expected key=value, e.g. stage_one.learning_rate=0.001")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"of: {', '.join(MODELS)}")
@@ -499,7 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.cpu_minutes is None and args.steps is None:
             raise BenchmarkError("give --cpu-minutes or --steps")
-        overrides = parse_overrides(args.set)
+        from pipeline.profiles import parse_settings
+
+        overrides = parse_settings(args.set)
         unknown = [m for m in args.models if m not in MODELS]
         if unknown:
             raise BenchmarkError(f"unknown models {unknown}; the benchmark's models: {', '.join(MODELS)}")

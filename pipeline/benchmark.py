@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(argv)
+    from pipeline.profiles import parse_settings
     from stages.common import InputError, ParamsError
 
     try:
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds=args.seeds,
             cpu_minutes=args.cpu_minutes,
             steps=args.steps,
-            overrides=_benchmark().parse_overrides(args.set),
+            overrides=parse_settings(args.set),
             factor_images=args.factor_images,
             threads=args.threads,
             concurrency=args.concurrency,
