@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import cpu_seconds
+
 NAMES = ("shape", "scale", "orientation", "posX", "posY")
 SIZES = (3, 6, 40, 32, 32)
 GRID = int(np.prod(SIZES))
@@ -101,13 +103,6 @@ def write_codes(path: Path, mu: np.ndarray, logvar: np.ndarray) -> None:
 
 def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process so far (all threads): what the work costs on idle cores, however
-    busy the machine is while it runs."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def load() -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.common import cpu_seconds, median_and_range
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS = PROJECT / "bench" / "results"
@@ -78,11 +79,6 @@ METRICS = ("mig", "sap", "dci.disentanglement", "dci.completeness", "dci.informa
 
 class BenchmarkError(ValueError):
     """A bad benchmark argument or input, named."""
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def point_params(model: str, seed: int, overrides: dict[str, Any] | None = None) -> dict:
@@ -147,11 +143,10 @@ def run_point(
     work: Path = WORK,
     show_progress: bool = True,
     data_root: Path | None = None,
-    rescore: bool = False,
 ) -> dict:
     """Train and score one (model, seed) of the benchmark; writes and returns its JSON record. The prepared grid
     is cached under ``data_root`` (default ``bench/work``), the checkpoints under ``work``. A point whose record
-    exists for the same plan is returned as it is, unless ``rescore``."""
+    exists for the same plan is returned as it is (delete the record to score it again)."""
     import torch
 
     from bench.mig_per_minute import prepared_data
@@ -190,7 +185,7 @@ def run_point(
         atomic_write_json(side, plan)
     total = int(plan["steps"])
     done = out_dir / f"{name}.json"
-    if done.is_file() and not rescore:  # finished with this plan: its record stands
+    if done.is_file():  # finished with this plan: its record stands
         record = json.loads(done.read_text())
         if record.get("steps") == total and record.get("overrides") == dict(overrides or {}):
             return record
@@ -398,13 +393,6 @@ def factor_order(record: dict) -> list[str]:
     return [f for f in FACTORS if f in found] + sorted(f for f in found if f not in FACTORS)
 
 
-def _spread(values: Sequence[float]) -> str:
-    values = np.asarray(values, dtype=float)
-    if values.size == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.median(values):.3f} ({values.min():.3f}-{values.max():.3f})"
-
-
 def markdown_table(by_model: dict[str, list[dict]]) -> str:
     lines = [
         "| model | seeds | steps | CPU-min | MIG | SAP | DCI D | DCI C | DCI I | FactorVAE score "
@@ -417,7 +405,7 @@ def markdown_table(by_model: dict[str, list[dict]]) -> str:
             continue
         factors = factor_order(runs[0])
         per_factor = " / ".join(f"{np.median([r['scores'][f'mig.{f}'] for r in runs]):.2f}" for f in factors)
-        cells = [_spread([r["scores"][m] for r in runs]) for m in METRICS]
+        cells = [median_and_range([r["scores"][m] for r in runs]) for m in METRICS]
         lines.append(
             f"| {LABELS[model]} | {len(runs)} | {int(np.median([r['steps'] for r in runs]))} | "
             f"{np.median([r['cpu_minutes'] for r in runs]):.1f} | " + " | ".join(cells) + f" | {per_factor} |"

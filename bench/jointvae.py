@@ -30,13 +30,13 @@ import argparse
 import hashlib
 import json
 import math
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import cpu_seconds
 from multistage.data.base import to_float
 from multistage.data.sources import fit_images
 from multistage.io import atomic_path
@@ -57,12 +57,6 @@ SETTINGS = {
     "fashion_mnist": {"gamma": 100.0, "capacity_z": 5.0, "capacity_c": 10.0, "ramp": 50000, "discrete": 10},
     "dsprites": {"gamma": 30.0, "capacity_z": 5.0, "capacity_c": 5.0, "ramp": 25000, "discrete": 3},
 }
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process (all its threads), user + system: the budget that contention does not inflate."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def load(name: str, seed: int) -> dict[str, np.ndarray]:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bench.common import median_and_range
+
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS = PROJECT / "bench" / "results" / "mig_study"
 WORK = PROJECT / "bench" / "work"
@@ -271,11 +273,6 @@ def summarise(limit_minutes: float = 30.0) -> str:
             hit = [r["minutes"] for r in m["rows"] if r["mig"] >= 0.2]
             reached.append(f"{hit[0]:.1f}" if hit else "-")
 
-        def spread(values: np.ndarray) -> str:
-            if len(values) == 1:
-                return f"{values[0]:.3f}"
-            return f"{np.median(values):.3f} ({values.min():.3f}-{values.max():.3f})"
-
         lengths = "/".join(sorted({f"{f['minutes']:.1f}" for f in finals}, key=float))
         overrides = members[0]["config"]["overrides"]
         change = (
@@ -293,8 +290,9 @@ def summarise(limit_minutes: float = 30.0) -> str:
             f"{members[0]['config']['threads']} | "
             f"{lengths} | "
             f"{int(np.median([f['steps'] for f in finals]))} | "
-            f"{np.median([f['images_per_second'] for f in finals]):.0f} | {spread(common)} | {spread(mig)} | "
-            f"{spread(no_shape)} | "
+            f"{np.median([f['images_per_second'] for f in finals]):.0f} | "
+            f"{median_and_range(common)} | {median_and_range(mig)} | "
+            f"{median_and_range(no_shape)} | "
             f"{', '.join(reached)} | {', '.join(best)} |"
         )
     table = "\n".join(lines) + "\n"
