@@ -4,6 +4,7 @@
 | ------------ | ---------------------------------------------------------------------- | ---------------- |
 | ``conv64``   | Burgess et al. (2018) / disentanglement_lib convolutions (``conv.py``) | (C, 64, 64)      |
 | ``conv32``   | the same four convolutions on 32x32 images (2x2 bottleneck)            | (C, 32, 32)      |
+| ``pooled64`` | conv32 behind a 2x2 average pool; its logits upsampled 2x (bilinear)   | (C, 64, 64)      |
 | ``mlp``      | beta-TCVAE appendix H.1: 1200-1200 ReLU encoder, 1200x3 tanh decoder   | any (C, H, W)    |
 | ``series_mlp`` | 256-256 ReLU encoder and decoder for 1-d series (the pendulum)       | (C, T)           |
 
@@ -16,10 +17,10 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from multistage.nn.conv import ConvDecoder, ConvEncoder
+from multistage.nn.conv import ConvDecoder, ConvEncoder, PooledConvEncoder, UpsampledConvDecoder
 from multistage.nn.mlp import MLPDecoder, MLPEncoder
 
-ARCHITECTURES = ("auto", "conv64", "conv32", "mlp", "series_mlp")
+ARCHITECTURES = ("auto", "conv64", "conv32", "pooled64", "mlp", "series_mlp")
 SERIES_HIDDEN = (256, 256)
 
 
@@ -36,8 +37,8 @@ def resolve_architecture(architecture: str, input_shape: Sequence[int]) -> str:
         if shape[1:] in ((64, 64), (32, 32)):
             return f"conv{shape[1]}"
         return "mlp"
-    if architecture in ("conv64", "conv32"):
-        size = int(architecture[4:])
+    if architecture in ("conv64", "conv32", "pooled64"):
+        size = int(architecture[-2:])
         if is_series or shape[1:] != (size, size):
             raise ValueError(
                 f"architecture {architecture!r} needs ({size}, {size}) images, the data is "
@@ -53,6 +54,8 @@ def resolve_architecture(architecture: str, input_shape: Sequence[int]) -> str:
 def build_encoder(architecture: str, input_shape: Sequence[int], out_features: int) -> nn.Module:
     """Encoder (B, *input_shape) -> (B, out_features)."""
     name = resolve_architecture(architecture, input_shape)
+    if name == "pooled64":
+        return PooledConvEncoder(int(input_shape[0]), out_features)
     if name.startswith("conv"):
         return ConvEncoder(int(input_shape[0]), int(name[4:]), out_features)
     if name == "series_mlp":
@@ -63,6 +66,8 @@ def build_encoder(architecture: str, input_shape: Sequence[int], out_features: i
 def build_decoder(architecture: str, in_features: int, output_shape: Sequence[int]) -> nn.Module:
     """Decoder (B, in_features) -> raw outputs (B, *output_shape)."""
     name = resolve_architecture(architecture, output_shape)
+    if name == "pooled64":
+        return UpsampledConvDecoder(in_features, int(output_shape[0]))
     if name.startswith("conv"):
         return ConvDecoder(in_features, int(output_shape[0]), int(name[4:]))
     if name == "series_mlp":

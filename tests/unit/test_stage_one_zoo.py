@@ -354,7 +354,14 @@ def test_learned_gaussian_variance_converges_to_the_true_noise_variance(likeliho
 
 @pytest.mark.parametrize(
     "architecture, shape",
-    [("mlp", (3, 32, 32)), ("mlp", (1, 64, 64)), ("conv64", (3, 64, 64)), ("series_mlp", (2, 50)), ("auto", (1, 100))],
+    [
+        ("mlp", (3, 32, 32)),
+        ("mlp", (1, 64, 64)),
+        ("conv64", (3, 64, 64)),
+        ("pooled64", (1, 64, 64)),
+        ("series_mlp", (2, 50)),
+        ("auto", (1, 100)),
+    ],
 )
 def test_architectures_take_their_data(architecture, shape):
     options = {"image_channels": shape[0], "latent_dim": 2, "architecture": architecture}
@@ -368,6 +375,30 @@ def test_architectures_take_their_data(architecture, shape):
         with torch.no_grad():
             model.decoder.network[-1].bias.fill_(-3.0)
         assert model.decode_mean(model.representation(x)).min() < -1
+
+
+def test_pooled64_is_conv32_on_the_pooled_image_with_upsampled_logits():
+    from multistage.nn.conv import ConvDecoder, ConvEncoder, PooledConvEncoder, UpsampledConvDecoder
+    from multistage.nn.networks import resolve_architecture
+
+    torch.manual_seed(0)
+    encoder, decoder = PooledConvEncoder(1, 6), UpsampledConvDecoder(3, 1)
+    plain_encoder, plain_decoder = ConvEncoder(1, 32, 6), ConvDecoder(3, 1, 32)
+    plain_encoder.load_state_dict(encoder.network.state_dict())
+    plain_decoder.load_state_dict(decoder.network.state_dict())
+    x = binary_images(n=4, size=64).float() / 255
+    # the 2x2 mean, written out: every 32 px pixel is the mean of its four 64 px pixels
+    pooled = x.reshape(4, 1, 32, 2, 32, 2).mean(dim=(3, 5))
+    torch.testing.assert_close(encoder(x), plain_encoder(pooled))
+    z = torch.randn(4, 3)
+    logits, coarse = decoder(z), plain_decoder(z)
+    assert logits.shape == (4, 1, 64, 64)
+    # bilinear x2 with half-pixel centres: an interior 64 px logit is 3/4 its own cell + 1/4 its neighbour (per axis)
+    row = 0.75 * coarse[..., 5, :] + 0.25 * coarse[..., 4, :]
+    expected = 0.75 * row[..., 7] + 0.25 * row[..., 6]
+    torch.testing.assert_close(logits[..., 10, 14], expected)
+    with pytest.raises(ValueError, match=r"'pooled64' needs \(64, 64\) images"):
+        resolve_architecture("pooled64", (1, 32, 32))
 
 
 def test_channels_last_gives_the_same_objective():

@@ -78,8 +78,8 @@ def linear_schedule(step: int | None, start: float, stop: float, steps: int) -> 
 class StageOneConfig:
     """Options shared by the whole zoo. The data fixes ``image_channels``, ``image_size`` and ``series_length``
     (0 for images (C, S, S); T > 0 for float series (C, T), where ``image_size`` is unused); the rest are choices:
-    ``latent_dim`` (continuous units), ``architecture`` (``multistage.nn.networks``: auto, conv64, conv32, mlp,
-    series_mlp), ``likelihood`` (``multistage.nn.likelihoods``: bernoulli, gaussian, gaussian_learned,
+    ``latent_dim`` (continuous units), ``architecture`` (``multistage.nn.networks``: auto, conv64, conv32,
+    pooled64, mlp, series_mlp), ``likelihood`` (``multistage.nn.likelihoods``: bernoulli, gaussian, gaussian_learned,
     gaussian_learned_per_pixel) and ``gaussian_variance`` (the fixed variance, or the starting value of a learned
     one; Gaussian likelihoods only; None = 0.05). Subclasses add their own options and extend ``validate``."""
 
