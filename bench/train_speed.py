@@ -8,6 +8,12 @@ rounds): ``before`` (contiguous NCHW), ``channels_last`` (what the stage does on
 reported: the data share of a step, the FLOPs per image (``torch.utils.flop_counter``) and the fraction of the
 machine's measured matmul throughput. On a CUDA device the figures are the GPU's.
 
+Side by side, the variant ``peer``: the beta-TCVAE step of YannDubs/disentangling-vae (Burgess et al. networks,
+stratified estimator, beta = 6, Adam 5e-4, contiguous NCHW float32), rebuilt for timing in ``bench.peer_btcvae``,
+fed the same batches of the same images through the same loop, interleaved with the others. ``peer_ratio_fp32`` is
+``channels_last`` / ``peer`` in images/s (the project's fp32 step against the peer's), ``peer_ratio_bf16``
+``channels_last+bf16`` / ``peer`` where bf16 was measured (else null).
+
     .venv/bin/python -m bench.train_speed [--threads 2] [--batch-size 64] [--rounds 6] [--steps 8] [--compile]
 
 Writes ``bench/results/train_speed.json``. Results: docs/studies/training-speed.md.
@@ -34,6 +40,10 @@ def build(variant: str, stage_one, dataset, device):
     from stages.train_stage_one import build_model
 
     torch.manual_seed(0)
+    if variant == "peer":
+        from bench.peer_btcvae import build_peer
+
+        return build_peer(dataset.images.shape[1:], len(dataset.train_indices), device)
     model = build_model(stage_one, dataset, device)
     if variant == "before":
         model = model.to(memory_format=torch.contiguous_format)
@@ -156,8 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
         variants.append("channels_last+bf16")
     if device.type == "cuda":
         variants = [v for v in variants if v != "before"] + ["before"]
+    variants.append("peer")
     built = {variant: build(variant, stage_one, dataset, device) for variant in variants}
     flops = step_flops(built["before"][0], dataset, args.batch_size, device)
+    peer_flops = step_flops(built["peer"][0], dataset, args.batch_size, device)
     samples: dict[str, list[float]] = {v: [] for v in variants}
     data_share: dict[str, list[float]] = {v: [] for v in variants}
     step = 0
@@ -187,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "flops_per_image": flops,
+        "peer_flops_per_image": peer_flops,
         "matmul_flops_per_second": peak,
         "matmul_bf16_flops_per_second": peak_bf16,
         "variants": {},
@@ -200,8 +213,14 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio_to_before": images_per_second / base,
             "data_share": statistics.median(data_share[variant]),
             # against the peak of the precision the convolutions ran in
-            "fraction_of_matmul_peak": images_per_second * flops / (peak_bf16 if variant.endswith("+bf16") else peak),
+            "fraction_of_matmul_peak": images_per_second
+            * (peer_flops if variant == "peer" else flops)
+            / (peak_bf16 if variant.endswith("+bf16") else peak),
         }
+    peer = report["variants"]["peer"]["images_per_second"]
+    report["peer_ratio_fp32"] = report["variants"]["channels_last"]["images_per_second"] / peer
+    bf16 = report["variants"].get("channels_last+bf16")
+    report["peer_ratio_bf16"] = bf16["images_per_second"] / peer if bf16 else None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(
@@ -215,6 +234,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{100 * row['data_share']:.1f}% of the step, {100 * row['fraction_of_matmul_peak']:.1f}% of the "
             "matmul peak"
         )
+    print(
+        f"  the project's step against the peer's: x{report['peer_ratio_fp32']:.2f} fp32"
+        + (f", x{report['peer_ratio_bf16']:.2f} bf16" if report["peer_ratio_bf16"] is not None else "")
+        + f" (peer: {peer_flops / 1e6:.1f} MFLOP per image per step)"
+    )
     return report
 
 

@@ -152,3 +152,77 @@ def test_train_speed_bench(bench_folders):
     expected = 2 * (3 * forward - first)
     assert abs(report["flops_per_image"] - expected) / expected < 0.01, (report["flops_per_image"], expected)
     assert 100e6 < report["flops_per_image"] < 115e6  # the conv 64x64 network on 3 x 64 x 64 images
+
+
+def _logsumexp(values) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def test_peer_btcvae_loss_and_sizes():
+    """The ``peer`` variant's step (bench.peer_btcvae): its loss against the beta-TCVAE decomposition written out
+    term by term in float64 with the peer's importance weights (and its way of applying them), and the Burgess et
+    al. networks' sizes."""
+    from bench.peer_btcvae import PeerBTCVAE
+
+    batch, n_data, latent = 6, 1000, 10
+    torch.manual_seed(0)
+    model = PeerBTCVAE((1, 64, 64), dataset_size=n_data)
+    x = torch.rand(batch, 1, 64, 64)
+    torch.manual_seed(1)
+    recon, mu, logvar, z = model(x)
+    loss, terms = model.loss(x, recon, mu, logvar, z)
+    torch.manual_seed(1)
+    assert torch.equal(model.objective(x, 20_000)[0], loss)  # past the annealing: the same full objective
+
+    # the peer's weights (its flat stride of B puts 1/N in column 0, the stratified weight in column 1 and at
+    # row B - 2, column 0; 1/(B - 1) elsewhere)
+    m = batch - 1
+    stratified = (n_data - m) / (n_data * m)
+
+    def weight(i: int, j: int) -> float:
+        if j == 0:
+            return stratified if i == batch - 2 else 1 / n_data
+        return stratified if j == 1 else 1 / m
+
+    def log_normal(v: float, mean: float, log_var: float) -> float:
+        return -0.5 * (math.log(2 * math.pi) + log_var + (v - mean) ** 2 / math.exp(log_var))
+
+    zs, mus, lvs = (t.detach().double().tolist() for t in (z, mu, logvar))
+    mi = tc = dim_kl = 0.0
+    for i in range(batch):
+        log_q_given_x = sum(log_normal(zs[i][d], mus[i][d], lvs[i][d]) for d in range(latent))
+        log_p = sum(log_normal(zs[i][d], 0.0, 0.0) for d in range(latent))
+        # the peer adds the log-weight to each of the D dimensions before summing them: D log w_ij in log q(z)
+        log_q = _logsumexp(
+            [
+                latent * math.log(weight(i, j)) + sum(log_normal(zs[i][d], mus[j][d], lvs[j][d]) for d in range(latent))
+                for j in range(batch)
+            ]
+        )
+        log_prod_q = sum(
+            _logsumexp([math.log(weight(i, j)) + log_normal(zs[i][d], mus[j][d], lvs[j][d]) for j in range(batch)])
+            for d in range(latent)
+        )
+        mi += (log_q_given_x - log_q) / batch
+        tc += (log_q - log_prod_q) / batch
+        dim_kl += (log_prod_q - log_p) / batch
+    r, t = recon.detach().double(), x.double()
+    bce = -(t * r.log() + (1 - t) * (1 - r).log()).sum().item() / batch
+    for name, expected in (("mi", mi), ("tc", tc), ("dim_kl", dim_kl), ("reconstruction", bce)):
+        assert terms[name].item() == pytest.approx(expected, rel=1e-5, abs=1e-5), name
+    assert loss.item() == pytest.approx(bce + 1 * mi + 6 * tc + 1 * dim_kl, rel=1e-6)
+
+    # sizes, by hand: a (transposed) convolution has c_in c_out 4 4 + c_out parameters, a linear layer in out + out
+    def conv(c_in: int, c_out: int) -> int:
+        return c_in * c_out * 16 + c_out
+
+    def linear(n_in: int, n_out: int) -> int:
+        return n_in * n_out + n_out
+
+    encoder = conv(1, 32) + 3 * conv(32, 32) + linear(32 * 4 * 4, 256) + linear(256, 256) + linear(256, 2 * latent)
+    decoder = linear(latent, 256) + linear(256, 256) + linear(256, 32 * 4 * 4) + 3 * conv(32, 32) + conv(32, 1)
+    assert (encoder, decoder) == (252_052, 249_953)
+    assert sum(p.numel() for p in model.encoder.parameters()) == encoder
+    assert sum(p.numel() for p in model.decoder.parameters()) == decoder
+    assert recon.shape == x.shape and 0 < recon.min() and recon.max() < 1
