@@ -462,7 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--factor-images", type=int, default=100000, help="grid images scored (0: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out-dir", type=Path, default=POINTS, help="where each point's JSON goes")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=POINTS,
+        help="where each point's JSON goes; with --merge, another folder's points go to <out-dir>.json, .md and .png",
+    )
     parser.add_argument("--work", type=Path, default=WORK, help="checkpoints and plans")
     parser.add_argument("--data-root", type=Path, default=None, help="the prepared grid's cache (bench/work)")
     parser.add_argument("--merge", action="store_true", help="gather the points into the summary, table, figure")
@@ -471,7 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.merge:
-            print(merge(), end="")
+            if args.out_dir.resolve() == POINTS.resolve():
+                print(merge(), end="")
+            else:  # another set of points (a lever): its summary, table and figure beside its folder
+                folder = args.out_dir
+                paths = (folder.with_suffix(suffix) for suffix in (".json", ".md", ".png"))
+                print(merge(folder, *paths), end="")
             return 0
         if args.cpu_minutes is None and args.steps is None:
             raise BenchmarkError("give --cpu-minutes or --steps")

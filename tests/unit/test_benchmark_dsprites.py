@@ -78,3 +78,14 @@ def test_merge_gives_medians_ranges_and_per_factor_mig_and_refuses_mixed_points(
     assert paths[2].stat().st_size > 10000
     with pytest.raises(benchmark.BenchmarkError, match="betatcvae.*run differently"):
         benchmark.merge(tmp_path, *paths, records=records + [record("betatcvae", 3, 0.2, budget=8.0)])
+
+
+def test_merge_of_another_folder_writes_beside_it(tmp_path):
+    folder = tmp_path / "lever"
+    folder.mkdir()
+    for seed, mig in ((0, 0.1), (1, 0.3)):
+        (folder / f"betatcvae-s{seed}.json").write_text(json.dumps(record("betatcvae", seed, mig)))
+    assert benchmark.main(["--merge", "--out-dir", str(folder)]) == 0
+    summary = json.loads((tmp_path / "lever.json").read_text())
+    assert summary["betatcvae.mig_median"] == pytest.approx(0.2)
+    assert (tmp_path / "lever.md").read_text().startswith("| model |") and (tmp_path / "lever.png").is_file()
