@@ -148,7 +148,7 @@ def robustness(dataset, probe_images: int) -> None:
     from multistage.data import dsprites
     from multistage.data.sources import fit_images
     from multistage.evaluation.detail import column_kinds, column_values
-    from multistage.metrics.detail import DetailProbes, blurred, detail_feature_map
+    from multistage.metrics.detail import DetailProbes, blurred, detail_feature_map, fit_detail_probes
 
     rng = np.random.default_rng(0)
     train = np.sort(rng.permutation(dataset.train_indices)[:probe_images])
@@ -172,14 +172,13 @@ def robustness(dataset, probe_images: int) -> None:
     }
     truth = column_values(dataset, test, kinds)
     fit_images_ = dataset.images[train]
-    for name, channels, sigma in (("whole map", None, 0.0), ("feature groups", 3, 0.0), ("groups + blur 0.8", 3, 0.8)):
-        features = detail_feature_map(fit_images_)
-        columns = column_values(dataset, train, kinds)
-        if sigma:
-            features = np.concatenate([features, detail_feature_map(blurred(fit_images_, sigma))])
-            columns = {k: np.concatenate([v, v]) for k, v in columns.items()}
-        marks = np.arange(len(features)) >= len(train)
-        probes = DetailProbes(features, columns, kinds, alpha=10.0, channels=channels, blurred_rows=marks)
+    columns = column_values(dataset, train, kinds)
+    fitted = {
+        "whole map": DetailProbes(detail_feature_map(fit_images_), columns, kinds, alpha=10.0),
+        "feature groups": fit_detail_probes(fit_images_, columns, kinds, 0.0),
+        "groups + blur 0.8": fit_detail_probes(fit_images_, columns, kinds, 0.8),
+    }
+    for name, probes in fitted.items():
         for label, images in sets.items():
             scores = probes.scores(detail_feature_map(images), truth)
             colour = np.mean([scores[f"colour_{c}"] for c in "rgb"])

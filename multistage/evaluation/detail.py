@@ -23,11 +23,10 @@ from tqdm.auto import tqdm
 
 from multistage.evaluation.config import EvaluationConfig
 from multistage.metrics.detail import (
-    DetailProbes,
-    blurred,
     circular_embedding,
     detail_feature_map,
     detail_scores,
+    fit_detail_probes,
 )
 from multistage.metrics.frechet import train_factor_classifier
 
@@ -151,23 +150,14 @@ class DetailProbeData:
         self.nuisance = tuple(sorted(dataset.nuisance))
         pool = dataset.train_indices
         rows = pool[np.sort(np.random.default_rng(config.seed).permutation(len(pool))[: self.settings.train_images])]
-        sigma = self.settings.blur_augmentation
-        features, copies = [], 1 + (sigma > 0)
-        for start in range(0, len(rows), 500):
-            chunk = images[rows[start : start + 500]]
-            features.append(self.extract(chunk))
-        if sigma > 0:  # a blurred copy of every fitting image: blur alone is not a loss of detail
-            for start in range(0, len(rows), 500):
-                features.append(self.extract(blurred(images[rows[start : start + 500]], sigma)))
-        values = column_values(dataset, rows, self.kinds)
-        self.probes = DetailProbes(
-            np.concatenate(features),
-            {name: np.concatenate([column] * copies) for name, column in values.items()},
+        self.probes = fit_detail_probes(
+            images[rows],
+            column_values(dataset, rows, self.kinds),
             self.kinds,
+            self.settings.blur_augmentation,  # blur alone is not a loss of detail
             alpha=self.settings.ridge_alpha,
             seed=config.seed,
-            channels=int(images.shape[1]),
-            blurred_rows=np.arange(copies * len(rows)) >= len(rows),
+            threshold=self.settings.foreground_threshold,
         )
 
     def extract(self, images) -> np.ndarray:

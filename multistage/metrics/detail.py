@@ -315,6 +315,38 @@ def detail_scores(
     return result
 
 
+def fit_detail_probes(
+    images,
+    columns: Mapping[str, np.ndarray],
+    kinds: Mapping[str, str | float],
+    blur_sigma: float,
+    alpha: float = 10.0,
+    seed: int = 0,
+    threshold: float = 0.1,
+    chunk: int = 500,
+) -> DetailProbes:
+    """``DetailProbes`` fitted as the evaluate stage fits them: on ``detail_feature_map`` of the real ``images``
+    (N, C, H, W), each column on its own feature group, and, when ``blur_sigma`` > 0, also on a copy of every image
+    blurred by that sigma, which the texture probes leave out (module docstring). ``columns``: each column's N
+    values; the features are computed ``chunk`` images at a time."""
+    count = len(images)
+    sigmas = [0.0] + ([float(blur_sigma)] if blur_sigma > 0 else [])
+    features = [
+        detail_feature_map(blurred(part, sigma) if sigma else part, threshold)
+        for sigma in sigmas
+        for part in (images[start : start + chunk] for start in range(0, count, chunk))
+    ]
+    return DetailProbes(
+        np.concatenate(features),
+        {name: np.concatenate([np.asarray(values)] * len(sigmas)) for name, values in columns.items()},
+        kinds,
+        alpha=alpha,
+        seed=seed,
+        channels=int(images.shape[1]),
+        blurred_rows=np.arange(len(sigmas) * count) >= count,
+    )
+
+
 @dataclass(frozen=True)
 class DetailProbesConfig:
     """``train_images`` real images of the training split the probes are fitted on; ``ridge_alpha`` the ridge

@@ -22,6 +22,7 @@ from multistage.metrics.detail import (
     column_score,
     detail_feature_map,
     detail_scores,
+    fit_detail_probes,
     gap_closed,
 )
 from multistage.metrics.frechet import extract_features, frechet_distance, train_factor_classifier
@@ -62,12 +63,7 @@ def probes(textured):
     kinds = {k: v for k, v in column_kinds(dataset, ("shape",)).items() if k not in ("shape", "orientation", "posY")}
     train = dataset.train_indices
     # fitted as the evaluate stage fits them: each column on its feature group, with a blurred copy of each image
-    features = np.concatenate(
-        [detail_feature_map(dataset.images[train]), detail_feature_map(blurred(dataset.images[train], 0.8))]
-    )
-    columns = {name: np.concatenate([values, values]) for name, values in column_values(dataset, train, kinds).items()}
-    marks = np.arange(len(features)) >= len(train)
-    fitted = DetailProbes(features, columns, kinds, alpha=10.0, channels=3, blurred_rows=marks)
+    fitted = fit_detail_probes(dataset.images[train], column_values(dataset, train, kinds), kinds, 0.8, alpha=10.0)
     return fitted, column_values(dataset, textured.test, kinds), tuple(sorted(dataset.nuisance))
 
 
