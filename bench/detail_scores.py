@@ -14,7 +14,9 @@ average. ``choice`` fits ridge probes on ``--probe-images`` training-split image
 ``detail_feature_map``, and prints the R^2 of each column on the real held-out images. ``robustness`` fits the
 probes three ways (one probe on the whole map; each column on its feature group; groups and a blurred copy of
 every fitting image) and scores 2,000 held-out images drawn as they are, in their true colours without the
-grating, blurred by sigma 0.7 and 1.5, and grey without the grating (the colour and grating scores of each).
+grating, as the conditional mean (the true colours at the grating's mean intensity, without the grating: what a
+decoder that cannot draw the grating paints at best) sharp and blurred by sigma 0.7, X blurred by sigma 0.7 and
+1.5, and grey without the grating (the colour and grating scores of each).
 """
 
 from __future__ import annotations
@@ -163,9 +165,13 @@ def robustness(dataset, probe_images: int) -> None:
         return fit_images(dsprites.render_textured(classes, values, grating_contrast=0.0), size, "resize") / 255.0
 
     grey = {name: np.full(len(test), 0.75) for name in dsprites.COLOUR_NAMES}
+    # the grating's mean intensity: what a decoder that cannot draw the grating paints at best
+    mean_intensity = 1.0 - dsprites.TextureOptions().grating_contrast / 2
     sets = {
         "X": x,
         "true colours, no grating": drawn(),
+        "conditional mean": drawn() * mean_intensity,
+        "conditional mean blurred 0.7": blurred(drawn() * mean_intensity, 0.7),
         "X blurred 0.7": blurred(x, 0.7),
         "X blurred 1.5": blurred(x, 1.5),
         "grey, no grating": drawn(**grey),
@@ -184,7 +190,7 @@ def robustness(dataset, probe_images: int) -> None:
             colour = np.mean([scores[f"colour_{c}"] for c in "rgb"])
             shown = f"colour {colour:.3f}, grating angle {scores['grating_angle']:.3f}, "
             shown += f"frequency {scores['grating_frequency']:.3f}, scale {scores['scale']:.3f}"
-            print(f"{name:18s} {label:26s} {shown}")
+            print(f"{name:18s} {label:30s} {shown}")
 
 
 def main() -> None:
