@@ -89,6 +89,39 @@ LEVERS: dict[str, tuple[dict, dict]] = {
         {"learning_rate": 2e-3},
     ),
     "gaussian_sees_y": ({"likelihood": "gaussian_learned", "residual_encoder_sees_y": True}, {}),
+    "default_beta0.25": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "beta": 0.25},
+        {"learning_rate": 2e-3, "steps": 5000},
+    ),
+    "default_logvar-6": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "posterior_logvar_init": -6.0},
+        {"learning_rate": 2e-3, "steps": 5000},
+    ),
+    "default_kaiming_logvar-6": (
+        {
+            "likelihood": "gaussian_learned",
+            "kl_warmup_steps": 1500,
+            "posterior_logvar_init": -6.0,
+            "encoder_init": "kaiming",
+        },
+        {"learning_rate": 2e-3, "steps": 5000},
+    ),
+    "default_z20": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
+        {"learning_rate": 2e-3, "steps": 5000, "residual_dim": 20},
+    ),
+    "z10_waves64": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "texture_waves": 64},
+        {"learning_rate": 2e-3, "steps": 5000, "residual_dim": 10},
+    ),
+    "z16_waves64": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "texture_waves": 64},
+        {"learning_rate": 2e-3, "steps": 5000, "residual_dim": 16},
+    ),
+    "default_warmup4000": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 4000},
+        {"learning_rate": 2e-3, "steps": 5000},
+    ),
 }
 DEFAULT_TRAINING = {"steps": 2500, "batch_size": 64, "learning_rate": 1e-3, "residual_dim": 5}
 

@@ -298,6 +298,31 @@ def test_msvae_options_against_an_independent_loss():
         MSVAEConfig(likelihood="gaussian")
 
 
+def test_the_residual_encoder_initialisations():
+    """PyTorch's default layer initialisation leaves mu nearly constant across images at step 0 (z is then the
+    posterior noise alone); ``encoder_init="kaiming"`` makes mu vary with x by two orders of magnitude more, and
+    ``posterior_logvar_init`` sets the initial log-variance of every unit (its KL then follows)."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32)
+    y = (x + 0.3 * torch.rand(64, 3, 32, 32)).clamp(0.01, 0.99)
+
+    def spread(**options):
+        torch.manual_seed(0)
+        model = MSVAE(MSVAEConfig(image_channels=3, image_size=32, residual_dim=4, **options))
+        with torch.no_grad():
+            mu, logvar = model.residual_encoder(x, y)
+        return mu.std(0).mean().item(), logvar
+
+    default, default_logvar = spread()
+    kaiming, _ = spread(encoder_init="kaiming")
+    assert kaiming > 100 * default
+    assert default_logvar.abs().max() < 0.5
+    _, logvar = spread(posterior_logvar_init=-6.0)
+    torch.testing.assert_close(logvar, torch.full_like(logvar, -6.0), rtol=0, atol=0.05)
+    with pytest.raises(ConfigError, match="encoder_init: must be one of default, kaiming"):
+        MSVAEConfig(encoder_init="xavier")
+
+
 def test_the_texture_path_starts_silent_and_draws_plane_waves():
     """FourierTexture: zero at initialisation (X-hat = y), its gain receives gradient at step 0, and each weight
     of a(z) draws one fixed plane wave below the Nyquist limit."""

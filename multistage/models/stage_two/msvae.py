@@ -22,6 +22,12 @@ Options that decide whether z carries the detail stage one drops (measured in do
 * ``likelihood``: ``bernoulli`` (the logits' binary cross-entropy), or ``gaussian_learned``: N(x | sigmoid(logits),
   sigma^2) with one learned variance (the noise-modelling paper, sec. 7.1; ``multistage.nn.likelihoods``). As
   sigma^2 falls, the reconstruction term grows against the KL, which a fixed Bernoulli cannot do;
+* ``posterior_logvar_init``: the initial bias of log sigma^2 in q(z|x, y) (0: PyTorch's default). At 0 every
+  sample of z starts as N(mu, ~1) with mu ~ 0.1, noise to the decoder, which learns to ignore it; a negative value
+  (-6: sigma ~ 0.05) starts q as nearly deterministic, an autoencoder's code that the KL then shapes;
+* ``encoder_init``: ``default`` (PyTorch's layer initialisation, whose weight variance 1 / (3 fan_in) shrinks the
+  signal at every layer: mu varies by about 1e-4 across images at step 0) or ``kaiming`` (He et al. 2015's
+  2 / fan_in for the ReLU layers, 1 / fan_in for the last, biases zero), so that mu varies with x from the start;
 * ``texture_waves``: K > 0 adds ``FourierTexture``, a full-resolution texture path: K fixed plane waves (the
   Fourier features of Tancik et al. 2020) mixed by weights that are a function of z alone, gated per output channel
   by a map of the decoder's last features. The convolutions over y can only reshape y's smooth blob; a stripe
@@ -53,6 +59,7 @@ from multistage.nn.likelihoods import build_likelihood
 Y_CLAMP = 1e-4
 MODULATIONS = ("adain", "film")
 STAGE_TWO_LIKELIHOODS = ("bernoulli", "gaussian_learned")
+ENCODER_INITS = ("default", "kaiming")
 
 
 @dataclass
@@ -60,7 +67,8 @@ class MSVAEConfig(StageTwoConfig):
     """MS-VAE stage-two hyper-parameters. residual_dim: size of z; beta: weight of KL[q(z|x,y)||p(z)] (eq. 2
     term b has beta = 1); base_channels: width b of the AdaIN decoder; adain_hidden: hidden units of each
     AdaIN's gamma/beta network; residual_encoder_sees_y: also feed y to the residual encoder (default: x - y only);
-    kl_warmup_steps, free_bits, modulation, zero_init, likelihood: see the module docstring."""
+    kl_warmup_steps, free_bits, modulation, zero_init, likelihood, texture_waves, posterior_logvar_init,
+    encoder_init: see the module docstring."""
 
     beta: float = 1.0
     base_channels: int = 32
@@ -72,12 +80,15 @@ class MSVAEConfig(StageTwoConfig):
     zero_init: bool = True
     likelihood: str = "bernoulli"
     texture_waves: int = 0
+    posterior_logvar_init: float = 0.0
+    encoder_init: str = "default"
 
     def validate(self) -> None:
         super().validate()
         check_positive(self, "base_channels")
         check_non_negative(self, "beta", "adain_hidden", "kl_warmup_steps", "free_bits", "texture_waves")
-        for name, allowed in (("modulation", MODULATIONS), ("likelihood", STAGE_TWO_LIKELIHOODS)):
+        choices = (("modulation", MODULATIONS), ("likelihood", STAGE_TWO_LIKELIHOODS), ("encoder_init", ENCODER_INITS))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
@@ -190,6 +201,15 @@ class MSVAE(StageTwoModel):
         c = self.config
         encoder_channels = c.image_channels * (2 if c.residual_encoder_sees_y else 1)
         self.encoder = ConvEncoder(encoder_channels, c.image_size, 2 * c.residual_dim)
+        if c.encoder_init == "kaiming":  # He et al. 2015, sec. 2.2: variance 2 / fan_in keeps ReLU signals' scale
+            layers = [m for m in self.encoder.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            for layer in layers:
+                gain = "linear" if layer is layers[-1] else "relu"
+                nn.init.kaiming_normal_(layer.weight, nonlinearity=gain)
+                nn.init.zeros_(layer.bias)
+        if c.posterior_logvar_init:
+            with torch.no_grad():  # the log-variance half of the last layer's bias (mu | logvar, residual_encoder)
+                self.encoder.fully_connected[-1].bias[c.residual_dim :] = c.posterior_logvar_init
         self.adain_decoder = AdaINDecoder(
             c.image_channels,
             c.residual_dim,
