@@ -72,7 +72,11 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "gaussian_warmup_lr2e-3": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 1500}, {"learning_rate": 2e-3}),
     "gaussian_warmup_steps5000": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 3000}, {"steps": 5000}),
     "gaussian_warmup_lr3e-3": ({"likelihood": "gaussian_learned", "kl_warmup_steps": 1500}, {"learning_rate": 3e-3}),
-    "default": (  # the embedded default's stage_two.msvae since this study
+    "default": (  # the embedded default's stage_two.msvae (and stage_two.residual_dim) since this study
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
+        {"learning_rate": 2e-3, "steps": 5000, "residual_dim": 10},
+    ),
+    "default_z5": (  # the default before, with five units of z
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
         {"learning_rate": 2e-3, "steps": 5000},
     ),
@@ -80,24 +84,20 @@ LEVERS: dict[str, tuple[dict, dict]] = {
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
         {"learning_rate": 2e-3, "residual_dim": 10},
     ),
-    "gaussian_warmup_lr2e-3_z10_steps5000": (
-        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
-        {"learning_rate": 2e-3, "residual_dim": 10, "steps": 5000},
-    ),
     "gaussian_warmup_lr2e-3_waves64": (
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "texture_waves": 64},
         {"learning_rate": 2e-3},
     ),
     "gaussian_sees_y": ({"likelihood": "gaussian_learned", "residual_encoder_sees_y": True}, {}),
-    "default_beta0.25": (
+    "z5_beta0.25": (
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "beta": 0.25},
         {"learning_rate": 2e-3, "steps": 5000},
     ),
-    "default_logvar-6": (
+    "z5_logvar-6": (
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "posterior_logvar_init": -6.0},
         {"learning_rate": 2e-3, "steps": 5000},
     ),
-    "default_kaiming_logvar-6": (
+    "z5_kaiming_logvar-6": (
         {
             "likelihood": "gaussian_learned",
             "kl_warmup_steps": 1500,
@@ -106,7 +106,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
         },
         {"learning_rate": 2e-3, "steps": 5000},
     ),
-    "default_z20": (
+    "z20": (
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
         {"learning_rate": 2e-3, "steps": 5000, "residual_dim": 20},
     ),
@@ -117,10 +117,6 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "z16_waves64": (
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "texture_waves": 64},
         {"learning_rate": 2e-3, "steps": 5000, "residual_dim": 16},
-    ),
-    "default_warmup4000": (
-        {"likelihood": "gaussian_learned", "kl_warmup_steps": 4000},
-        {"learning_rate": 2e-3, "steps": 5000},
     ),
 }
 DEFAULT_TRAINING = {"steps": 2500, "batch_size": 64, "learning_rate": 1e-3, "residual_dim": 5}
