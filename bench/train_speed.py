@@ -14,6 +14,11 @@ fed the same batches of the same images through the same loop, interleaved with 
 ``channels_last`` / ``peer`` in images/s (the project's fp32 step against the peer's), ``peer_ratio_bf16``
 ``channels_last+bf16`` / ``peer`` where bf16 was measured (else null).
 
+Two more levers, also against the peer: ``channels_last+fused_adam`` (Adam's fused kernel, ``fused=True``;
+``peer_ratio_fp32_fused_adam``) and, at 64 px, ``pooled64`` (``stage_one.architecture: pooled64``, the conv32
+networks on the 2x2-pooled image with 2x-upsampled logits, a different network with a quarter of the arithmetic;
+``peer_ratio_fp32_pooled64``). Each variant's FLOPs per image are in its row.
+
     .venv/bin/python -m bench.train_speed [--threads 2] [--batch-size 64] [--rounds 6] [--steps 8] [--compile]
 
 Writes ``bench/results/train_speed.json``. Results: docs/studies/training-speed.md.
@@ -44,6 +49,8 @@ def build(variant: str, stage_one, dataset, device):
         from bench.peer_btcvae import build_peer
 
         return build_peer(dataset.images.shape[1:], len(dataset.train_indices), device)
+    if variant == "pooled64":
+        stage_one = stage_one.model_copy(update={"architecture": "pooled64"})
     model = build_model(stage_one, dataset, device)
     if variant == "before":
         model = model.to(memory_format=torch.contiguous_format)
@@ -52,7 +59,8 @@ def build(variant: str, stage_one, dataset, device):
     if variant.endswith("+compile"):
         model.encoder = torch.compile(model.encoder)
         model.decoder = torch.compile(model.decoder)
-    optimizer = torch.optim.Adam(model.optimised_parameters(), lr=stage_one.learning_rate)
+    fused = {"fused": True} if variant.endswith("+fused_adam") else {}
+    optimizer = torch.optim.Adam(model.optimised_parameters(), lr=stage_one.learning_rate, **fused)
     return model, optimizer
 
 
@@ -161,15 +169,19 @@ def main(argv: list[str] | None = None) -> dict:
     # the pages of the images are read once beforehand, as they are after the first epoch of a real run
     np.asarray(dataset.images[: len(dataset.images)]).sum()
 
-    variants = ["before", "channels_last"] + (["channels_last+compile"] if args.compile else [])
+    variants = ["before", "channels_last", "channels_last+fused_adam"]
+    variants += ["channels_last+compile"] if args.compile else []
     if bf16_is_native(device):
         variants.append("channels_last+bf16")
     if device.type == "cuda":
         variants = [v for v in variants if v != "before"] + ["before"]
-    variants.append("peer")
+    variants += ["peer"] + (["pooled64"] if args.image_size == 64 else [])
     built = {variant: build(variant, stage_one, dataset, device) for variant in variants}
     flops = step_flops(built["before"][0], dataset, args.batch_size, device)
     peer_flops = step_flops(built["peer"][0], dataset, args.batch_size, device)
+    variant_flops = {v: peer_flops if v == "peer" else flops for v in variants}
+    if "pooled64" in built:
+        variant_flops["pooled64"] = step_flops(built["pooled64"][0], dataset, args.batch_size, device)
     samples: dict[str, list[float]] = {v: [] for v in variants}
     data_share: dict[str, list[float]] = {v: [] for v in variants}
     step = 0
@@ -213,12 +225,17 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio_to_before": images_per_second / base,
             "data_share": statistics.median(data_share[variant]),
             # against the peak of the precision the convolutions ran in
+            "flops_per_image": variant_flops[variant],
             "fraction_of_matmul_peak": images_per_second
-            * (peer_flops if variant == "peer" else flops)
+            * variant_flops[variant]
             / (peak_bf16 if variant.endswith("+bf16") else peak),
         }
     peer = report["variants"]["peer"]["images_per_second"]
     report["peer_ratio_fp32"] = report["variants"]["channels_last"]["images_per_second"] / peer
+    fused = report["variants"]["channels_last+fused_adam"]["images_per_second"]
+    report["peer_ratio_fp32_fused_adam"] = fused / peer
+    pooled = report["variants"].get("pooled64")
+    report["peer_ratio_fp32_pooled64"] = pooled["images_per_second"] / peer if pooled else None
     bf16 = report["variants"].get("channels_last+bf16")
     report["peer_ratio_bf16"] = bf16["images_per_second"] / peer if bf16 else None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"  the project's step against the peer's: x{report['peer_ratio_fp32']:.2f} fp32"
         + (f", x{report['peer_ratio_bf16']:.2f} bf16" if report["peer_ratio_bf16"] is not None else "")
+        + f", x{report['peer_ratio_fp32_fused_adam']:.2f} with fused Adam"
+        + (f", x{report['peer_ratio_fp32_pooled64']:.2f} pooled64" if report["peer_ratio_fp32_pooled64"] else "")
         + f" (peer: {peer_flops / 1e6:.1f} MFLOP per image per step)"
     )
     return report

@@ -88,7 +88,7 @@ class SharedStageTwoParams(TrainingParams):
     """The keys every variant reads; each variant's own keys live in its sub-section."""
 
     variants: list[Literal[VARIANTS]] = ["msvae"]
-    residual_dim: int = Field(5, gt=0, le=256)
+    residual_dim: int = Field(10, gt=0, le=256)
 
     @field_validator("variants")
     @classmethod

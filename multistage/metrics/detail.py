@@ -95,6 +95,7 @@ __all__ = [
     "column_score",
     "gap_closed",
     "DetailProbes",
+    "fit_detail_probes",
     "DetailProbesConfig",
     "detail_scores",
     "detail_probes_metric",

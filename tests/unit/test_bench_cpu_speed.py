@@ -138,7 +138,11 @@ def test_train_speed_bench(bench_folders):
         ]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    assert {"before", "channels_last"} <= set(report["variants"])
+    assert {"before", "channels_last", "channels_last+fused_adam", "peer", "pooled64"} <= set(report["variants"])
+    assert report["peer_ratio_fp32"] > 0 and report["peer_ratio_fp32_fused_adam"] > 0
+    assert report["peer_ratio_fp32_pooled64"] > 0
+    # the pooled64 step: the conv32 networks on the pooled image, a quarter of the conv64 arithmetic or less
+    assert report["variants"]["pooled64"]["flops_per_image"] < report["flops_per_image"] / 3
     for row in report["variants"].values():
         assert row["images_per_second"] > 0 and 0 <= row["data_share"] < 1 and row["fraction_of_matmul_peak"] > 0
 

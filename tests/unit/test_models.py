@@ -300,7 +300,7 @@ def test_msvae_options_against_an_independent_loss():
 
 def test_the_residual_encoder_initialisations():
     """PyTorch's default layer initialisation leaves mu nearly constant across images at step 0 (z is then the
-    posterior noise alone); ``encoder_init="kaiming"`` makes mu vary with x by two orders of magnitude more, and
+    posterior noise alone); ``encoder_init="kaiming"`` makes mu vary with x far more (148x on this batch), and
     ``posterior_logvar_init`` sets the initial log-variance of every unit (its KL then follows)."""
     torch.manual_seed(0)
     x = torch.rand(64, 3, 32, 32)
@@ -315,7 +315,7 @@ def test_the_residual_encoder_initialisations():
 
     default, default_logvar = spread()
     kaiming, _ = spread(encoder_init="kaiming")
-    assert kaiming > 100 * default
+    assert kaiming > 30 * default  # 148x when written
     assert default_logvar.abs().max() < 0.5
     _, logvar = spread(posterior_logvar_init=-6.0)
     torch.testing.assert_close(logvar, torch.full_like(logvar, -6.0), rtol=0, atol=0.05)
