@@ -81,6 +81,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
         {"learning_rate": 2e-3, "steps": 5000},
     ),
+    "default_z5_steps10000": (
+        {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
+        {"learning_rate": 2e-3, "steps": 10000},
+    ),
     "gaussian_warmup_lr2e-3_z10": (
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500},
         {"learning_rate": 2e-3, "residual_dim": 10},
