@@ -167,11 +167,12 @@ def robustness(dataset, probe_images: int) -> None:
     grey = {name: np.full(len(test), 0.75) for name in dsprites.COLOUR_NAMES}
     # the grating's mean intensity: what a decoder that cannot draw the grating paints at best
     mean_intensity = 1.0 - dsprites.TextureOptions().grating_contrast / 2
+    flat = drawn()
     sets = {
         "X": x,
-        "true colours, no grating": drawn(),
-        "conditional mean": drawn() * mean_intensity,
-        "conditional mean blurred 0.7": blurred(drawn() * mean_intensity, 0.7),
+        "true colours, no grating": flat,
+        "conditional mean": flat * mean_intensity,
+        "conditional mean blurred 0.7": blurred(flat * mean_intensity, 0.7),
         "X blurred 0.7": blurred(x, 0.7),
         "X blurred 1.5": blurred(x, 1.5),
         "grey, no grating": drawn(**grey),

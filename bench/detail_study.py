@@ -249,6 +249,23 @@ def train_lever(repo: Path, reference: Reference, lever: str, seed: int, steps: 
     return model, {"cpu_minutes": cpu / 60, **logged, **training}
 
 
+def colour_pairs(repo: Path):
+    """The paired set of ``repo`` with each pair's true colour, for the diagnoses: (pairs, colour, shape, batch):
+    the number of pairs, the colour (pairs, 3) as drawn, the images' (C, H, W) and ``batch(rows)`` -> (x, y, the
+    colour standardised per channel) as tensors."""
+    dataset = load_dataset(repo / "data/prepared")
+    x_index = np.load(repo / "pairs/x_index.npy")
+    y_all = np.load(repo / "pairs/y.npy", mmap_mode="r")
+    drawn = np.stack([np.asarray(dataset.nuisance[f"colour_{c}"]) for c in "rgb"], 1).astype(np.float32)
+    standard = (drawn - drawn.mean(0)) / drawn.std(0)
+
+    def batch(rows):
+        x = to_float(dataset.images[x_index[rows]])
+        return x, torch.from_numpy(np.asarray(y_all[rows], dtype=np.float32)), torch.from_numpy(standard[x_index[rows]])
+
+    return len(x_index), drawn[x_index], tuple(int(v) for v in dataset.images.shape[1:]), batch
+
+
 def diagnose(repo: Path, steps: int) -> None:
     """Can each half of MS-VAE handle colour on its own? (1) The AdaIN decoder given the true colour as z (no
     encoder, no KL) against the same decoder given z = 0, the Bernoulli loss of each after ``steps`` steps: the
@@ -259,22 +276,14 @@ def diagnose(repo: Path, steps: int) -> None:
     from multistage.models.stage_two.msvae import AdaINDecoder
     from multistage.nn.conv import ConvEncoder
 
-    dataset = load_dataset(repo / "data/prepared")
-    x_index = np.load(repo / "pairs/x_index.npy")
-    y_all = np.load(repo / "pairs/y.npy", mmap_mode="r")
-    colour = np.stack([np.asarray(dataset.nuisance[f"colour_{c}"]) for c in "rgb"], 1).astype(np.float32)
-    colour = (colour - colour.mean(0)) / colour.std(0)
-    held_out = np.arange(len(x_index) - 2000, len(x_index))
-
-    def batch(rows):
-        x = to_float(dataset.images[x_index[rows]])
-        return x, torch.from_numpy(np.asarray(y_all[rows], dtype=np.float32)), torch.from_numpy(colour[x_index[rows]])
+    pairs, _, _, batch = colour_pairs(repo)
+    held_out = np.arange(pairs - 2000, pairs)
 
     def fit(module, loss_of, label):
         torch.manual_seed(0)
         optimizer, rng, recent = torch.optim.Adam(module.parameters(), 1e-3), np.random.default_rng(0), []
         for _ in range(steps):
-            loss = loss_of(*batch(np.sort(rng.choice(len(x_index) - 2000, 64, replace=False))))
+            loss = loss_of(*batch(np.sort(rng.choice(pairs - 2000, 64, replace=False))))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -322,17 +331,8 @@ def diagnose_units(repo: Path, steps: int, units: list[int]) -> None:
     from multistage.models.stage_two.msvae import AdaINDecoder
     from multistage.nn.likelihoods import build_likelihood
 
-    dataset = load_dataset(repo / "data/prepared")
-    x_index = np.load(repo / "pairs/x_index.npy")
-    y_all = np.load(repo / "pairs/y.npy", mmap_mode="r")
-    colour = np.stack([np.asarray(dataset.nuisance[f"colour_{c}"]) for c in "rgb"], 1).astype(np.float32)
-    standard = (colour - colour.mean(0)) / colour.std(0)
-    shape = tuple(int(v) for v in dataset.images.shape[1:])
-    fitting, held_out = len(x_index) - 3000, np.arange(len(x_index) - 3000, len(x_index))
-
-    def batch(rows):
-        x = to_float(dataset.images[x_index[rows]])
-        return x, torch.from_numpy(np.asarray(y_all[rows], dtype=np.float32)), torch.from_numpy(standard[x_index[rows]])
+    pairs, colour, shape, batch = colour_pairs(repo)
+    fitting, held_out = pairs - 3000, np.arange(pairs - 3000, pairs)
 
     def fit(parameters, likelihood, reconstruct, label: str) -> None:
         optimizer, rng = torch.optim.Adam(parameters, 2e-3), np.random.default_rng(0)
@@ -344,7 +344,7 @@ def diagnose_units(repo: Path, steps: int, units: list[int]) -> None:
             optimizer.step()
         with torch.no_grad():
             x_hat = reconstruct(*batch(held_out)).numpy()
-        information = colour_information(x_hat, colour[x_index[held_out]])
+        information = colour_information(x_hat, colour[held_out])
         print(f"{label}: colour information of X-hat (r, g, b) {np.round(information, 3)}", flush=True)
 
     torch.manual_seed(0)
@@ -524,7 +524,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.units and not args.diagnose:
         parser.error("--units is a check of --diagnose STEPS: give both")
-    if args.diagnose and args.units:
+    if args.units:
         diagnose_units(args.repo, args.diagnose, args.units)
         return
     if args.diagnose:
