@@ -23,8 +23,9 @@ Options that decide whether z carries the detail stage one drops (measured in do
   sigma^2) with one learned variance (the noise-modelling paper, sec. 7.1; ``multistage.nn.likelihoods``). As
   sigma^2 falls, the reconstruction term grows against the KL, which a fixed Bernoulli cannot do;
 * ``posterior_logvar_init``: the initial bias of log sigma^2 in q(z|x, y) (0: PyTorch's default). At 0 every
-  sample of z starts as N(mu, ~1) with mu ~ 0.1, noise to the decoder, which learns to ignore it; a negative value
-  (-6: sigma ~ 0.05) starts q as nearly deterministic, an autoencoder's code that the KL then shapes;
+  sample of z starts as N(mu, ~1) with mu nearly the same for every image (below), so z starts as noise; a
+  negative value (-6: sigma ~ 0.05) starts q as nearly deterministic, an autoencoder's code that the KL then
+  shapes (measured in docs/studies/stage-two-detail.md: it did not bring the colour in);
 * ``encoder_init``: ``default`` (PyTorch's layer initialisation, whose weight variance 1 / (3 fan_in) shrinks the
   signal at every layer: mu varies by about 1e-4 across images at step 0) or ``kaiming`` (He et al. 2015's
   2 / fan_in for the ReLU layers, 1 / fan_in for the last, biases zero), so that mu varies with x from the start;
