@@ -323,6 +323,44 @@ def test_the_residual_encoder_initialisations():
         MSVAEConfig(encoder_init="xavier")
 
 
+def test_several_samples_per_x_average_the_reconstruction_term():
+    """``samples_per_x`` = L (Kingma & Welling 2014, eq. 7): the reconstruction term is the mean over L draws of z
+    of the one-sample term, recomputed here draw by draw from the same noise (in float64 from the logits); the KL is the analytic
+    one, the same for every L; L = 0 is refused."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    y = (0.5 * x + 0.25).clamp(0.01, 0.99)
+    for likelihood in ("bernoulli", "gaussian_learned"):
+        torch.manual_seed(1)
+        config = MSVAEConfig(image_channels=3, image_size=32, residual_dim=3, base_channels=8, zero_init=False)
+        config.likelihood, config.samples_per_x = likelihood, 3
+        model = MSVAE(config)
+        torch.manual_seed(2)
+        _, logs = model.objective(x, y)
+        torch.manual_seed(2)
+        with torch.no_grad():
+            mu, logvar = model.residual_encoder(x, y)
+            noise = torch.randn(3 * len(x), 3).chunk(3)
+            per_draw = []
+            for eps in noise:
+                probabilities = torch.sigmoid(model.decode(y, mu + torch.exp(0.5 * logvar) * eps)).double()
+                x64 = x.double()
+                if likelihood == "bernoulli":
+                    nll = -(x64 * probabilities.log() + (1 - x64) * (1 - probabilities).log()).sum() / len(x)
+                else:
+                    variance = torch.exp(model.likelihood.log_variance.double())
+                    squared = ((x64 - probabilities) ** 2 / variance).sum() / len(x)
+                    nll = 0.5 * (squared + x[0].numel() * torch.log(2 * math.pi * variance))
+                per_draw.append(nll.item())
+            mu, logvar = mu.double(), logvar.double()
+            kl = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).sum(1).mean().item()
+        assert logs["recon"] == pytest.approx(sum(per_draw) / 3, rel=1e-5)
+        assert logs["kl"] == pytest.approx(kl, rel=1e-5)
+        assert max(per_draw) - min(per_draw) > 1e-6  # the three draws differ: the mean is over distinct samples
+    with pytest.raises(ConfigError, match="samples_per_x: must be > 0"):
+        MSVAEConfig(samples_per_x=0)
+
+
 def test_the_texture_path_starts_silent_and_draws_plane_waves():
     """FourierTexture: zero at initialisation (X-hat = y), its gain receives gradient at step 0, and each weight
     of a(z) draws one fixed plane wave below the Nyquist limit."""
