@@ -325,8 +325,8 @@ def test_the_residual_encoder_initialisations():
 
 def test_several_samples_per_x_average_the_reconstruction_term():
     """``samples_per_x`` = L (Kingma & Welling 2014, eq. 7): the reconstruction term is the mean over L draws of z
-    of the one-sample term, recomputed here draw by draw from the same noise (in float64 from the logits); the KL is the analytic
-    one, the same for every L; L = 0 is refused."""
+    of the one-sample term, recomputed here draw by draw from the same noise (in float64 from the logits); the KL is
+    the analytic one, the same for every L; L = 0 is refused."""
     torch.manual_seed(0)
     x = torch.rand(4, 3, 32, 32)
     y = (0.5 * x + 0.25).clamp(0.01, 0.99)
