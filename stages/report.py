@@ -6,7 +6,9 @@ The page reads only the stages' outputs: the headline score table and the compar
 curves, and a gathered sweep's table and plot when present. Every image is a ``data:`` URI, so the page opens
 anywhere. Registry (``registry`` params section): the model file of ``registry.variant`` becomes a version of
 ``registry.model_name`` with the alias ``newest``; ``best`` moves to the version with the best
-``registry.best_metric``. A metric name that no metrics file has is a params error before anything is written.
+``registry.best_metric``: any metrics key, or ``frechet.headline``, the headline Fréchet distance of
+X-hat: the detail network's where the data have nuisance columns, else the shape-only factor classifier's
+(``resolve_best_metric``). A metric name that no metrics file has is a params error before anything is written.
 """
 
 from __future__ import annotations
@@ -71,9 +73,13 @@ SWEEP_PLOT = SWEEP_DIR / "mig_vs_beta.png"
 # |C| latents) and each variant; columns are (header, key under compare.<row>., lower/higher is better)
 COMPARISON_COLUMNS = [
     ("parameters (with stage one)", "parameters_with_stage_one", None),
-    ("Fréchet X-hat", "frechet.factor_classifier.x_hat", "lower"),
+    ("Fréchet X-hat (detail net)", "frechet.detail_classifier.x_hat", "lower"),
+    ("Fréchet sample (detail net)", "frechet.detail_classifier.x_sample", "lower"),
+    ("detail gap closed, X-hat", "detail.gap_closed", "higher"),
+    ("colour spread closed, sample", "detail.x_sample_gap_closed", "higher"),
+    ("Fréchet X-hat (shape net)", "frechet.factor_classifier.x_hat", "lower"),
     ("KID X-hat", "kid.factor_classifier.x_hat", "lower"),
-    ("Fréchet sample", "frechet.factor_classifier.x_sample", "lower"),
+    ("Fréchet sample (shape net)", "frechet.factor_classifier.x_sample", "lower"),
     ("MIG of its code", "code.mig.histogram20", "higher"),
     ("MIG stage one on X-hat", "x_hat.mig.histogram20", "higher"),
     ("M1", "conditioning.M1", None),
@@ -113,8 +119,22 @@ class RegistryParams(StageParams):
     enabled: bool = True  # false: no registry (e.g. a tracking server without one)
     variant: str | None = None  # which stage-two variant is filed; null: the first of stage_two.variants
     model_name: str = Field("multistage-stage-two", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    best_metric: str = "frechet.factor_classifier.x_hat"
+    best_metric: str = "frechet.factor_classifier.x_hat"  # a metrics key, or frechet.headline (resolve_best_metric)
     best_is: Literal["lower", "higher"] = "lower"
+
+
+HEADLINE_FRECHET = "frechet.headline"
+# the headline Fréchet distance of X-hat, first choice first: the detail network's exists only on data with nuisance
+HEADLINE_FRECHET_KEYS = ("frechet.detail_classifier.x_hat", "frechet.factor_classifier.x_hat")
+
+
+def resolve_best_metric(best_metric: str, scores: dict[str, float]) -> str:
+    """The metrics key that ``registry.best_metric`` names for these ``scores``: itself, or for
+    ``frechet.headline`` the first of ``HEADLINE_FRECHET_KEYS`` that the scores hold. A version is tagged with the
+    resolved key, so ``best`` compares versions scored in the same feature space only."""
+    if best_metric != HEADLINE_FRECHET:
+        return best_metric
+    return next((key for key in HEADLINE_FRECHET_KEYS if key in scores), HEADLINE_FRECHET_KEYS[-1])
 
 
 def registry_params(params: dict, source: str = PARAMS_FILE) -> RegistryParams:
@@ -190,8 +210,11 @@ def comparison_section(scores: dict, variants: list[str]) -> str:
         body.append(f"<tr><td>{label} <code>{html.escape(name)}</code></td>{''.join(cells)}</tr>")
     figure = comparison_figure(rows)
     return (
-        f"<h2>Comparison of the stage-two variants</h2>\n<p>Held-out images; Fréchet distance and KID in the "
-        f"factor-classifier features; MIG (histogram, 20 bins) of each model's disentangled code (stage one's C "
+        f"<h2>Comparison of the stage-two variants</h2>\n<p>Held-out images; Fréchet distance in the features of "
+        f"the detail network (factors, colour and texture) and of the shape-only factor classifier, KID in the "
+        f"latter's; the share of the X-Y gap in detail that X-hat closes (mean over the nuisance columns) and the "
+        f"share of the colour spread that samples G(Y, eps) recover (their colours are drawn, so they are compared "
+        f"with X's as distributions); MIG (histogram, 20 bins) of each model's disentangled code (stage one's C "
         f"for the conditioned variants) and of the stage-one encoder on the model's reconstructions; M1..M4 of "
         f"MS-VAE sec. 4; MLP accuracy from C, Z, C+Z (mean over factors). Keys: <code>compare.&lt;row&gt;."
         f"&lt;metric&gt;</code> in {EVALUATE_METRICS}. n/a: the model has no such output.</p>\n"
@@ -213,8 +236,14 @@ def comparison_figure(rows: list[tuple[str, dict]]) -> str:
     names = [name for name, _ in rows]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.5))
     positions = list(range(len(rows)))
-    left.barh(positions, [number(v, "frechet.factor_classifier.x_hat") for _, v in rows], color="#4477aa")
-    left.set_title("Fréchet distance of X-hat (lower is better)")
+    # the headline Fréchet: the detail network's where the data have nuisance columns, else the shape-only one's
+    space = next(
+        (key for key in HEADLINE_FRECHET_KEYS if any(isinstance(v.get(key), (int, float)) for _, v in rows)),
+        HEADLINE_FRECHET_KEYS[-1],
+    )
+    left.barh(positions, [number(v, space) for _, v in rows], color="#4477aa")
+    network = "detail network" if "detail" in space else "shape-only classifier"
+    left.set_title(f"Fréchet distance of X-hat, {network} (lower is better)")
     for offset, (key, label, colour) in enumerate(
         [
             ("code.mig.histogram20", "MIG of its code", "#228833"),
@@ -381,10 +410,11 @@ def check_registry(
     registry: RegistryParams, scores: dict[str, float], source: str = PARAMS_FILE, variants: list[str] | None = None
 ) -> None:
     filed_variant(registry, variants or DEFAULT_VARIANTS, source)
-    if registry.enabled and registry.best_metric not in scores:
-        near = sorted(k for k in scores if registry.best_metric.split(".")[0] in k)[:8] or sorted(scores)[:8]
+    metric = resolve_best_metric(registry.best_metric, scores)
+    if registry.enabled and metric not in scores:
+        near = sorted(k for k in scores if metric.split(".")[0] in k)[:8] or sorted(scores)[:8]
         raise ParamsError(
-            f"{source}: bad value for 'registry.best_metric': {registry.best_metric!r} is not a key of "
+            f"{source}: bad value for 'registry.best_metric': {metric!r} is not a key of "
             f"{', '.join(map(str, metric_files(variants)))}; e.g. {', '.join(near)}"
         )
 
@@ -400,8 +430,8 @@ def register(
     registry: RegistryParams, tracker, scores: dict[str, float], variant: str = "msvae"
 ) -> dict[str, str | None]:
     """File ``variant``'s stage-two model in the registry (alias ``newest``) and move ``best``; returns the
-    versions. ``registry.best_metric`` is read under ``compare.<variant>.`` when the variant is not the headline
-    and the key exists there."""
+    versions. ``registry.best_metric`` (resolved by ``resolve_best_metric``) is read under ``compare.<variant>.``
+    when the variant is not the headline and the key exists there."""
     model_file = require_file(variant_model_file(variant), f"stage-two model ({variant})")
     tags = {
         "git_commit": git_commit(),
@@ -410,18 +440,19 @@ def register(
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["DVC_EXP_NAME"] = os.environ["DVC_EXP_NAME"]
-    value = scores.get(f"compare.{variant}.{registry.best_metric}", scores.get(registry.best_metric))
+    metric = resolve_best_metric(registry.best_metric, scores)
+    value = scores.get(f"compare.{variant}.{metric}", scores.get(metric))
     version = register_model_version(
         tracker,
         model_file,
         registry.model_name,
         file_digest(model_file),
-        registry.best_metric,
+        metric,
         value if isinstance(value, (int, float)) else None,
         tags,
     )
-    best = refresh_best_alias(registry.model_name, registry.best_metric, registry.best_is == "higher")
-    result = {"model": registry.model_name, "version": version, "best": best, "variant": variant}
+    best = refresh_best_alias(registry.model_name, metric, registry.best_is == "higher")
+    result = {"model": registry.model_name, "version": version, "best": best, "variant": variant, "metric": metric}
     tracker.set_tags({"registry.model": registry.model_name, "registry.version": version})
     return result
 
@@ -450,7 +481,7 @@ def main(params_file: str | Path = PARAMS_FILE) -> Path:
     if registered:
         print(
             f"registry: {registered['model']} version {registered['version']} ({registered['variant']}) is 'newest'; "
-            f"'best' ({registry.best_metric}, {registry.best_is} is better) is version {registered['best']}"
+            f"'best' ({registered['metric']}, {registry.best_is} is better) is version {registered['best']}"
         )
     return path
 

@@ -27,6 +27,7 @@ from multistage.metrics.detail import (
     detail_feature_map,
     detail_scores,
     fit_detail_probes,
+    sample_detail_scores,
 )
 from multistage.metrics.frechet import train_factor_classifier
 
@@ -164,17 +165,24 @@ class DetailProbeData:
         return detail_feature_map(images, self.settings.foreground_threshold)
 
     def scorer(self, features: dict[str, np.ndarray], indices: np.ndarray):
-        """``row(x_hat_features)``: the scores of X and Y (``x_hat_features`` None) or a variant's X-hat keys
-        (``detail.<column>.x_hat``, ``.gap_closed``, ``detail.gap_closed``), for the held-out rows ``indices``
-        whose X and Y features are ``features``."""
+        """``row(x_hat_features, x_sample_features=None)``: the scores of X and Y (``x_hat_features`` None) or a
+        variant's X-hat keys (``detail.<column>.x_hat``, ``.gap_closed``, ``detail.gap_closed``) and, given its
+        samples' features, their colour spread (``detail.<column>.x_sample.marginal_gap_closed``,
+        ``detail.x_sample_gap_closed``: ``sample_detail_scores``), for the held-out rows ``indices`` whose X and Y
+        features are ``features``."""
         columns = column_values(self.dataset, indices, self.kinds)
+        named = {"x": features["x"], "y": features["y"]}
+        min_gap = self.settings.min_gap
 
-        def row(x_hat_features: np.ndarray | None) -> dict[str, float | None]:
-            named = {"x": features["x"], "y": features["y"]}
-            if x_hat_features is None:
-                return detail_scores(self.probes, named, columns, self.nuisance, self.settings.min_gap)
-            named["x_hat"] = x_hat_features
-            scores = detail_scores(self.probes, named, columns, self.nuisance, self.settings.min_gap)
+        def row(x_hat_features: np.ndarray | None, x_sample_features: np.ndarray | None = None):
+            if x_hat_features is None and x_sample_features is None:
+                return detail_scores(self.probes, named, columns, self.nuisance, min_gap)
+            scores: dict[str, float | None] = {"detail.gap_closed": None}
+            if x_hat_features is not None:
+                scores = detail_scores(self.probes, named | {"x_hat": x_hat_features}, columns, self.nuisance, min_gap)
+            if x_sample_features is not None:
+                with_samples = named | {"x_sample": x_sample_features}
+                scores |= sample_detail_scores(self.probes, with_samples, columns, self.nuisance, min_gap)
             return {key: value for key, value in scores.items() if not key.endswith((".x", ".y"))}
 
         return row

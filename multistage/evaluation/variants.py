@@ -75,8 +75,7 @@ class VariantOutputs:
             self._append(self.codes, key, stage_one.representation(value).cpu().numpy())
             if key in ("x_hat", "x_sample"):
                 for space, extract in extractors.items():
-                    if space != "detail_probe" or key == "x_hat":  # the probes read X-hat only
-                        self._append(self.features.setdefault(space, {}), key, extract(value))
+                    self._append(self.features.setdefault(space, {}), key, extract(value))
         if "x_hat" in images:
             self.errors = self.errors or ReconstructionErrorAccumulator()
             self.errors.update(x, images["x_hat"])
@@ -102,7 +101,8 @@ class VariantOutputs:
         output): Fréchet distance of X-hat and X-sample in each feature space of ``x_features`` (the real images'
         features: ``factor_classifier``, ``detail_classifier``) and KID in the factor classifier's, MIG of the
         stage-one encoder on them and of the variant's own code, M1..M4, L1/L2/BCE of X-hat (and over the
-        foreground), the detail probes' scores of X-hat (``detail(features)``, its ``detail_probe`` features),
+        foreground), the detail probes' scores of X-hat and of X-sample's colour spread (``detail(x_hat, x_sample)``,
+        their ``detail_probe`` features),
         downstream accuracies from its residual, its size."""
         model, bins = self.model, config.mig_bins
         codes = {k: np.concatenate(v).astype(np.float64) for k, v in self.codes.items()}
@@ -132,8 +132,12 @@ class VariantOutputs:
         if self.foreground is not None:
             row |= {f"reconstruction.x_hat.foreground.{k}": float(v) for k, v in self.foreground.result().items()}
         if detail is not None:
-            probe_features = self.features.get("detail_probe", {}).get("x_hat")
-            row |= detail(np.concatenate(probe_features)) if probe_features else {"detail.gap_closed": None}
+            probes = {k: np.concatenate(v) for k, v in self.features.get("detail_probe", {}).items()}
+            row |= (
+                detail(probes.get("x_hat"), probes.get("x_sample"))
+                if probes
+                else {"detail.gap_closed": None, "detail.x_sample_gap_closed": None}
+            )
         c_r = shared["x"]
         terms = {
             "M1": shared["y"],

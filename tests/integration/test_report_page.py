@@ -92,6 +92,11 @@ def test_registry_params_and_metric_errors(outputs):
         "lower",
     )
     report.check_registry(registry, scores)
+    # the headline Fréchet: the detail network's where the data have nuisance columns, else the shape-only one's
+    assert report.resolve_best_metric("frechet.headline", scores) == "frechet.factor_classifier.x_hat"
+    with_detail = scores | {"frechet.detail_classifier.x_hat": 3.0}
+    assert report.resolve_best_metric("frechet.headline", with_detail) == "frechet.detail_classifier.x_hat"
+    assert report.resolve_best_metric("x.mig.histogram20", scores) == "x.mig.histogram20"
     with pytest.raises(ParamsError, match=r"registry\.best_metric.*'x\.mig\.histogram2'.*x\.mig\.histogram20"):
         report.check_registry(report.registry_params({"registry": {"best_metric": "x.mig.histogram2"}}), scores)
     with pytest.raises(ParamsError, match=r"registry\.best_is"):

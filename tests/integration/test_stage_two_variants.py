@@ -64,9 +64,13 @@ def test_every_variant_trains_through_the_matrix_and_is_compared(dvc_baseline, t
         assert not any(value == "n/a" for value in scores.values())  # missing results are null, never a string
         if name != "stage_one":
             assert isinstance(scores[f"compare.{name}.frechet.factor_classifier.x_sample"], float), name
+            # every variant's samples are read by the colour probes (textured data), with or without an X-hat
+            assert isinstance(scores[f"compare.{name}.detail.x_sample_gap_closed"], float), name
             summary = json.loads((root / "metrics" / f"stage_two_{name}.json").read_text())
             assert summary[f"stage_two.{name}.parameters"] == scores[f"compare.{name}.parameters"], name
             assert (root / "models" / "stage_two" / name / "model.pt").exists()
+    assert scores["compare.msgan.detail.gap_closed"] is None  # no encoder of x: no X-hat to read, samples only
+    assert isinstance(scores["compare.msvae.detail.gap_closed"], float)
     for name in ("msvae", "c_input", "concat"):  # conditioned variants: all four conditioning terms
         assert all(isinstance(scores[f"compare.{name}.conditioning.M{k}"], float) for k in range(1, 5)), name
     for name in ("betatcvae_l", "bigvae", "end_to_end", "z_first"):  # unconditioned: M3, M4 have no meaning

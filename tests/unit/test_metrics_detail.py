@@ -24,6 +24,8 @@ from multistage.metrics.detail import (
     detail_scores,
     fit_detail_probes,
     gap_closed,
+    marginal_distance,
+    sample_detail_scores,
 )
 from multistage.metrics.frechet import extract_features, frechet_distance, train_factor_classifier
 from multistage.metrics.reconstruction import ForegroundErrorAccumulator, reconstruction_errors
@@ -138,6 +140,52 @@ def test_blur_is_not_a_loss_of_colour_and_colour_is_not_the_grating(textured, pr
     whole_soft = whole.scores(detail_feature_map(blurred(textured.x, 0.7)), truth)
     assert np.mean(list(whole_soft.values())) < np.mean([soft[f"detail.{k}.x_hat"] for k in kinds]) - 0.2
     assert x_scores["detail.colour_r.x"] > 0.7
+
+
+def test_samples_are_scored_on_the_spread_of_their_detail(textured, probes):
+    """A sample's colour is drawn, not x's: samples are scored on the distribution of the probes' readings. X itself
+    closes the whole gap and Y none; X with its rows shuffled (real detail, belonging to no row) also closes it all,
+    where its paired R^2 falls to about 0; the grey sprites close about none. Only the colour columns: the grating
+    readings of grey sprites spread as X's do."""
+    fitted, columns, nuisance = probes
+    named = {"x": detail_feature_map(textured.x), "y": detail_feature_map(textured.y)}
+
+    def sampled(images) -> dict:
+        return sample_detail_scores(fitted, named | {"x_sample": detail_feature_map(images)}, columns, nuisance)
+
+    colours = ("colour_r", "colour_g", "colour_b")
+    for name in colours:
+        assert sampled(textured.x)[f"detail.{name}.x_sample.marginal_gap_closed"] == 1.0, name
+        assert sampled(textured.y)[f"detail.{name}.x_sample.marginal_gap_closed"] == 0.0, name
+    assert sampled(textured.x)["detail.x_sample_gap_closed"] == 1.0
+    shuffled = textured.x[np.random.default_rng(0).permutation(len(textured.x))]
+    assert sampled(shuffled)["detail.x_sample_gap_closed"] == pytest.approx(1.0, abs=1e-9)
+    paired = score(probes, textured, shuffled)
+    assert max(paired[f"detail.{name}.gap_closed"] for name in colours) < 0.1
+    grey = sampled(textured.grey)  # sharp, the right outline, no colour: -0.03 to -0.05 when written
+    assert all(abs(grey[f"detail.{name}.x_sample.marginal_gap_closed"]) < 0.1 for name in colours), grey
+    # the texture readings spread on sprites without a grating as well (the outline's spectrum): not scored so
+    assert not any(key.startswith("detail.grating") for key in grey)
+    texture = {
+        name: fitted.predict(detail_feature_map(images))["grating_frequency"]
+        for name, images in (("x", textured.x), ("y", textured.y), ("grey", textured.grey))
+    }
+    floor = marginal_distance(texture["x"], texture["y"], "continuous")
+    assert 1 - marginal_distance(texture["x"], texture["grey"], "continuous") / floor > 0.5  # 0.81 when written
+
+
+def test_the_marginal_distance_against_sorted_samples():
+    """For two sets of the same size the 1-Wasserstein distance is the mean gap between their sorted values (an
+    independent computation); a circular column sums its two coordinates; a class column is the total variation
+    between the class frequencies, here computed by hand."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=500), rng.normal(1.0, 2.0, size=500)
+    assert marginal_distance(a, b, "continuous") == pytest.approx(np.abs(np.sort(a) - np.sort(b)).mean(), rel=1e-12)
+    points_a, points_b = rng.normal(size=(400, 2)), rng.uniform(size=(400, 2))
+    by_hand = sum(np.abs(np.sort(points_a[:, j]) - np.sort(points_b[:, j])).mean() for j in range(2))
+    assert marginal_distance(points_a, points_b, "circular") == pytest.approx(by_hand, rel=1e-12)
+    assert marginal_distance(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), "class") == pytest.approx(0.5)
+    assert marginal_distance(a, a[::-1], "continuous") == 0.0
 
 
 def test_the_registered_probe_metric_and_a_class_column(textured):
