@@ -172,17 +172,21 @@ class DetailProbeData:
         features are ``features``."""
         columns = column_values(self.dataset, indices, self.kinds)
         named = {"x": features["x"], "y": features["y"]}
+        read = {name: self.probes.predict(values) for name, values in named.items()}  # once for every variant
         min_gap = self.settings.min_gap
 
         def row(x_hat_features: np.ndarray | None, x_sample_features: np.ndarray | None = None):
             if x_hat_features is None and x_sample_features is None:
-                return detail_scores(self.probes, named, columns, self.nuisance, min_gap)
+                return detail_scores(self.probes, named, columns, self.nuisance, min_gap, read)
             scores: dict[str, float | None] = {"detail.gap_closed": None}
             if x_hat_features is not None:
-                scores = detail_scores(self.probes, named | {"x_hat": x_hat_features}, columns, self.nuisance, min_gap)
+                with_x_hat = named | {"x_hat": x_hat_features}
+                scores = detail_scores(self.probes, with_x_hat, columns, self.nuisance, min_gap, read)
             if x_sample_features is not None:
                 with_samples = named | {"x_sample": x_sample_features}
-                scores |= sample_detail_scores(self.probes, with_samples, columns, self.nuisance, min_gap)
+                scores |= sample_detail_scores(
+                    self.probes, with_samples, columns, self.nuisance, min_gap, readings=read
+                )
             return {key: value for key, value in scores.items() if not key.endswith((".x", ".y"))}
 
         return row

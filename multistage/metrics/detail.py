@@ -308,8 +308,12 @@ class DetailProbes:
     def scores(self, features: np.ndarray, columns: Mapping[str, np.ndarray]) -> dict[str, float]:
         """The score of each fitted column (``column_score``) on ``features`` of images whose true values are
         ``columns``."""
+        return self.scores_of(self.predict(features), columns)
+
+    def scores_of(self, readings: Mapping[str, np.ndarray], columns: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """``scores`` from ``readings`` that ``predict`` already returned."""
         result = {}
-        for name, prediction in self.predict(features).items():
+        for name, prediction in readings.items():
             kind = self.kinds[name]
             if isinstance(kind, str):
                 result[name] = column_score(columns[name], prediction, kind)
@@ -327,20 +331,38 @@ def _checked_features(features: np.ndarray, name: str) -> np.ndarray:
     return features
 
 
+def _read_sets(
+    probes: DetailProbes,
+    named_features: Mapping[str, np.ndarray],
+    required: Sequence[str],
+    readings: Mapping[str, Mapping[str, np.ndarray]] | None,
+) -> dict[str, Mapping[str, np.ndarray]]:
+    """The probes' readings (``DetailProbes.predict``) of every set of ``named_features``, taken from ``readings``
+    where it already holds them; raises when a ``required`` set is missing."""
+    missing = [name for name in required if name not in named_features]
+    if missing:
+        listed = ", ".join(repr(name) for name in required)
+        raise ValueError(f"named_features needs the sets {listed}; missing {missing}")
+    known = readings or {}
+    return {
+        name: known[name] if name in known else probes.predict(features) for name, features in named_features.items()
+    }
+
+
 def detail_scores(
     probes: DetailProbes,
     named_features: Mapping[str, np.ndarray],
     columns: Mapping[str, np.ndarray],
     nuisance_columns: Sequence[str],
     min_gap: float = 0.05,
+    readings: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, float | None]:
     """Keys ``detail.<column>.<set>`` for every set of ``named_features`` ("x" and "y" required, "x_hat"
     optional) and, with "x_hat", ``detail.<column>.gap_closed`` and ``detail.gap_closed`` (the mean over
-    ``nuisance_columns`` of their non-null gaps)."""
-    missing = [name for name in ("x", "y") if name not in named_features]
-    if missing:
-        raise ValueError(f"named_features needs the sets 'x' and 'y'; missing {missing}")
-    scores = {label: probes.scores(features, columns) for label, features in named_features.items()}
+    ``nuisance_columns`` of their non-null gaps). ``readings``: ``DetailProbes.predict`` of some sets, already
+    computed (the evaluate stage reads X and Y once for every variant)."""
+    read = _read_sets(probes, named_features, ("x", "y"), readings)
+    scores = {label: probes.scores_of(values, columns) for label, values in read.items()}
     result: dict[str, float | None] = {}
     for label, values in scores.items():
         result |= {f"detail.{name}.{label}": value for name, value in values.items()}
@@ -376,23 +398,23 @@ def sample_detail_scores(
     nuisance_columns: Sequence[str],
     min_gap: float = 0.05,
     label: str = "x_sample",
+    readings: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, float | None]:
     """Keys ``detail.<column>.<label>.marginal_gap_closed`` for each colour column and ``detail.<label>_gap_closed``
     (their mean over the non-null ones) for the set ``label`` of ``named_features`` against "x" and "y" (module
     docstring, "Samples"). A column is None where its paired gap is (``gap_closed``: the probe cannot read it off X
-    better than off Y by ``min_gap``, ``columns`` being X's true values), or where W(Y, X) is 0."""
-    missing = [name for name in ("x", "y", label) if name not in named_features]
-    if missing:
-        raise ValueError(f"named_features needs the sets 'x', 'y' and {label!r}; missing {missing}")
-    readings = {name: probes.predict(named_features[name]) for name in ("x", "y", label)}
-    paired = {name: probes.scores(named_features[name], columns) for name in ("x", "y")}
+    better than off Y by ``min_gap``, ``columns`` being X's true values), or where W(Y, X) is 0. ``readings``: as
+    for ``detail_scores``."""
+    subset = {name: named_features[name] for name in ("x", "y", label) if name in named_features}
+    read = _read_sets(probes, subset, ("x", "y", label), readings)
+    paired = {name: probes.scores_of(read[name], columns) for name in ("x", "y")}
     result: dict[str, float | None] = {}
     kept = []
     for name in nuisance_columns:
         if name not in probes.models or column_feature_group(name) != "colour":  # module docstring, "Samples"
             continue
         kind = probes.kinds[name] if isinstance(probes.kinds[name], str) else "circular"
-        x, y, sample = (readings[key][name] for key in ("x", "y", label))
+        x, y, sample = (read[key][name] for key in ("x", "y", label))
         floor = marginal_distance(x, y, kind)
         value = None
         if gap_closed(paired["x"][name], paired["y"][name], paired["x"][name], min_gap) is not None and floor > 0:

@@ -174,6 +174,24 @@ def test_samples_are_scored_on_the_spread_of_their_detail(textured, probes):
     assert 1 - marginal_distance(texture["x"], texture["grey"], "continuous") / floor > 0.5  # 0.81 when written
 
 
+def test_readings_given_once_score_as_features_do(textured, probes):
+    """The evaluate stage reads X and Y once and passes the readings for every variant: the scores are the same as
+    from the features; a missing set is named."""
+    fitted, columns, nuisance = probes
+    named = {"x": detail_feature_map(textured.x), "y": detail_feature_map(textured.y)}
+    read = {name: fitted.predict(features) for name, features in named.items()}
+    with_grey = named | {"x_hat": detail_feature_map(textured.grey), "x_sample": detail_feature_map(textured.grey)}
+    for scores in (detail_scores, sample_detail_scores):
+        given = scores(fitted, with_grey, columns, nuisance, readings=read)
+        assert given == scores(fitted, with_grey, columns, nuisance)
+        swapped = {"x": read["y"], "y": read["x"]}  # the given readings are the ones used
+        assert scores(fitted, with_grey, columns, nuisance, readings=swapped) != given
+    with pytest.raises(ValueError, match=r"'x', 'y', 'x_sample'.*missing \['x_sample'\]"):
+        sample_detail_scores(fitted, named, columns, nuisance)
+    with pytest.raises(ValueError, match=r"missing \['y'\]"):
+        detail_scores(fitted, {"x": named["x"]}, columns, nuisance)
+
+
 def test_the_marginal_distance_against_sorted_samples():
     """For two sets of the same size the 1-Wasserstein distance is the mean gap between their sorted values (an
     independent computation); a circular column sums its two coordinates; a class column is the total variation
