@@ -1,6 +1,8 @@
 """Figures: reconstruction triplets, latent traversals, training curves.
 
-Image grids are torchvision's ``make_grid``/``save_image``; curves are matplotlib (Agg, no display needed).
+Image grids are torchvision's ``make_grid``/``save_image``; curves are matplotlib (Agg, no display needed). Both
+are imported by the functions that draw: torchvision's import takes seconds (its models and operators come with
+it), and `python -m stages.check_params` imports this module without drawing.
 Every file is written under a temporary name and renamed.
 """
 
@@ -11,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 from multistage.io import atomic_path
 
@@ -34,6 +35,8 @@ def save_rows(path: str | Path, rows: Sequence[torch.Tensor], padding: int = 2) 
     width = rows[0].shape[0]
     if any(r.shape[0] != width for r in rows):
         raise ValueError("every row must hold the same number of images")
+    from torchvision.utils import make_grid, save_image  # here: importing torchvision takes seconds (module doc)
+
     grid = make_grid(torch.cat([_as_rgb(r) for r in rows]), nrow=width, padding=padding, pad_value=1.0)
     return _replace_into(Path(path), lambda tmp: save_image(grid, tmp))
 
@@ -75,6 +78,8 @@ def save_labelled_grid(
     height, side = images.shape[-2:]
     images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
     padding = max(1, scale)
+    from torchvision.utils import make_grid
+
     grid = make_grid(images, nrow=width, padding=padding, pad_value=1.0).permute(1, 2, 0).numpy()
     cell_y, cell_x = height * scale + padding, side * scale + padding
     dpi = 100

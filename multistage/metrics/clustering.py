@@ -18,7 +18,6 @@ on test data with 88.7% accuracy by simply looking at the value of the discrete 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from scipy.special import xlogy
 
 __all__ = [
@@ -55,6 +54,8 @@ def matched_accuracy(categories: np.ndarray, classes: np.ndarray) -> float:
     """Accuracy of predicting ``classes`` (N,) from ``categories`` (N,) under the best one-to-one matching of
     categories to classes (Hungarian algorithm); unmatched categories count as wrong."""
     table = contingency_table(categories, classes)
+    from scipy.optimize import linear_sum_assignment  # here: slow to import, and the training stages import this module
+
     rows, columns = linear_sum_assignment(table, maximize=True)
     return float(table[rows, columns].sum() / table.sum())
 
