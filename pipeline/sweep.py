@@ -37,8 +37,22 @@ from stages.common import (
     atomic_write_json,
     read_params_file,
 )
-from stages.report import SWEEP_DIR, SWEEP_PLOT, SWEEP_TABLE, registry_params
-from stages.tracking import log_artifact_to_run, log_run_metrics, pipeline_run, refresh_best_alias, search_runs
+from stages.report import (
+    HEADLINE_FRECHET,
+    SWEEP_DIR,
+    SWEEP_PLOT,
+    SWEEP_TABLE,
+    registry_params,
+    resolve_best_metric,
+)
+from stages.tracking import (
+    filed_metric,
+    log_artifact_to_run,
+    log_run_metrics,
+    pipeline_run,
+    refresh_best_alias,
+    search_runs,
+)
 
 SWEEP_CSV = SWEEP_DIR / "results.csv"
 WORKSPACES = Path(".multistage/sweeps")
@@ -286,7 +300,10 @@ def _refresh_best(params: dict) -> str | None:
     registry = registry_params(params)
     if not registry.enabled:
         return None
-    return refresh_best_alias(registry.model_name, registry.best_metric, registry.best_is == "higher")
+    metric = registry.best_metric
+    if metric == HEADLINE_FRECHET:  # the key the points resolved it to, as filed with the newest version
+        metric = resolve_best_metric(metric, {filed_metric(registry.model_name)})
+    return refresh_best_alias(registry.model_name, metric, registry.best_is == "higher")
 
 
 # --------------------------------------------------------------------------------------------------- DVC sweep

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -119,7 +120,7 @@ class RegistryParams(StageParams):
     enabled: bool = True  # false: no registry (e.g. a tracking server without one)
     variant: str | None = None  # which stage-two variant is filed; null: the first of stage_two.variants
     model_name: str = Field("multistage-stage-two", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    best_metric: str = "frechet.factor_classifier.x_hat"  # a metrics key, or frechet.headline (resolve_best_metric)
+    best_metric: str = "frechet.headline"  # a metrics key, or frechet.headline (resolve_best_metric)
     best_is: Literal["lower", "higher"] = "lower"
 
 
@@ -128,9 +129,10 @@ HEADLINE_FRECHET = "frechet.headline"
 HEADLINE_FRECHET_KEYS = ("frechet.detail_classifier.x_hat", "frechet.factor_classifier.x_hat")
 
 
-def resolve_best_metric(best_metric: str, scores: dict[str, float]) -> str:
+def resolve_best_metric(best_metric: str, scores: Collection[str]) -> str:
     """The metrics key that ``registry.best_metric`` names for these ``scores``: itself, or for
-    ``frechet.headline`` the first of ``HEADLINE_FRECHET_KEYS`` that the scores hold. A version is tagged with the
+    ``frechet.headline`` the first of ``HEADLINE_FRECHET_KEYS`` that the scores hold (``scores``: a metrics dict,
+    or the set of keys present). A version is tagged with the
     resolved key, so ``best`` compares versions scored in the same feature space only."""
     if best_metric != HEADLINE_FRECHET:
         return best_metric
@@ -237,10 +239,8 @@ def comparison_figure(rows: list[tuple[str, dict]]) -> str:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.5))
     positions = list(range(len(rows)))
     # the headline Fréchet: the detail network's where the data have nuisance columns, else the shape-only one's
-    space = next(
-        (key for key in HEADLINE_FRECHET_KEYS if any(isinstance(v.get(key), (int, float)) for _, v in rows)),
-        HEADLINE_FRECHET_KEYS[-1],
-    )
+    scored = {key for _, v in rows for key, value in v.items() if isinstance(value, (int, float))}
+    space = resolve_best_metric(HEADLINE_FRECHET, scored)
     left.barh(positions, [number(v, space) for _, v in rows], color="#4477aa")
     network = "detail network" if "detail" in space else "shape-only classifier"
     left.set_title(f"Fréchet distance of X-hat, {network} (lower is better)")

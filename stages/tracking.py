@@ -405,6 +405,19 @@ def register_model_version(
     return str(version)
 
 
+def filed_metric(name: str, alias: str = NEWEST_ALIAS) -> str | None:
+    """The metric name the version of ``name`` under ``alias`` was filed with; None without such a version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = _mlflow().MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None  # no such model or alias yet
+        raise
+    return version.tags.get(METRIC_NAME_TAG)
+
+
 def refresh_best_alias(name: str, metric: str, higher_is_better: bool) -> str | None:
     """Point the alias ``best`` at the version with the best recorded ``metric`` (ties: the newest); the version,
     or None when no version has a value of that metric yet."""

@@ -88,7 +88,7 @@ def test_registry_params_and_metric_errors(outputs):
     registry = report.registry_params({})  # defaults when the section is absent
     assert (registry.model_name, registry.best_metric, registry.best_is) == (
         "multistage-stage-two",
-        "frechet.factor_classifier.x_hat",
+        "frechet.headline",
         "lower",
     )
     report.check_registry(registry, scores)
