@@ -127,7 +127,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 1500, "samples_per_x": 4},
         {"learning_rate": 2e-3, "steps": 5000, "residual_dim": 10},
     ),
-    "default_k4_steps2000": (  # the same at about the default's CPU time
+    "default_k4_steps2000": (  # the same, shorter: 8,000 decoder passes per image against 5,000
         {"likelihood": "gaussian_learned", "kl_warmup_steps": 600, "samples_per_x": 4},
         {"learning_rate": 2e-3, "steps": 2000, "residual_dim": 10},
     ),
