@@ -4,6 +4,7 @@ data (textured dSprites at 32 px, 60,000 images, 10 % test split).
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.detail_scores cost     # seconds the new work adds to evaluate
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.detail_scores choice   # probe features: raw pixels vs the map
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.detail_scores robustness  # blur and missing grating vs the probes
+    .venv/bin/python -m bench.detail_scores threads   # the Fréchet distances at 1 and 2 torch threads, 2 seeds
 
 The data are generated into ``--work-dir`` with ``multistage.data.dsprites.make_dsprites`` (as ``prepare`` makes
 them by default). ``cost`` times the parts the detail scores add, with the default ``evaluate`` params: training
@@ -16,7 +17,10 @@ probes three ways (one probe on the whole map; each column on its feature group;
 every fitting image) and scores 2,000 held-out images drawn as they are, in their true colours without the
 grating, as the conditional mean (the true colours at the grating's mean intensity, without the grating: what a
 decoder that cannot draw the grating paints at best) sharp and blurred by sigma 0.7, X blurred by sigma 0.7 and
-1.5, and grey without the grating (the colour and grating scores of each).
+1.5, and grey without the grating (the colour and grating scores of each). ``threads`` trains the evaluate stage's
+two feature networks (the shape-only classifier and the detail network, default params) at 1 and at 2 torch threads
+for seeds 0 and 1, and writes the Fréchet distances of the Y and X-hat stand-ins (as in ``cost``) in each to
+``bench/results/thread_drift.json``: how far another thread count moves a score, against how far another seed does.
 """
 
 from __future__ import annotations
@@ -194,9 +198,78 @@ def robustness(dataset, probe_images: int) -> None:
             print(f"{name:18s} {label:30s} {shown}")
 
 
+def threads(dataset, out: Path) -> None:
+    import dataclasses
+    import json
+
+    from multistage.evaluation.config import EvaluationConfig
+    from multistage.evaluation.detail import train_detail_network
+    from multistage.evaluation.representation import held_out_indices
+    from multistage.evaluation.scoring import feature_extractor, train_classifier
+    from multistage.metrics.frechet import frechet_distance
+
+    base, device = EvaluationConfig(), torch.device("cpu")
+    indices = held_out_indices(dataset, base.eval_images, base.seed)
+    x = dataset.images[indices].astype(np.float32) / 255
+    blurs = {"y": 1.5, "x_hat": 0.7}  # the stand-ins of ``cost``
+    stand_ins = {name: torch.from_numpy(gaussian_filter(x, sigma=(0, 0, s, s))) for name, s in blurs.items()}
+    stand_ins["x"] = torch.from_numpy(x)
+    rows = []
+    for seed in (0, 1):
+        detail = dataclasses.replace(base.config_of("detail_frechet"), seed=seed)
+        config = dataclasses.replace(
+            base,
+            classifier=dataclasses.replace(base.classifier, seed=seed),
+            metric_configs=base.metric_configs | {"detail_frechet": detail},
+        )
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            started = time.perf_counter()
+            networks = {
+                "factor_classifier": train_classifier(
+                    config, dataset, dataset.images, np.random.default_rng(seed), device, Clock(), False
+                )[0],
+                "detail_classifier": train_detail_network(config, dataset, dataset.images, device, Clock(), False)[0],
+            }
+            row = {"seed": seed, "threads": count, "seconds": round(time.perf_counter() - started, 1)}
+            for space, network in networks.items():
+                extract = feature_extractor(network, device)
+                features = {
+                    name: np.concatenate([extract(images[i : i + 250]) for i in range(0, len(images), 250)])
+                    for name, images in stand_ins.items()
+                }
+                for name in ("y", "x_hat"):
+                    row[f"frechet.{space}.{name}"] = frechet_distance(features["x"], features[name])
+            print(row, flush=True)
+            rows.append(row)
+    summary = thread_drift(rows) | {"eval_images": len(indices)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k.endswith("change")}, indent=1))
+
+
+def thread_drift(rows: list[dict]) -> dict:
+    """``rows`` (one per seed and thread count) with each space's X-hat / Y ratio added, and the largest relative
+    change of every score between thread counts at one seed, and between seeds at one thread count."""
+    for row in rows:
+        for space in ("factor_classifier", "detail_classifier"):
+            row[f"ratio.{space}"] = row[f"frechet.{space}.x_hat"] / row[f"frechet.{space}.y"]
+    keys = [key for key in rows[0] if key.startswith(("frechet.", "ratio."))]
+
+    def spread(pairs):
+        return {key: max(abs(a[key] - b[key]) / min(a[key], b[key]) for a, b in pairs) for key in keys}
+
+    by = {(r["seed"], r["threads"]): r for r in rows}
+    return {
+        "runs": rows,
+        "threads_relative_change": spread([(by[s, 1], by[s, 2]) for s in (0, 1)]),
+        "seed_relative_change": spread([(by[0, t], by[1, t]) for t in (1, 2)]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("cost", "choice", "robustness"))
+    parser.add_argument("what", choices=("cost", "choice", "robustness", "threads"))
     parser.add_argument("--work-dir", type=Path, default=Path("bench/work"))
     parser.add_argument("--probe-images", type=int, default=8000)
     args = parser.parse_args()
@@ -205,6 +278,8 @@ def main() -> None:
         cost(dataset)
     elif args.what == "choice":
         choice(dataset, args.probe_images)
+    elif args.what == "threads":
+        threads(dataset, Path("bench/results/thread_drift.json"))
     else:
         robustness(dataset, args.probe_images)
 

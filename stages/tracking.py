@@ -147,13 +147,19 @@ def recorded_device() -> dict[str, str]:
 
 
 def device_tags(device) -> dict[str, str]:
-    """``device`` (``cpu``, ``cuda:0``), its hardware name, and ``CUDA_VISIBLE_DEVICES`` as this process sees it."""
+    """``device`` (``cpu``, ``cuda:0``), its hardware name, ``CUDA_VISIBLE_DEVICES`` as this process sees it, and
+    torch's CPU thread count: a seeded run repeats bit for bit on the same device and thread count, while another
+    thread count sums in another order and trained networks, hence scores, drift (docs/reliability.md)."""
     import platform
 
-    tags = {"device": str(device), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")}
-    if getattr(device, "type", str(device).split(":")[0]) == "cuda":
-        import torch
+    import torch
 
+    tags = {
+        "device": str(device),
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"),
+        "torch.threads": str(torch.get_num_threads()),
+    }
+    if getattr(device, "type", str(device).split(":")[0]) == "cuda":
         tags["device.name"] = torch.cuda.get_device_name(device)
     else:
         tags["device.name"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"

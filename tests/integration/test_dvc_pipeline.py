@@ -80,6 +80,7 @@ def test_dvc_repro_end_to_end(dvc_baseline):
     tags = dict(database.execute("select key, value from tags where run_uuid = ?", (stage_one,)).fetchall())
     assert tags["DVC_STAGE"] == "stage_one" and len(tags["git_commit"]) == 40
     assert tags["device"] == "cpu" and "CUDA_VISIBLE_DEVICES" in tags  # chosen by select_device, recorded
+    assert tags["torch.threads"] == "1"  # runtime.threads of the tiny params: scores repeat at this thread count
     artifacts = {p.name for p in (tiny_repo / "mlartifacts").rglob("*") if p.is_file()}
     assert {"model.pt", "reconstructions.png", "traversal_y.png", "traversal_x_hat.png", "index.html"} <= artifacts
 
