@@ -1,6 +1,6 @@
 """Edge cases that good models produce, against independent computations of the published definitions: a code at
 another scale, duplicated latents, a perfect code (SAP: DIP-VAE sec. 3; DCI: Eastwood and Williams 2018, with
-disentanglement_lib's absolute importances; MIG: beta-TCVAE sec. 5)."""
+disentanglement_lib's absolute importances; MIG: beta-TCVAE sec. 5; the FactorVAE score: FactorVAE sec. 4)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from sklearn.ensemble import GradientBoostingClassifier
 
 from multistage.metrics.dci import dci
+from multistage.metrics.factorvae_score import factorvae_score
 from multistage.metrics.mig import mutual_information_gap
 from multistage.metrics.sap import sap_score
 
@@ -107,3 +108,38 @@ def test_mig_does_not_depend_on_the_code_scale(perfect):
     assert mutual_information_gap(0.05 * codes, factors, NAMES)["mig.histogram20"] == pytest.approx(unscaled)
     duplicated = np.concatenate([codes, codes], axis=1)
     assert mutual_information_gap(duplicated, factors, NAMES)["mig.histogram20"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("regressor", ["gbt", "lasso"])
+def test_dci_does_not_depend_on_the_code_scale(perfect, regressor):
+    # trees split on thresholds and the lasso sees standardised codes, so a code at another scale scores the same
+    codes, factors = perfect
+    train, test = slice(0, 600), slice(600, 900)
+
+    def scores(scale: float) -> dict[str, float]:
+        scaled = scale * codes
+        return dci(scaled[train], factors[train], scaled[test], factors[test], NAMES, regressor, gbt_estimators=8)
+
+    unscaled = scores(1.0)
+    assert unscaled[f"dci.{regressor}.disentanglement"] > 0.8  # one unit per factor
+    for scale in (0.05, 40.0):
+        for key, value in scores(scale).items():
+            assert value == pytest.approx(unscaled[key], abs=1e-6), (scale, key)
+
+
+def test_factorvae_score_scales_with_its_code_only_through_the_pruning_threshold(perfect):
+    # the majority vote reads each latent divided by its standard deviation (FactorVAE sec. 4), so a code at another
+    # scale scores the same; the published protocol's pruning (latents with std < 0.05) is an absolute threshold, so
+    # a code scaled below it loses every latent, as in disentanglement_lib
+    codes, factors = perfect
+
+    def score(scale: float, inactive_variance: float = 0.0) -> dict[str, float]:
+        return factorvae_score(scale * codes, factors, NAMES, 64, 600, 300, inactive_variance=inactive_variance)
+
+    unscaled = score(1.0)
+    assert unscaled["factorvae_score"] > 0.95
+    for scale in (0.05, 40.0):
+        assert score(scale)["factorvae_score"] == pytest.approx(unscaled["factorvae_score"])
+    pruned = score(0.01, inactive_variance=0.05**2)  # every unit's std is about 0.01
+    assert pruned["factorvae_score.active_latents"] == 0 and pruned["factorvae_score"] == 0.0
+    assert score(1.0, inactive_variance=0.05**2)["factorvae_score"] == pytest.approx(unscaled["factorvae_score"])
