@@ -211,7 +211,7 @@ def sweep_run(stack, pipeline_runs) -> str:
 
 def test_pipeline_deployment_runs_on_the_gpu_pool_and_logs_to_the_tracking_server(stack, pipeline_runs):
     root = stack.root
-    for name in ("multistage-pipeline/pipeline", "multistage-sweep/sweep"):
+    for name in ("multistage-pipeline/pipeline", "multistage-sweep/sweep", "multistage-benchmark/benchmark"):
         assert f"Deployment '{name}' successfully created" in " ".join(stack.deployed.stdout.split())
     flow_run = stack.prefect_api(f"flow_runs/{pipeline_runs[0]}")
     assert flow_run["state_type"] == "COMPLETED" and flow_run["work_pool_name"] == "gpu"

@@ -21,6 +21,7 @@ def test_the_profile_holds_the_published_setting_and_each_model_its_grid_value()
     assert stage_one["dipvae"]["lambda_d"] == 10 * stage_one["dipvae"]["lambda_od"]
     second = benchmark.point_params("dipvae_ii", 0)["stage_one"]["dipvae"]
     assert second["variant"] == "ii" and second["lambda_d"] == second["lambda_od"]
+    assert evaluate["mig_bins"] == 20 and benchmark.MIG_POINTS == 10000  # MIG on 10,000 points with 20 bins
     assert evaluate["sap"]["protocol"] == "disentanglement_lib"
     assert evaluate["dci"]["regressor"] == "gbt" and evaluate["dci"]["gbt_estimators"] == 100
     assert (evaluate["factorvae_score"]["train_votes"], evaluate["factorvae_score"]["eval_votes"]) == (10000, 5000)
