@@ -18,7 +18,7 @@ from multistage.evaluation.representation import (
     representation_from_codes,
 )
 from multistage.metrics.checks import varying_factors
-from multistage.metrics.clustering import discrete_information, majority_accuracy, matched_accuracy
+from multistage.metrics.clustering import discrete_information, kmeans_accuracy, majority_accuracy, matched_accuracy
 
 
 def factor_set_scores(
@@ -75,6 +75,9 @@ def factor_set_scores(
             scores[f"x.discrete.c{i}.accuracy.{name}"] = matched_accuracy(categories, factor_classes[:, k])
             scores[f"x.discrete.c{i}.majority_accuracy.{name}"] = majority_accuracy(categories, factor_classes[:, k])
         start += size
+    if blocks and ground_truth:
+        with timed("discrete_baselines"):
+            scores |= kmeans_baselines(dataset.images, indices, codes["mu"], factor_classes, names, blocks, config.seed)
     if ground_truth:
         varying = int(varying_factors(factor_classes).sum())
         if varying < 2:  # these classify which factor was fixed
@@ -84,4 +87,29 @@ def factor_set_scores(
     for metric in runnable:
         with timed(metric.name):
             scores |= metric(inputs, config.config_of(metric.name), config.seed)
+    return scores
+
+
+KMEANS_ROWS = 10000  # images of the factor set the k-means baselines cluster
+
+
+def kmeans_baselines(
+    images, indices: np.ndarray, mu: np.ndarray, factor_classes: np.ndarray, names, blocks, seed: int
+) -> dict[str, float]:
+    """The baselines of a discrete code's class accuracy (JointVAE sec. 4.1 scores the code against them): k-means
+    with k = the factor's class count on the pixels and on the continuous code's means, scored like the code
+    (``x.discrete.kmeans_{pixels,code}.accuracy.<factor>`` Hungarian-matched, ``.majority_accuracy.<factor>``).
+    Only for the factors with as many classes as a discrete code has values (the classes such a code can find), on
+    up to ``KMEANS_ROWS`` images of the factor set drawn by ``seed``."""
+    wanted = [k for k, name in enumerate(names) if len(np.unique(factor_classes[:, k])) in set(blocks)]
+    if not wanted:
+        return {}
+    rows = np.sort(np.random.default_rng(seed).choice(len(indices), min(len(indices), KMEANS_ROWS), replace=False))
+    pixels = np.asarray(images[indices[rows]], dtype=np.float32).reshape(len(rows), -1) / 255.0
+    scores = {}
+    for k in wanted:
+        for source, features in (("pixels", pixels), ("code", mu[rows])):
+            result = kmeans_accuracy(features, factor_classes[rows, k], seed)
+            scores[f"x.discrete.kmeans_{source}.accuracy.{names[k]}"] = result["matched"]
+            scores[f"x.discrete.kmeans_{source}.majority_accuracy.{names[k]}"] = result["majority"]
     return scores

@@ -134,6 +134,22 @@ def test_discrete_code_accuracy_and_representation_layout(tmp_path, monkeypatch)
     )
 
 
+def test_discrete_code_baselines_cluster_pixels_and_code_for_the_factors_a_code_can_find(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dataset = factor_dataset()
+    rows = np.arange(dataset.count)
+    dataset.images[rows, 0, 3, dataset.factor_classes[:, 0]] = 255  # the shape drawn as a bright pixel of its own
+    result = run_factor_set(dataset, PixelEncoder(discrete=True), small_params(metrics=["indicators"]), True)
+    # the pixels separate the three shapes by far more than anything else varies: k-means finds them
+    assert result["x.discrete.kmeans_pixels.accuracy.shape"] == 1.0
+    assert result["x.discrete.kmeans_pixels.majority_accuracy.shape"] == 1.0
+    # the continuous code holds shape / 3 beside scale / 6 and position / 10 at the same spread: k-means mixes them
+    assert result["x.discrete.kmeans_code.accuracy.shape"] < 0.8
+    # only factors with as many classes as a discrete code has values (3: the shape) get a baseline
+    assert not any(".scale" in key or ".position" in key for key in result if "kmeans" in key)
+    assert "evaluate.seconds.discrete_baselines" in result
+
+
 def test_nan_codes_are_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
