@@ -149,7 +149,7 @@ def recorded_device() -> dict[str, str]:
 def device_tags(device) -> dict[str, str]:
     """``device`` (``cpu``, ``cuda:0``), its hardware name, ``CUDA_VISIBLE_DEVICES`` as this process sees it, and
     torch's CPU thread count: a seeded run repeats bit for bit on the same device and thread count, while another
-    thread count sums in another order and trained networks, hence scores, drift (docs/reliability.md)."""
+    thread count sums in another order and trained networks, hence scores, drift (docs/evaluation.md, Known limits)."""
     import platform
 
     import torch

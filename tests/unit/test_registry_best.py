@@ -41,7 +41,8 @@ def test_best_is_the_lowest_of_the_metric_filed_and_headline_resolves_to_it(stor
     assert tracking.filed_metric(NAME) == detail  # the newest version's
     assert tracking.refresh_best_alias(NAME, detail, higher_is_better=False) == versions[1]
     assert tracking.refresh_best_alias(NAME, detail, higher_is_better=True) == versions[0]
-    assert tracking.refresh_best_alias(NAME, "frechet.factor_classifier.x_hat", False) is None  # none filed so
+    # no version was filed with the shape-only key, so there is no best by it
+    assert tracking.refresh_best_alias(NAME, "frechet.factor_classifier.x_hat", False) is None
     # a sweep names the headline; the versions carry the resolved key, which the sweep reads back
     assert sweep._refresh_best(params("frechet.headline")) == versions[1]
     assert sweep._refresh_best(params("frechet.factor_classifier.x_hat")) is None
