@@ -205,8 +205,8 @@ def threads(dataset, out: Path) -> None:
     from multistage.evaluation.config import EvaluationConfig
     from multistage.evaluation.detail import train_detail_network
     from multistage.evaluation.representation import held_out_indices
-    from multistage.evaluation.scoring import feature_extractor, train_classifier
-    from multistage.metrics.frechet import frechet_distance
+    from multistage.evaluation.scoring import train_classifier
+    from multistage.metrics.frechet import extract_features, frechet_distance
 
     base, device = EvaluationConfig(), torch.device("cpu")
     indices = held_out_indices(dataset, base.eval_images, base.seed)
@@ -233,11 +233,7 @@ def threads(dataset, out: Path) -> None:
             }
             row = {"seed": seed, "threads": count, "seconds": round(time.perf_counter() - started, 1)}
             for space, network in networks.items():
-                extract = feature_extractor(network, device)
-                features = {
-                    name: np.concatenate([extract(images[i : i + 250]) for i in range(0, len(images), 250)])
-                    for name, images in stand_ins.items()
-                }
+                features = {name: extract_features(network, images, 250) for name, images in stand_ins.items()}
                 for name in ("y", "x_hat"):
                     row[f"frechet.{space}.{name}"] = frechet_distance(features["x"], features[name])
             print(row, flush=True)
